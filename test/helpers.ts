@@ -1,0 +1,12 @@
+import path from 'node:path';
+
+/** Repository root (tests run from anywhere). */
+export const REPO_ROOT = path.resolve(import.meta.dirname, '..');
+/** The shared golden data, beside the repository (../shared/golden); never copied into the repo. */
+export const GOLDEN_DIR = path.resolve(REPO_ROOT, '../shared/golden');
+export const GOLDEN_MODELS = [
+  'tiny-internvl2_5-qwen2',
+  'tiny-internvl2_5-vit6b-qwen2',
+  'tiny-internvl2_5-internlm2',
+];
+export const goldenModelDir = (name: string): string => path.join(GOLDEN_DIR, 'models', name);
