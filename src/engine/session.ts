@@ -1,0 +1,30 @@
+import os from 'node:os';
+import * as ort from 'onnxruntime-node';
+import { type Graph, modelToBytes } from '../onnx/graph.js';
+
+export interface SessionOptions {
+  /** Intra-op threads; default: the number of cores. */
+  threads?: number;
+}
+
+export function defaultThreads(): number {
+  return Math.max(1, os.availableParallelism());
+}
+
+/** An onnxruntime-node CPU session for a graph held in memory or a model file on disk. */
+export async function createSession(
+  model: Graph | Uint8Array | string,
+  options: SessionOptions = {},
+): Promise<ort.InferenceSession> {
+  const source = typeof model === 'string' || model instanceof Uint8Array ? model : modelToBytes(model);
+  const sessionOptions: ort.InferenceSession.SessionOptions = {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: options.threads ?? defaultThreads(),
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+  };
+  return typeof source === 'string'
+    ? ort.InferenceSession.create(source, sessionOptions)
+    : ort.InferenceSession.create(source, sessionOptions);
+}
