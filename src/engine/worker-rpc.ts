@@ -1,0 +1,123 @@
+/**
+ * Calls into an object that lives in a worker thread. `session.run` blocks its thread (a ViT tile
+ * takes seconds), so the engine runs in a worker and the caller's event loop stays free.
+ * Typed arrays in arguments and results are transferred, not copied, where the caller allows it.
+ */
+import { type Transferable, Worker } from 'node:worker_threads';
+import { type ErrorCode, InternVLError } from '../errors.js';
+
+interface Request {
+  id: number;
+  method: string;
+  args: unknown[];
+}
+
+type Reply =
+  | { id: number; ok: true; value: unknown }
+  | { id: number; ok: false; error: { message: string; code?: ErrorCode; name?: string } }
+  | { id: number; event: unknown };
+
+function transferablesOf(value: unknown): Transferable[] {
+  const out: Transferable[] = [];
+  const visit = (v: unknown) => {
+    if (ArrayBuffer.isView(v)) {
+      const buf = v.buffer;
+      if (buf instanceof ArrayBuffer && v.byteLength === buf.byteLength && !out.includes(buf)) out.push(buf);
+    } else if (Array.isArray(v)) v.forEach(visit);
+    else if (v && typeof v === 'object') Object.values(v).forEach(visit);
+  };
+  visit(value);
+  return out;
+}
+
+/** The main-thread side: one worker, many concurrent calls matched by id. */
+export class WorkerClient {
+  private readonly worker: Worker;
+  private nextId = 1;
+  private readonly pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: Error) => void; onEvent?: (e: unknown) => void }
+  >();
+  private failure: Error | undefined;
+
+  constructor(url: URL, workerData: unknown) {
+    this.worker = new Worker(url, { workerData });
+    this.worker.on('message', (reply: Reply) => this.onReply(reply));
+    this.worker.on('error', (err) => this.failAll(err));
+    this.worker.on('exit', (code) => {
+      if (this.pending.size > 0)
+        this.failAll(new InternVLError('INTERNAL', `engine worker exited (code ${code})`));
+    });
+  }
+
+  private onReply(reply: Reply): void {
+    const call = this.pending.get(reply.id);
+    if (!call) return;
+    if ('event' in reply) {
+      call.onEvent?.(reply.event);
+      return;
+    }
+    this.pending.delete(reply.id);
+    if (reply.ok) call.resolve(reply.value);
+    else {
+      const { message, code } = reply.error;
+      call.reject(code ? new InternVLError(code, message) : new Error(message));
+    }
+  }
+
+  private failAll(err: Error): void {
+    this.failure = err;
+    for (const call of this.pending.values()) call.reject(err);
+    this.pending.clear();
+  }
+
+  /** Calls `method` in the worker. Arguments' typed arrays are copied unless `transfer` lists them. */
+  call<T>(
+    method: string,
+    args: unknown[],
+    options: { transfer?: Transferable[]; onEvent?: (e: unknown) => void } = {},
+  ) {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onEvent: options.onEvent });
+      const request: Request = { id, method, args };
+      this.worker.postMessage(request, options.transfer ?? []);
+    });
+  }
+
+  async terminate(): Promise<void> {
+    await this.worker.terminate();
+  }
+}
+
+/**
+ * The worker side: answers calls on `target`'s methods. Results' typed arrays are transferred.
+ * `emit` lets a method stream events (e.g. tokens) back to its caller before it returns.
+ */
+export function serveCalls(
+  port: {
+    on(event: 'message', listener: (r: Request) => void): void;
+    postMessage(m: unknown, t?: Transferable[]): void;
+  },
+  target: (emit: (callId: number, event: unknown) => void) => Record<string, (...args: unknown[]) => unknown>,
+): void {
+  const emit = (id: number, event: unknown) => port.postMessage({ id, event } satisfies Reply);
+  const methods = target(emit);
+  // Calls run one at a time, in arrival order: the engine's sessions are not re-entrant.
+  let queue: Promise<void> = Promise.resolve();
+  port.on('message', (request) => {
+    queue = queue.then(async () => {
+      const method = methods[request.method];
+      try {
+        if (!method) throw new InternVLError('INTERNAL', `engine worker has no method ${request.method}`);
+        const value = await method(...request.args, request.id);
+        port.postMessage({ id: request.id, ok: true, value } satisfies Reply, transferablesOf(value));
+      } catch (err) {
+        const e = err as Error & { code?: ErrorCode };
+        const error = { message: e?.message ?? String(err), code: e?.code, name: e?.name };
+        port.postMessage({ id: request.id, ok: false, error } satisfies Reply);
+      }
+    });
+  });
+}
