@@ -1,0 +1,415 @@
+/**
+ * Runs a Qwen2 / InternLM2 decoder graph with a KV cache owned by JS: per sequence and layer, K and V
+ * buffers [1, kvH, capacity, hd] (BNSH) are fed to GroupQueryAttention as its past, and the chunk's new
+ * rotated keys and values come back as graph outputs and are appended here. Capacity grows in steps,
+ * because GroupQueryAttention's cost follows the capacity, not the valid length.
+ */
+import * as ort from 'onnxruntime-node';
+import { InternVLError } from '../errors.js';
+import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
+import { buildInternLM2Graph, INTERNLM2_EMBEDDING } from '../models/internlm2.js';
+import { buildQwen2Graph, QWEN2_EMBEDDING } from '../models/qwen2.js';
+import type { WeightSource } from '../models/weights.js';
+import { type RopeParams, rotaryTables } from './rope.js';
+import { createSession } from './session.js';
+
+export { type DecoderDims, decoderDimsFromConfig } from '../models/decoder.js';
+
+/** Token embeddings [ids.length, D] looked up from a [vocab, D] table. */
+export function embedTokens(table: Float32Array, hiddenSize: number, ids: ArrayLike<number>): Float32Array {
+  const vocab = table.length / hiddenSize;
+  const out = new Float32Array(ids.length * hiddenSize);
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    if (!Number.isInteger(id) || id < 0 || id >= vocab) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        `token id ${id} at position ${i} is outside the vocabulary [0, ${vocab})`,
+      );
+    }
+    out.set(table.subarray(id * hiddenSize, (id + 1) * hiddenSize), i * hiddenSize);
+  }
+  return out;
+}
+
+/**
+ * Writes image feature rows, in order, into the rows of `embeds` [ids.length, D] whose id is
+ * `imgContextId` (tile 0 tokens first, then tile 1, …). Modifies and returns `embeds`.
+ */
+export function scatterImageEmbeddings(
+  embeds: Float32Array,
+  ids: ArrayLike<number>,
+  imgContextId: number,
+  imageFeatures: Float32Array,
+): Float32Array {
+  const hiddenSize = embeds.length / ids.length;
+  if (ids.length === 0 || !Number.isInteger(hiddenSize)) {
+    throw new InternVLError(
+      'BAD_INPUT',
+      `embeddings have ${embeds.length} values, not a whole number of rows for ${ids.length} token ids`,
+    );
+  }
+  let count = 0;
+  for (let i = 0; i < ids.length; i++) if (ids[i] === imgContextId) count++;
+  const rows = imageFeatures.length / hiddenSize;
+  if (rows !== count) {
+    throw new InternVLError(
+      'BAD_INPUT',
+      `the prompt has ${count} image context tokens (id ${imgContextId}) but the image features hold ${rows} rows of ${hiddenSize}`,
+    );
+  }
+  let row = 0;
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] !== imgContextId) continue;
+    embeds.set(imageFeatures.subarray(row * hiddenSize, (row + 1) * hiddenSize), i * hiddenSize);
+    row++;
+  }
+  return embeds;
+}
+
+/** Index of the largest value; ties go to the lowest index (as torch.argmax). */
+export function argmax(values: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+/** One sequence's KV cache: per layer K and V buffers [kvH, capacity, hd] and the number of cached tokens. */
+export class Sequence {
+  /** Tokens held in the cache. */
+  length = 0;
+  /** Token slots allocated per buffer. */
+  capacity = 0;
+  keys: Float32Array[] = [];
+  values: Float32Array[] = [];
+  /** ORT views of `keys`/`values` (zero-copy), rebuilt when the buffers are reallocated. */
+  pastTensors: { key: ort.Tensor; value: ort.Tensor }[] = [];
+  busy = false;
+}
+
+export interface DecoderRunnerOptions {
+  /** Intra-op threads; default: the number of cores. */
+  threads?: number;
+  /** Longest chunk one graph run takes during prefill (default 2048). */
+  prefillChunk?: number;
+  /** KV capacity grows in multiples of this many tokens (default 256). */
+  capacityStep?: number;
+  /** Build the graph with every layer's hidden states as outputs, for `inspect`. */
+  hiddenStates?: boolean;
+}
+
+export interface ForwardOptions {
+  /** Logits of every position ([numTokens, vocab]) instead of only the last ([vocab]). */
+  allLogits?: boolean;
+}
+
+export interface DecoderInspection {
+  /** [numTokens, vocab] */
+  logits: Float32Array;
+  /** Output of each decoder layer, [numTokens, D] each. */
+  layers: Float32Array[];
+  /** After the final RMSNorm, [numTokens, D]. */
+  finalNorm: Float32Array;
+}
+
+function checkDims(dims: DecoderDims): void {
+  const positive = [
+    'hiddenSize',
+    'numLayers',
+    'numHeads',
+    'numKvHeads',
+    'headDim',
+    'intermediateSize',
+    'vocabSize',
+    'maxPositionEmbeddings',
+  ] as const;
+  for (const key of positive) {
+    if (!Number.isInteger(dims[key]) || dims[key] <= 0) {
+      throw new InternVLError('BAD_CONFIG', `decoder ${key} must be a positive integer, got ${dims[key]}`);
+    }
+  }
+  if (dims.numHeads % dims.numKvHeads !== 0) {
+    throw new InternVLError(
+      'BAD_CONFIG',
+      `decoder numKvHeads ${dims.numKvHeads} does not divide numHeads ${dims.numHeads}`,
+    );
+  }
+  if (dims.headDim % 2 !== 0)
+    throw new InternVLError('BAD_CONFIG', `decoder headDim ${dims.headDim} must be even`);
+}
+
+function positiveIntegerOption(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new InternVLError('BAD_INPUT', `${name} must be a positive integer, got ${value}`);
+  }
+  return value;
+}
+
+/** A float32 array ORT can wrap without copying a wrong region (subarrays are copied). */
+function ownBuffer(data: Float32Array): Float32Array {
+  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : data.slice();
+}
+
+interface RunResult {
+  logits: Float32Array;
+  hidden?: Float32Array[];
+  finalNorm?: Float32Array;
+}
+
+export class DecoderRunner {
+  readonly dims: DecoderDims;
+  /** Token embedding table [vocab, D]. */
+  readonly embeddings: Float32Array;
+  readonly #session: ort.InferenceSession;
+  readonly #rope: RopeParams;
+  readonly #prefillChunk: number;
+  readonly #capacityStep: number;
+  readonly #hiddenStates: boolean;
+  readonly #sequences = new WeakSet<Sequence>();
+  #released = false;
+
+  private constructor(
+    dims: DecoderDims,
+    session: ort.InferenceSession,
+    embeddings: Float32Array,
+    options: DecoderRunnerOptions,
+  ) {
+    this.dims = dims;
+    this.#session = session;
+    this.embeddings = embeddings;
+    this.#rope = {
+      headDim: dims.headDim,
+      theta: dims.ropeTheta,
+      scaling: dims.ropeScaling,
+      maxPositionEmbeddings: dims.maxPositionEmbeddings,
+    };
+    this.#prefillChunk = positiveIntegerOption('prefillChunk', options.prefillChunk, 2048);
+    this.#capacityStep = positiveIntegerOption('capacityStep', options.capacityStep, 256);
+    this.#hiddenStates = options.hiddenStates ?? false;
+  }
+
+  /** Checks every tensor's shape, builds the graph and opens the session. */
+  static async create(
+    dims: DecoderDims,
+    weights: WeightSource,
+    options: DecoderRunnerOptions = {},
+  ): Promise<DecoderRunner> {
+    checkDims(dims);
+    positiveIntegerOption('prefillChunk', options.prefillChunk, 1);
+    positiveIntegerOption('capacityStep', options.capacityStep, 1);
+    const graphOptions = { hiddenStates: options.hiddenStates };
+    const graph =
+      dims.arch === 'qwen2'
+        ? await buildQwen2Graph(dims, weights, graphOptions)
+        : await buildInternLM2Graph(dims, weights, graphOptions);
+    const embeddings = await weights.float32(dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING);
+    const session = await createSession(graph, { threads: options.threads });
+    return new DecoderRunner(dims, session, embeddings, options);
+  }
+
+  /** Token embeddings [ids.length, D]; ids outside [0, vocab) are rejected. */
+  embed(ids: ArrayLike<number>): Float32Array {
+    return embedTokens(this.embeddings, this.dims.hiddenSize, ids);
+  }
+
+  /** A sequence with an empty KV cache. */
+  newSequence(): Sequence {
+    const seq = new Sequence();
+    this.#sequences.add(seq);
+    return seq;
+  }
+
+  /**
+   * Appends `numTokens` embeddings [numTokens, D] to the sequence's cache (in chunks of at most
+   * `prefillChunk`) and returns the logits of the last position [vocab], or of every position
+   * [numTokens, vocab] with `allLogits`.
+   */
+  async forward(
+    seq: Sequence,
+    embeds: Float32Array,
+    numTokens: number,
+    options: ForwardOptions = {},
+  ): Promise<Float32Array> {
+    this.#checkCall(seq, embeds, numTokens);
+    const { hiddenSize: d, vocabSize: vocab } = this.dims;
+    const allLogits = options.allLogits ?? false;
+    // The dynamic-NTK base follows the length after the whole call, as one official forward would see it.
+    const ropeSeqLen = seq.length + numTokens;
+    const out = new Float32Array(allLogits ? numTokens * vocab : vocab);
+    seq.busy = true;
+    try {
+      for (let start = 0; start < numTokens; start += this.#prefillChunk) {
+        const n = Math.min(this.#prefillChunk, numTokens - start);
+        const rows = allLogits ? Array.from({ length: n }, (_, t) => t) : [n - 1];
+        const chunk = embeds.subarray(start * d, (start + n) * d);
+        const { logits } = await this.#run(seq, chunk, n, rows, ropeSeqLen, false);
+        if (allLogits) out.set(logits, start * vocab);
+        else if (start + n === numTokens) out.set(logits);
+      }
+    } finally {
+      seq.busy = false;
+    }
+    return out;
+  }
+
+  /** One unchunked forward returning every layer's hidden states; needs `hiddenStates: true` at create. */
+  async inspect(seq: Sequence, embeds: Float32Array, numTokens: number): Promise<DecoderInspection> {
+    if (!this.#hiddenStates) {
+      throw new InternVLError('BAD_INPUT', 'inspect needs a runner created with hiddenStates: true');
+    }
+    this.#checkCall(seq, embeds, numTokens);
+    seq.busy = true;
+    try {
+      const rows = Array.from({ length: numTokens }, (_, t) => t);
+      const r = await this.#run(seq, embeds, numTokens, rows, seq.length + numTokens, true);
+      return { logits: r.logits, layers: r.hidden!, finalNorm: r.finalNorm! };
+    } finally {
+      seq.busy = false;
+    }
+  }
+
+  async release(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    await this.#session.release();
+  }
+
+  #checkCall(seq: Sequence, embeds: Float32Array, numTokens: number): void {
+    if (this.#released) throw new InternVLError('BAD_INPUT', 'the decoder runner has been released');
+    if (!this.#sequences.has(seq)) {
+      throw new InternVLError('BAD_INPUT', 'the sequence was not created by this decoder runner');
+    }
+    if (seq.busy) throw new InternVLError('BAD_INPUT', 'the sequence is already running a forward pass');
+    if (!Number.isInteger(numTokens) || numTokens < 1) {
+      throw new InternVLError('BAD_INPUT', `numTokens must be a positive integer, got ${numTokens}`);
+    }
+    const expected = numTokens * this.dims.hiddenSize;
+    if (embeds.length !== expected) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        `embeddings have ${embeds.length} values, expected ${numTokens} tokens × ${this.dims.hiddenSize} = ${expected}`,
+      );
+    }
+  }
+
+  /** Makes room for `needed` tokens, rounding the capacity up to a multiple of capacityStep. */
+  #ensureCapacity(seq: Sequence, needed: number): void {
+    if (needed <= seq.capacity) return;
+    const { numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
+    const capacity = Math.ceil(needed / this.#capacityStep) * this.#capacityStep;
+    const grow = (old: Float32Array | undefined) => {
+      const buf = new Float32Array(kvH * capacity * hd);
+      if (old) {
+        for (let h = 0; h < kvH; h++) {
+          const src = h * seq.capacity * hd;
+          buf.set(old.subarray(src, src + seq.length * hd), h * capacity * hd);
+        }
+      }
+      return buf;
+    };
+    const dims = [1, kvH, capacity, hd];
+    for (let i = 0; i < numLayers; i++) {
+      seq.keys[i] = grow(seq.keys[i]);
+      seq.values[i] = grow(seq.values[i]);
+      seq.pastTensors[i] = {
+        key: new ort.Tensor('float32', seq.keys[i], dims),
+        value: new ort.Tensor('float32', seq.values[i], dims),
+      };
+    }
+    seq.capacity = capacity;
+  }
+
+  async #run(
+    seq: Sequence,
+    embeds: Float32Array,
+    n: number,
+    logitsRows: number[],
+    ropeSeqLen: number,
+    withHidden: boolean,
+  ): Promise<RunResult> {
+    const { hiddenSize: d, numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
+    const past = seq.length;
+    const total = past + n;
+    this.#ensureCapacity(seq, total);
+    const { cos, sin } = rotaryTables(this.#rope, past, n, ropeSeqLen);
+    const feeds: Record<string, ort.Tensor> = {
+      [DECODER_IO.inputsEmbeds]: new ort.Tensor('float32', ownBuffer(embeds), [1, n, d]),
+      [DECODER_IO.ropeCos]: new ort.Tensor('float32', cos, [n, hd / 2]),
+      [DECODER_IO.ropeSin]: new ort.Tensor('float32', sin, [n, hd / 2]),
+      [DECODER_IO.ropeIndex]: new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: n }, (_, t) => BigInt(t)),
+        [1, n],
+      ),
+      [DECODER_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(total - 1), [1]),
+      [DECODER_IO.totalSequenceLength]: new ort.Tensor('int32', Int32Array.of(total), []),
+      [DECODER_IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from(logitsRows, BigInt), [
+        logitsRows.length,
+      ]),
+    };
+    const fetches: string[] = [DECODER_IO.logits];
+    for (let i = 0; i < numLayers; i++) {
+      feeds[DECODER_IO.pastKey(i)] = seq.pastTensors[i].key;
+      feeds[DECODER_IO.pastValue(i)] = seq.pastTensors[i].value;
+      fetches.push(DECODER_IO.key(i), DECODER_IO.value(i));
+      if (withHidden) fetches.push(DECODER_IO.hidden(i));
+    }
+    if (withHidden) fetches.push(DECODER_IO.finalNorm);
+    const result = await this.#session.run(feeds, fetches);
+
+    // New keys/values come as [1, n, kvH·hd] (BSNH); the buffers are BNSH.
+    for (let i = 0; i < numLayers; i++) {
+      const k = result[DECODER_IO.key(i)].data as Float32Array;
+      const v = result[DECODER_IO.value(i)].data as Float32Array;
+      const keys = seq.keys[i];
+      const values = seq.values[i];
+      for (let t = 0; t < n; t++) {
+        for (let h = 0; h < kvH; h++) {
+          const src = (t * kvH + h) * hd;
+          const dst = (h * seq.capacity + past + t) * hd;
+          keys.set(k.subarray(src, src + hd), dst);
+          values.set(v.subarray(src, src + hd), dst);
+        }
+      }
+    }
+    seq.length = total;
+    const out: RunResult = { logits: result[DECODER_IO.logits].data as Float32Array };
+    if (withHidden) {
+      out.hidden = Array.from(
+        { length: numLayers },
+        (_, i) => result[DECODER_IO.hidden(i)].data as Float32Array,
+      );
+      out.finalNorm = result[DECODER_IO.finalNorm].data as Float32Array;
+    }
+    return out;
+  }
+}
+
+/**
+ * Greedy continuation: one prefill of the prompt embeddings [numPromptTokens, D], then one cached
+ * decode step per new token (argmax; ties → lowest id). No EOS stop: exactly maxNewTokens tokens.
+ * `onStep` sees each token with the last-position logits [vocab] that chose it.
+ */
+export async function generateGreedy(
+  runner: DecoderRunner,
+  embeds: Float32Array,
+  numPromptTokens: number,
+  maxNewTokens: number,
+  onStep?: (token: number, logits: Float32Array) => void,
+): Promise<number[]> {
+  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
+    throw new InternVLError('BAD_INPUT', `maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);
+  }
+  const tokens: number[] = [];
+  if (maxNewTokens === 0) return tokens;
+  const seq = runner.newSequence();
+  let logits = await runner.forward(seq, embeds, numPromptTokens);
+  for (let step = 0; step < maxNewTokens; step++) {
+    const id = argmax(logits);
+    tokens.push(id);
+    onStep?.(id, logits);
+    if (step + 1 < maxNewTokens) logits = await runner.forward(seq, runner.embed([id]), 1);
+  }
+  return tokens;
+}

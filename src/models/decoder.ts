@@ -1,0 +1,270 @@
+/**
+ * Pieces shared by the Qwen2 and InternLM2 decoder graphs: the dimensions, the graph's inputs and
+ * outputs, RMSNorm, linear layers, rotary + GroupQueryAttention over engine-owned KV buffers, SwiGLU,
+ * and the final norm + lm_head over selected rows.
+ *
+ * Graph contract (B = batch, S = chunk length, C = KV capacity, N = logits rows):
+ *   inputs  inputs_embeds [B,S,D]; rope_cos/rope_sin [P, hd/2] and rope_index int64 [B,S] (row of the
+ *           tables per token); seqlens_k int32 [B] (= past + S − 1); total_sequence_length int32 [];
+ *           past_key.i/past_value.i [B,kvH,C,hd] (only the first `past` slots valid); logits_rows int64 [N]
+ *           (rows of the flattened [B·S, D] hidden states to project).
+ *   outputs logits [N,V]; key.i/value.i [B,S,kvH·hd] (this chunk's rotated keys and values, for the
+ *           engine to append to its buffers); with hiddenStates: hidden.i [B,S,D], final_norm [N,D].
+ */
+import type { ModelConfig } from '../config/model-config.js';
+import type { RopeScaling } from '../engine/rope.js';
+import { InternVLError } from '../errors.js';
+import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
+import type { WeightSource } from './weights.js';
+
+export type { RopeScaling } from '../engine/rope.js';
+
+export interface DecoderDims {
+  arch: 'qwen2' | 'internlm2';
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | null;
+  maxPositionEmbeddings: number;
+  /** Qwen2: q/k/v biases (always true). InternLM2: `bias` of config (wqkv and wo biases). */
+  attentionBias: boolean;
+}
+
+/** The LLM dimensions of an InternVL config.json. */
+export function decoderDimsFromConfig(config: ModelConfig): DecoderDims {
+  const llm = config.llm_config;
+  const common = {
+    hiddenSize: llm.hidden_size,
+    numLayers: llm.num_hidden_layers,
+    numHeads: llm.num_attention_heads,
+    numKvHeads: llm.num_key_value_heads,
+    headDim: llm.head_dim,
+    intermediateSize: llm.intermediate_size,
+    vocabSize: llm.vocab_size,
+    rmsNormEps: llm.rms_norm_eps,
+    ropeTheta: llm.rope_theta,
+    maxPositionEmbeddings: llm.max_position_embeddings,
+  };
+  if (llm.model_type === 'qwen2') {
+    const scaling = llm.rope_scaling;
+    const kind = scaling?.rope_type ?? scaling?.type;
+    let ropeScaling: RopeScaling | null = null;
+    if (scaling && kind !== undefined && kind !== 'default') {
+      if (kind !== 'dynamic' && kind !== 'linear') {
+        throw new InternVLError(
+          'UNSUPPORTED',
+          `llm_config.rope_scaling: type ${JSON.stringify(kind)} is not supported (supported: dynamic, linear)`,
+        );
+      }
+      if (scaling.factor === undefined) {
+        throw new InternVLError('BAD_CONFIG', `llm_config.rope_scaling: ${kind} scaling needs a factor`);
+      }
+      ropeScaling = { type: kind, factor: scaling.factor };
+    }
+    return { arch: 'qwen2', ...common, ropeScaling, attentionBias: true };
+  }
+  const scaling = llm.rope_scaling;
+  return {
+    arch: 'internlm2',
+    ...common,
+    ropeScaling: scaling ? { type: scaling.type, factor: scaling.factor } : null,
+    attentionBias: llm.bias,
+  };
+}
+
+/** Names of the graph's inputs and outputs (see the module comment). */
+export const DECODER_IO = {
+  inputsEmbeds: 'inputs_embeds',
+  ropeCos: 'rope_cos',
+  ropeSin: 'rope_sin',
+  ropeIndex: 'rope_index',
+  seqlensK: 'seqlens_k',
+  totalSequenceLength: 'total_sequence_length',
+  logitsRows: 'logits_rows',
+  logits: 'logits',
+  finalNorm: 'final_norm',
+  pastKey: (layer: number) => `past_key.${layer}`,
+  pastValue: (layer: number) => `past_value.${layer}`,
+  key: (layer: number) => `key.${layer}`,
+  value: (layer: number) => `value.${layer}`,
+  hidden: (layer: number) => `hidden.${layer}`,
+} as const;
+
+export interface DecoderGraphOptions {
+  /** Also output every layer's hidden states and the final norm (for localising errors). */
+  hiddenStates?: boolean;
+}
+
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+}
+
+/** Checks that every tensor exists with the expected shape, before anything is built. */
+export function checkTensorShapes(weights: WeightSource, specs: TensorSpec[]): void {
+  for (const { name, shape } of specs) {
+    if (!weights.has(name)) throw new InternVLError('BAD_CHECKPOINT', `${name}: missing from the checkpoint`);
+    const actual = weights.shape(name);
+    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
+      throw new InternVLError(
+        'BAD_CHECKPOINT',
+        `${name}: expected [${shape.join(',')}], got [${actual.join(',')}]`,
+      );
+    }
+  }
+}
+
+/** The graph under construction plus the values every layer reads. */
+export interface DecoderGraphContext {
+  g: GraphBuilder;
+  dims: DecoderDims;
+  options: DecoderGraphOptions;
+  /** [B,S,D] */
+  inputsEmbeds: string;
+  ropeCos: string;
+  ropeSin: string;
+  ropeIndex: string;
+  seqlensK: string;
+  totalSequenceLength: string;
+  logitsRows: string;
+}
+
+export function startDecoderGraph(
+  name: string,
+  dims: DecoderDims,
+  options: DecoderGraphOptions,
+): DecoderGraphContext {
+  const g = new GraphBuilder(name);
+  const half = dims.headDim / 2;
+  return {
+    g,
+    dims,
+    options,
+    inputsEmbeds: g.input(DECODER_IO.inputsEmbeds, 'float32', ['batch', 'seq', dims.hiddenSize]),
+    ropeCos: g.input(DECODER_IO.ropeCos, 'float32', ['rope_rows', half]),
+    ropeSin: g.input(DECODER_IO.ropeSin, 'float32', ['rope_rows', half]),
+    ropeIndex: g.input(DECODER_IO.ropeIndex, 'int64', ['batch', 'seq']),
+    seqlensK: g.input(DECODER_IO.seqlensK, 'int32', ['batch']),
+    totalSequenceLength: g.input(DECODER_IO.totalSequenceLength, 'int32', []),
+    logitsRows: g.input(DECODER_IO.logitsRows, 'int64', ['rows']),
+  };
+}
+
+/** A [rows, cols] row-major matrix transposed to [cols, rows]. */
+export function transposeMatrix(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const src = r * cols;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[src + c];
+  }
+  return out;
+}
+
+/** y = x·Wᵀ (+ b) for a torch Linear weight W [out, in]; the initializer is stored as [in, out]. */
+export function linear(
+  ctx: DecoderGraphContext,
+  x: string,
+  name: string,
+  weight: Float32Array,
+  outFeatures: number,
+  inFeatures: number,
+  bias?: { name: string; data: Float32Array },
+): string {
+  const { g } = ctx;
+  const w = g.initializer(
+    name,
+    'float32',
+    [inFeatures, outFeatures],
+    transposeMatrix(weight, outFeatures, inFeatures),
+  );
+  const y = g.matMul(x, w);
+  return bias ? g.add(y, g.initializer(bias.name, 'float32', [outFeatures], bias.data)) : y;
+}
+
+/** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
+export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weight: Float32Array): string {
+  const { g, dims } = ctx;
+  const w = g.initializer(name, 'float32', [weight.length], weight);
+  return g.op('SimplifiedLayerNormalization', [x, w], {
+    axis: { int: -1 },
+    epsilon: dims.rmsNormEps,
+    stash_type: { int: 1 },
+  });
+}
+
+/** silu(gate) ⊙ up. */
+export function swiGlu(ctx: DecoderGraphContext, gate: string, up: string): string {
+  const { g } = ctx;
+  return g.mul(g.mul(gate, g.sigmoid(gate)), up);
+}
+
+/**
+ * Rotary on q [B,S,H·hd] and k [B,S,kvH·hd], then causal GQA over the past buffers of `layer`.
+ * Returns the attention output [B,S,H·hd]; declares key.i (rotated) and value.i as graph outputs.
+ */
+export function selfAttention(
+  ctx: DecoderGraphContext,
+  layer: number,
+  q: string,
+  k: string,
+  v: string,
+): string {
+  const { g, dims } = ctx;
+  const kvWidth = dims.numKvHeads * dims.headDim;
+  const rotary = (x: string, heads: number) =>
+    g.op(
+      'RotaryEmbedding',
+      [x, ctx.ropeIndex, ctx.ropeCos, ctx.ropeSin],
+      { interleaved: { int: 0 }, num_heads: { int: heads } },
+      MS_DOMAIN,
+    );
+  const qRot = rotary(q, dims.numHeads);
+  const kRot = rotary(k, dims.numKvHeads);
+  const pastShape = ['batch', dims.numKvHeads, 'capacity', dims.headDim];
+  const pastKey = g.input(DECODER_IO.pastKey(layer), 'float32', pastShape);
+  const pastValue = g.input(DECODER_IO.pastValue(layer), 'float32', pastShape);
+  // present_key/present_value must stay as node outputs (ORT ignores the past without them); the engine never fetches them.
+  const [out] = g.node(
+    'GroupQueryAttention',
+    [qRot, kRot, v, pastKey, pastValue, ctx.seqlensK, ctx.totalSequenceLength],
+    {
+      num_heads: { int: dims.numHeads },
+      kv_num_heads: { int: dims.numKvHeads },
+      scale: 1 / Math.sqrt(dims.headDim),
+      do_rotary: { int: 0 },
+    },
+    { domain: MS_DOMAIN, outputs: 3 },
+  );
+  g.output(kRot, DECODER_IO.key(layer), 'float32', ['batch', 'seq', kvWidth]);
+  g.output(v, DECODER_IO.value(layer), 'float32', ['batch', 'seq', kvWidth]);
+  return out;
+}
+
+/** Marks a layer's output as a graph output when hidden states are requested. */
+export function layerOutput(ctx: DecoderGraphContext, layer: number, x: string): void {
+  if (ctx.options.hiddenStates) {
+    ctx.g.output(x, DECODER_IO.hidden(layer), 'float32', ['batch', 'seq', ctx.dims.hiddenSize]);
+  }
+}
+
+/** Final RMSNorm and lm_head on the rows `logits_rows` of the flattened hidden states; returns the graph. */
+export function finishDecoderGraph(
+  ctx: DecoderGraphContext,
+  x: string,
+  finalNorm: { name: string; data: Float32Array },
+  lmHead: { name: string; data: Float32Array },
+): Graph {
+  const { g, dims } = ctx;
+  const rows = g.gather(g.reshape(x, [-1, dims.hiddenSize]), ctx.logitsRows, 0);
+  const normed = rmsNorm(ctx, rows, finalNorm.name, finalNorm.data);
+  if (ctx.options.hiddenStates) g.output(normed, DECODER_IO.finalNorm, 'float32', ['rows', dims.hiddenSize]);
+  const logits = linear(ctx, normed, lmHead.name, lmHead.data, dims.vocabSize, dims.hiddenSize);
+  g.output(logits, DECODER_IO.logits, 'float32', ['rows', dims.vocabSize]);
+  return g.graph;
+}

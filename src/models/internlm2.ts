@@ -1,0 +1,132 @@
+/**
+ * InternLM2 decoder (InternVL's modeling_internlm2.py) as an ONNX graph. Same block as Qwen2 with other
+ * names: attention_norm → packed wqkv → rope → GQA → wo; ffn_norm → w2(silu(w1 h) ⊙ w3 h); final norm
+ * and an untied `output` head. The packed wqkv is split into q/k/v matrices at build time.
+ */
+import type { Graph } from '../onnx/graph.js';
+import {
+  checkTensorShapes,
+  type DecoderDims,
+  type DecoderGraphOptions,
+  finishDecoderGraph,
+  layerOutput,
+  linear,
+  rmsNorm,
+  selfAttention,
+  startDecoderGraph,
+  swiGlu,
+  type TensorSpec,
+} from './decoder.js';
+import type { WeightSource } from './weights.js';
+
+export const INTERNLM2_EMBEDDING = 'language_model.model.tok_embeddings.weight';
+const FINAL_NORM = 'language_model.model.norm.weight';
+const LM_HEAD = 'language_model.output.weight';
+const layerPrefix = (i: number) => `language_model.model.layers.${i}.`;
+
+/** Every tensor the InternLM2 decoder reads, with its checkpoint shape. */
+export function internlm2TensorSpecs(dims: DecoderDims): TensorSpec[] {
+  const { hiddenSize: d, headDim, numHeads, numKvHeads, intermediateSize: ff, vocabSize } = dims;
+  const qkvWidth = (numHeads + 2 * numKvHeads) * headDim;
+  const specs: TensorSpec[] = [{ name: INTERNLM2_EMBEDDING, shape: [vocabSize, d] }];
+  for (let i = 0; i < dims.numLayers; i++) {
+    const p = layerPrefix(i);
+    specs.push(
+      { name: `${p}attention_norm.weight`, shape: [d] },
+      { name: `${p}attention.wqkv.weight`, shape: [qkvWidth, d] },
+      { name: `${p}attention.wo.weight`, shape: [d, numHeads * headDim] },
+      { name: `${p}ffn_norm.weight`, shape: [d] },
+      { name: `${p}feed_forward.w1.weight`, shape: [ff, d] },
+      { name: `${p}feed_forward.w3.weight`, shape: [ff, d] },
+      { name: `${p}feed_forward.w2.weight`, shape: [d, ff] },
+    );
+    if (dims.attentionBias) {
+      specs.push(
+        { name: `${p}attention.wqkv.bias`, shape: [qkvWidth] },
+        { name: `${p}attention.wo.bias`, shape: [d] },
+      );
+    }
+  }
+  specs.push({ name: FINAL_NORM, shape: [d] }, { name: LM_HEAD, shape: [vocabSize, d] });
+  return specs;
+}
+
+export interface SplitQkv {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+}
+
+/**
+ * Splits packed wqkv rows (weight [(H + 2·kvH)·hd, cols], or a bias with cols = 1) into q, k, v.
+ * For each KV head g the packed rows are [q heads g·n_rep … (g+1)·n_rep − 1 | k head g | v head g],
+ * each head_dim rows (einops `(h gs d)` with gs = n_rep + 2).
+ */
+export function splitPackedQkv(packed: Float32Array, dims: DecoderDims, cols: number): SplitQkv {
+  const { numHeads, numKvHeads, headDim } = dims;
+  const nRep = numHeads / numKvHeads;
+  const headSize = headDim * cols;
+  const q = new Float32Array(numHeads * headSize);
+  const k = new Float32Array(numKvHeads * headSize);
+  const v = new Float32Array(numKvHeads * headSize);
+  for (let g = 0; g < numKvHeads; g++) {
+    const block = g * (nRep + 2) * headSize;
+    for (let r = 0; r < nRep; r++) {
+      const src = block + r * headSize;
+      q.set(packed.subarray(src, src + headSize), (g * nRep + r) * headSize);
+    }
+    const kSrc = block + nRep * headSize;
+    k.set(packed.subarray(kSrc, kSrc + headSize), g * headSize);
+    v.set(packed.subarray(kSrc + headSize, kSrc + 2 * headSize), g * headSize);
+  }
+  return { q, k, v };
+}
+
+/** Builds the decoder graph (contract in ./decoder.ts) from checkpoint tensors. */
+export async function buildInternLM2Graph(
+  dims: DecoderDims,
+  weights: WeightSource,
+  options: DecoderGraphOptions = {},
+): Promise<Graph> {
+  checkTensorShapes(weights, internlm2TensorSpecs(dims));
+  const { hiddenSize: d, headDim, intermediateSize: ff } = dims;
+  const qWidth = dims.numHeads * headDim;
+  const kvWidth = dims.numKvHeads * headDim;
+  const load = (name: string) => weights.float32(name);
+  const named = async (name: string) => ({ name, data: await load(name) });
+  const ctx = startDecoderGraph('internlm2-decoder', dims, options);
+  const norm = async (x: string, name: string) => rmsNorm(ctx, x, name, await load(name));
+  const proj = async (x: string, name: string, outFeatures: number, inFeatures: number, bias = false) =>
+    linear(
+      ctx,
+      x,
+      `${name}.weight`,
+      await load(`${name}.weight`),
+      outFeatures,
+      inFeatures,
+      bias ? await named(`${name}.bias`) : undefined,
+    );
+
+  let x = ctx.inputsEmbeds;
+  for (let i = 0; i < dims.numLayers; i++) {
+    const p = layerPrefix(i);
+    const h = await norm(x, `${p}attention_norm.weight`);
+    const wqkv = `${p}attention.wqkv`;
+    const w = splitPackedQkv(await load(`${wqkv}.weight`), dims, d);
+    const b = dims.attentionBias ? splitPackedQkv(await load(`${wqkv}.bias`), dims, 1) : undefined;
+    const part = (which: 'q' | 'k' | 'v') =>
+      b ? { name: `${wqkv}.bias:${which}`, data: b[which] } : undefined;
+    const q = linear(ctx, h, `${wqkv}.weight:q`, w.q, qWidth, d, part('q'));
+    const k = linear(ctx, h, `${wqkv}.weight:k`, w.k, kvWidth, d, part('k'));
+    const v = linear(ctx, h, `${wqkv}.weight:v`, w.v, kvWidth, d, part('v'));
+    const attn = selfAttention(ctx, i, q, k, v);
+    x = ctx.g.add(x, await proj(attn, `${p}attention.wo`, d, qWidth, dims.attentionBias));
+
+    const h2 = await norm(x, `${p}ffn_norm.weight`);
+    const gate = await proj(h2, `${p}feed_forward.w1`, ff, d);
+    const up = await proj(h2, `${p}feed_forward.w3`, ff, d);
+    x = ctx.g.add(x, await proj(swiGlu(ctx, gate, up), `${p}feed_forward.w2`, d, ff));
+    layerOutput(ctx, i, x);
+  }
+  return finishDecoderGraph(ctx, x, await named(FINAL_NORM), await named(LM_HEAD));
+}
