@@ -1,0 +1,255 @@
+/**
+ * The vision side of the engine: InternViT → drop CLS → pixel shuffle → mlp1 as one ONNX graph,
+ * and a runner that encodes image tiles with it.
+ */
+import type * as ort from 'onnxruntime-node';
+import { Tensor } from 'onnxruntime-node';
+import { imageSize as configImageSize, type ModelConfig } from '../config/model-config.js';
+import { InternVLError } from '../errors.js';
+import {
+  buildInternVit,
+  checkTensorShapes,
+  type InternVitDims,
+  internVitDimsFromConfig,
+  internVitTensorSpecs,
+  layersForSelectLayer,
+} from '../models/internvit.js';
+import {
+  buildMlp1,
+  type PixelShuffleVersion,
+  pixelShuffle,
+  projectorTensorSpecs,
+  shuffleFactor,
+} from '../models/projector.js';
+import type { WeightSource } from '../models/weights.js';
+import { type Graph, GraphBuilder } from '../onnx/graph.js';
+import { createSession } from './session.js';
+
+export interface VisionDims {
+  vit: InternVitDims;
+  /** Index into the L+1 hidden states (-1 = last layer). */
+  selectLayer: number;
+  downsampleRatio: number;
+  psVersion: PixelShuffleVersion;
+  llmHiddenSize: number;
+  /** Tile side fed to the model: force_image_size ?? vision_config.image_size. */
+  imageSize: number;
+}
+
+export function visionDimsFromConfig(config: ModelConfig): VisionDims {
+  return {
+    vit: internVitDimsFromConfig(config.vision_config),
+    selectLayer: config.select_layer,
+    downsampleRatio: config.downsample_ratio,
+    psVersion: config.ps_version,
+    llmHiddenSize: config.llm_config.hidden_size,
+    imageSize: configImageSize(config),
+  };
+}
+
+/** Graph input and output names. */
+export const VISION_IO = {
+  pixelValues: 'pixel_values',
+  /** [N, tokens, D_llm] mlp1 output. */
+  imageEmbeds: 'image_embeds',
+  /** [N, 1 + g², C] hidden_states[select_layer] incl. the class token (the last hidden state for -1). */
+  hiddenState: 'vit_hidden_state',
+  /** [N, tokens, k²·C] after dropping the class token and pixel shuffle. */
+  pixelShuffle: 'pixel_shuffle',
+  /** Debug graphs only: [N, 1 + g², C] embedding output and the output of each layer i. */
+  embeddings: 'vit_embeddings',
+  layer: (i: number) => `vit_layer_${i}`,
+} as const;
+
+export interface VisionGraphOptions {
+  /** Tile side; default dims.imageSize. The position embedding is resized to it at build time. */
+  imageSize?: number;
+  /** Also output the embeddings and every layer's output (to localise numeric differences). */
+  debugOutputs?: boolean;
+}
+
+/** Geometry of the graph for one tile size. */
+export interface VisionGeometry {
+  imageSize: number;
+  /** Patch-grid side g. */
+  grid: number;
+  /** LLM tokens per tile, (g/k)². */
+  tokensPerTile: number;
+  /** Encoder layers built for select_layer. */
+  layers: number;
+}
+
+export function visionGeometry(dims: VisionDims, imageSize = dims.imageSize): VisionGeometry {
+  const p = dims.vit.patchSize;
+  if (!Number.isInteger(imageSize) || imageSize < p || imageSize % p !== 0) {
+    throw new InternVLError(
+      'BAD_INPUT',
+      `image size ${imageSize} is not a positive multiple of the patch size ${p}`,
+    );
+  }
+  const grid = imageSize / p;
+  const k = shuffleFactor({ grid, ratio: dims.downsampleRatio });
+  return {
+    imageSize,
+    grid,
+    tokensPerTile: (grid / k) ** 2,
+    layers: layersForSelectLayer(dims.vit.numLayers, dims.selectLayer),
+  };
+}
+
+/** Checks every needed tensor's presence and shape (BAD_CHECKPOINT naming it), then builds the graph. */
+export async function buildVisionGraph(
+  dims: VisionDims,
+  weights: WeightSource,
+  options: VisionGraphOptions = {},
+): Promise<Graph> {
+  const geo = visionGeometry(dims, options.imageSize);
+  const C = dims.vit.hiddenSize;
+  const k = shuffleFactor({ grid: geo.grid, ratio: dims.downsampleRatio });
+  const projector = { inputSize: k * k * C, llmHiddenSize: dims.llmHiddenSize };
+  checkTensorShapes(weights, [
+    ...internVitTensorSpecs(dims.vit, geo.layers),
+    ...projectorTensorSpecs(projector),
+  ]);
+
+  const g = new GraphBuilder('internvl_vision');
+  const S = geo.imageSize;
+  const tokens = 1 + geo.grid * geo.grid;
+  const pixels = g.input(VISION_IO.pixelValues, 'float32', ['num_tiles', dims.vit.numChannels, S, S]);
+  const vit = await buildInternVit(g, dims.vit, weights, pixels, { imageSize: S, layers: geo.layers });
+  const hidden = geo.layers === 0 ? vit.embeddings : vit.layers[geo.layers - 1];
+
+  const patches = g.slice(hidden, [1], [tokens], [1]);
+  const shuffled = pixelShuffle(g, patches, {
+    grid: geo.grid,
+    channels: C,
+    ratio: dims.downsampleRatio,
+    version: dims.psVersion,
+  });
+  const embeds = await buildMlp1(g, weights, shuffled, projector);
+
+  g.output(embeds, VISION_IO.imageEmbeds, 'float32', ['num_tiles', geo.tokensPerTile, dims.llmHiddenSize]);
+  g.output(hidden, VISION_IO.hiddenState, 'float32', ['num_tiles', tokens, C]);
+  g.output(shuffled, VISION_IO.pixelShuffle, 'float32', ['num_tiles', geo.tokensPerTile, k * k * C]);
+  if (options.debugOutputs) {
+    g.output(vit.embeddings, VISION_IO.embeddings, 'float32', ['num_tiles', tokens, C]);
+    vit.layers.forEach((layer, i) => {
+      g.output(layer, VISION_IO.layer(i), 'float32', ['num_tiles', tokens, C]);
+    });
+  }
+  return g.graph;
+}
+
+export interface VisionEncoderOptions {
+  /** Intra-op threads; default: the number of cores. */
+  threads?: number;
+  /** Tile side; default dims.imageSize. */
+  imageSize?: number;
+  /**
+   * Tiles per session run. Default 1: one tile's activations stay in cache, and larger batches
+   * measured 19–25 % slower per tile.
+   */
+  tilesPerRun?: number;
+}
+
+/** Owns the vision ORT session; encodes [N, 3, S, S] float32 tiles. */
+export class VisionEncoder {
+  readonly dims: VisionDims;
+  readonly geometry: VisionGeometry;
+  readonly tilesPerRun: number;
+  #session: ort.InferenceSession | undefined;
+
+  private constructor(
+    dims: VisionDims,
+    geometry: VisionGeometry,
+    session: ort.InferenceSession,
+    tilesPerRun: number,
+  ) {
+    this.dims = dims;
+    this.geometry = geometry;
+    this.#session = session;
+    this.tilesPerRun = tilesPerRun;
+  }
+
+  static async create(
+    dims: VisionDims,
+    weights: WeightSource,
+    options: VisionEncoderOptions = {},
+  ): Promise<VisionEncoder> {
+    const tilesPerRun = options.tilesPerRun ?? 1;
+    if (!Number.isInteger(tilesPerRun) || tilesPerRun < 1) {
+      throw new InternVLError('BAD_INPUT', `tilesPerRun must be a positive integer, got ${tilesPerRun}`);
+    }
+    const geometry = visionGeometry(dims, options.imageSize);
+    const graph = await buildVisionGraph(dims, weights, { imageSize: geometry.imageSize });
+    const session = await createSession(graph, { threads: options.threads });
+    return new VisionEncoder(dims, geometry, session, tilesPerRun);
+  }
+
+  /** Values per tile of the pixel input (3·S·S). */
+  get tileSize(): number {
+    return this.dims.vit.numChannels * this.geometry.imageSize ** 2;
+  }
+
+  /** Image embeddings [N, tokensPerTile, D_llm], tiles in input order. */
+  encode(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.#run(VISION_IO.imageEmbeds, pixelValues, numTiles);
+  }
+
+  /** hidden_states[select_layer] [N, 1 + g², C] including the class token (debugging). */
+  hiddenState(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.#run(VISION_IO.hiddenState, pixelValues, numTiles);
+  }
+
+  /** Pixel-shuffled features [N, tokensPerTile, k²·C] (debugging). */
+  pixelShuffle(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.#run(VISION_IO.pixelShuffle, pixelValues, numTiles);
+  }
+
+  async release(): Promise<void> {
+    const session = this.#session;
+    this.#session = undefined;
+    await session?.release();
+  }
+
+  async #run(output: string, pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    if (!this.#session) throw new InternVLError('BAD_INPUT', 'VisionEncoder was released');
+    this.#checkInput(pixelValues, numTiles);
+    const S = this.geometry.imageSize;
+    const channels = this.dims.vit.numChannels;
+    const tileIn = this.tileSize;
+    let out: Float32Array | undefined;
+    let tileOut = 0;
+    for (let start = 0; start < numTiles; start += this.tilesPerRun) {
+      const count = Math.min(this.tilesPerRun, numTiles - start);
+      const input = pixelValues.subarray(start * tileIn, (start + count) * tileIn);
+      const feeds = { [VISION_IO.pixelValues]: new Tensor('float32', input, [count, channels, S, S]) };
+      const result = await this.#session.run(feeds, [output]);
+      const data = result[output].data as Float32Array;
+      if (!out) {
+        tileOut = data.length / count;
+        out = new Float32Array(tileOut * numTiles);
+      }
+      out.set(data, start * tileOut);
+      result[output].dispose();
+    }
+    return out as Float32Array;
+  }
+
+  #checkInput(pixelValues: Float32Array, numTiles: number): void {
+    if (!(pixelValues instanceof Float32Array)) {
+      throw new InternVLError('BAD_INPUT', 'pixel values must be a Float32Array');
+    }
+    if (!Number.isInteger(numTiles) || numTiles < 1) {
+      throw new InternVLError('BAD_INPUT', `number of tiles must be a positive integer, got ${numTiles}`);
+    }
+    const S = this.geometry.imageSize;
+    const expected = numTiles * this.tileSize;
+    if (pixelValues.length !== expected) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        `pixel values hold ${pixelValues.length} floats; ${numTiles} tile(s) of [${this.dims.vit.numChannels}, ${S}, ${S}] need ${expected}`,
+      );
+    }
+  }
+}
