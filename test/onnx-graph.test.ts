@@ -45,7 +45,7 @@ function check(results: ort.InferenceSession.ReturnType) {
   ];
   const y = x.map((row) => [0, 1].map((j) => row.reduce((a, v, k) => a + v * w[k][j], 0) + [0.5, -0.5][j]));
   const flat = results.flat.data as Float32Array;
-  y.flat().forEach((v, i) => assert.ok(Math.abs(flat[i] - v) < 1e-6));
+  for (const [i, v] of y.flat().entries()) assert.ok(Math.abs(flat[i] - v) < 1e-6);
   const sm = results.softmax.data as Float32Array;
   for (let r = 0; r < 2; r++) {
     const e = y[r].map(Math.exp);
@@ -53,7 +53,8 @@ function check(results: ort.InferenceSession.ReturnType) {
     assert.ok(Math.abs(sm[r * 2] - e[0] / z) < 1e-6);
   }
   const gelu = results.gelu.data as Float32Array;
-  y.flat().forEach((v, i) => assert.ok(Math.abs(gelu[i] - erfGelu(v)) < 1e-4 * Math.max(1, Math.abs(v))));
+  for (const [i, v] of y.flat().entries())
+    assert.ok(Math.abs(gelu[i] - erfGelu(v)) < 1e-4 * Math.max(1, Math.abs(v)));
 }
 
 const feeds = () => ({ x: new ort.Tensor('float32', Float32Array.from([1, 0, -1, 0.5, 0.25, 2]), [2, 3]) });

@@ -8,7 +8,6 @@ import { imageSize as configImageSize, type ModelConfig } from '../config/model-
 import { InternVLError } from '../errors.js';
 import {
   buildInternVit,
-  checkTensorShapes,
   type InternVitDims,
   internVitDimsFromConfig,
   internVitTensorSpecs,
@@ -21,7 +20,7 @@ import {
   projectorTensorSpecs,
   shuffleFactor,
 } from '../models/projector.js';
-import type { WeightSource } from '../models/weights.js';
+import { checkTensorShapes, type WeightSource } from '../models/weights.js';
 import { type Graph, GraphBuilder } from '../onnx/graph.js';
 import { createSession } from './session.js';
 

@@ -15,7 +15,7 @@ import type { ModelConfig } from '../config/model-config.js';
 import type { RopeScaling } from '../engine/rope.js';
 import { InternVLError } from '../errors.js';
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
-import type { WeightSource } from './weights.js';
+import { transposeMatrix } from './weights.js';
 
 export type { RopeScaling } from '../engine/rope.js';
 
@@ -101,25 +101,6 @@ export interface DecoderGraphOptions {
   hiddenStates?: boolean;
 }
 
-export interface TensorSpec {
-  name: string;
-  shape: number[];
-}
-
-/** Checks that every tensor exists with the expected shape, before anything is built. */
-export function checkTensorShapes(weights: WeightSource, specs: TensorSpec[]): void {
-  for (const { name, shape } of specs) {
-    if (!weights.has(name)) throw new InternVLError('BAD_CHECKPOINT', `${name}: missing from the checkpoint`);
-    const actual = weights.shape(name);
-    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
-      throw new InternVLError(
-        'BAD_CHECKPOINT',
-        `${name}: expected [${shape.join(',')}], got [${actual.join(',')}]`,
-      );
-    }
-  }
-}
-
 /** The graph under construction plus the values every layer reads. */
 export interface DecoderGraphContext {
   g: GraphBuilder;
@@ -154,16 +135,6 @@ export function startDecoderGraph(
     totalSequenceLength: g.input(DECODER_IO.totalSequenceLength, 'int32', []),
     logitsRows: g.input(DECODER_IO.logitsRows, 'int64', ['rows']),
   };
-}
-
-/** A [rows, cols] row-major matrix transposed to [cols, rows]. */
-export function transposeMatrix(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    const src = r * cols;
-    for (let c = 0; c < cols; c++) out[c * rows + r] = data[src + c];
-  }
-  return out;
 }
 
 /** y = x·Wᵀ (+ b) for a torch Linear weight W [out, in]; the initializer is stored as [in, out]. */

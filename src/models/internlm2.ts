@@ -5,7 +5,6 @@
  */
 import type { Graph } from '../onnx/graph.js';
 import {
-  checkTensorShapes,
   type DecoderDims,
   type DecoderGraphOptions,
   finishDecoderGraph,
@@ -15,9 +14,8 @@ import {
   selfAttention,
   startDecoderGraph,
   swiGlu,
-  type TensorSpec,
 } from './decoder.js';
-import type { WeightSource } from './weights.js';
+import { checkTensorShapes, type TensorSpec, type WeightSource } from './weights.js';
 
 export const INTERNLM2_EMBEDDING = 'language_model.model.tok_embeddings.weight';
 const FINAL_NORM = 'language_model.model.norm.weight';

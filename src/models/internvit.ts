@@ -9,7 +9,7 @@ import type { VisionConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { type GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
 import { bicubicResize } from './torch-bicubic.js';
-import type { WeightSource } from './weights.js';
+import { type TensorSpec, transposeMatrix, type WeightSource } from './weights.js';
 
 export type VitNormType = 'layer_norm' | 'rms_norm';
 
@@ -57,11 +57,6 @@ export function layersForSelectLayer(numLayers: number, selectLayer: number): nu
     );
   }
   return index;
-}
-
-export interface TensorSpec {
-  name: string;
-  shape: number[];
 }
 
 const EMBEDDINGS = 'vision_model.embeddings';
@@ -113,20 +108,6 @@ export function internVitTensorSpecs(dims: InternVitDims, layers: number): Tenso
   return specs;
 }
 
-/** Throws BAD_CHECKPOINT naming the first tensor that is missing or has another shape. */
-export function checkTensorShapes(weights: WeightSource, specs: TensorSpec[]): void {
-  for (const { name, shape } of specs) {
-    if (!weights.has(name)) throw new InternVLError('BAD_CHECKPOINT', `${name}: missing from the checkpoint`);
-    const got = weights.shape(name);
-    if (got.length !== shape.length || got.some((d, k) => d !== shape[k])) {
-      throw new InternVLError(
-        'BAD_CHECKPOINT',
-        `${name}: expected [${shape.join(',')}], got [${got.join(',')}]`,
-      );
-    }
-  }
-}
-
 /** GraphBuilder.within for an async body: value names stay under `scope` across awaits. */
 export async function within<T>(g: GraphBuilder, scope: string, body: () => Promise<T>): Promise<T> {
   const saved = g.scope;
@@ -147,14 +128,6 @@ async function initializerFrom(
   return g.initializer(name, 'float32', dims, await weights.float32(name));
 }
 
-function transposed(w: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(w.length);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = w[r * cols + c];
-  }
-  return out;
-}
-
 /** A torch Linear weight [out, in] as a MatMul right-hand side [in, out]. */
 export async function linearWeight(
   g: GraphBuilder,
@@ -167,7 +140,7 @@ export async function linearWeight(
     `${name}^T`,
     'float32',
     [inDim, outDim],
-    transposed(await weights.float32(name), outDim, inDim),
+    transposeMatrix(await weights.float32(name), outDim, inDim),
   );
 }
 

@@ -3,8 +3,8 @@
  */
 import { InternVLError } from '../errors.js';
 import type { GraphBuilder } from '../onnx/graph.js';
-import { layerNorm, linear, type TensorSpec } from './internvit.js';
-import type { WeightSource } from './weights.js';
+import { layerNorm, linear } from './internvit.js';
+import type { TensorSpec, WeightSource } from './weights.js';
 
 export type PixelShuffleVersion = 'v1' | 'v2';
 

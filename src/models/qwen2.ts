@@ -6,7 +6,6 @@
  */
 import type { Graph } from '../onnx/graph.js';
 import {
-  checkTensorShapes,
   type DecoderDims,
   type DecoderGraphOptions,
   finishDecoderGraph,
@@ -16,9 +15,8 @@ import {
   selfAttention,
   startDecoderGraph,
   swiGlu,
-  type TensorSpec,
 } from './decoder.js';
-import type { WeightSource } from './weights.js';
+import { checkTensorShapes, type TensorSpec, type WeightSource } from './weights.js';
 
 export const QWEN2_EMBEDDING = 'language_model.model.embed_tokens.weight';
 const FINAL_NORM = 'language_model.model.norm.weight';

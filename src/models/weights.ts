@@ -1,3 +1,5 @@
+import { InternVLError } from '../errors.js';
+
 /** Where model builders get checkpoint tensors from (a safetensors checkpoint, or arrays in tests). */
 export interface WeightSource {
   has(name: string): boolean;
@@ -19,4 +21,34 @@ export function memoryWeights(tensors: Map<string, { shape: number[]; data: Floa
     shape: (name) => get(name).shape,
     float32: async (name) => get(name).data,
   };
+}
+
+/** A checkpoint tensor a model needs, with the shape it must have. */
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+}
+
+/** Throws BAD_CHECKPOINT naming the first tensor that is missing or has another shape, before anything is built. */
+export function checkTensorShapes(weights: WeightSource, specs: TensorSpec[]): void {
+  for (const { name, shape } of specs) {
+    if (!weights.has(name)) throw new InternVLError('BAD_CHECKPOINT', `${name}: missing from the checkpoint`);
+    const actual = weights.shape(name);
+    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
+      throw new InternVLError(
+        'BAD_CHECKPOINT',
+        `${name}: expected [${shape.join(',')}], got [${actual.join(',')}]`,
+      );
+    }
+  }
+}
+
+/** A [rows, cols] row-major matrix transposed to [cols, rows] (torch Linear weights → MatMul operands). */
+export function transposeMatrix(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const src = r * cols;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[src + c];
+  }
+  return out;
 }
