@@ -11,7 +11,7 @@ import { buildInternLM2Graph, INTERNLM2_EMBEDDING } from '../models/internlm2.js
 import { buildQwen2Graph, QWEN2_EMBEDDING } from '../models/qwen2.js';
 import type { WeightSource } from '../models/weights.js';
 import { type RopeParams, rotaryTables } from './rope.js';
-import { createSession } from './session.js';
+import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
 export { type DecoderDims, decoderDimsFromConfig } from '../models/decoder.js';
 
@@ -90,6 +90,8 @@ export class Sequence {
 export interface DecoderRunnerOptions {
   /** Intra-op threads; default: the number of cores. */
   threads?: number;
+  /** Keep the built graph in this on-disk cache entry. */
+  cache?: GraphCacheOptions;
   /** Longest chunk one graph run takes during prefill (default 2048). */
   prefillChunk?: number;
   /** KV capacity grows in multiples of this many tokens (default 256). */
@@ -199,12 +201,12 @@ export class DecoderRunner {
     positiveIntegerOption('prefillChunk', options.prefillChunk, 1);
     positiveIntegerOption('capacityStep', options.capacityStep, 1);
     const graphOptions = { hiddenStates: options.hiddenStates };
-    const graph =
+    const build = () =>
       dims.arch === 'qwen2'
-        ? await buildQwen2Graph(dims, weights, graphOptions)
-        : await buildInternLM2Graph(dims, weights, graphOptions);
+        ? buildQwen2Graph(dims, weights, graphOptions)
+        : buildInternLM2Graph(dims, weights, graphOptions);
+    const session = await sessionForGraph(build, options);
     const embeddings = await weights.float32(dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING);
-    const session = await createSession(graph, { threads: options.threads });
     return new DecoderRunner(dims, session, embeddings, options);
   }
 

@@ -1,6 +1,7 @@
 import os from 'node:os';
 import * as ort from 'onnxruntime-node';
 import { type Graph, modelToBytes } from '../onnx/graph.js';
+import { cachedGraph } from './graph-cache.js';
 
 export interface SessionOptions {
   /** Intra-op threads; default: the number of cores. */
@@ -27,4 +28,23 @@ export async function createSession(
   return typeof source === 'string'
     ? ort.InferenceSession.create(source, sessionOptions)
     : ort.InferenceSession.create(source, sessionOptions);
+}
+
+/** Where a runner keeps its built graph on disk (see graph-cache.ts); without it graphs stay in memory. */
+export interface GraphCacheOptions {
+  dir: string;
+  key: string;
+}
+
+/**
+ * A session for the graph `build` makes: from the on-disk cache when given (built and written on a
+ * miss; required above ONNX's 2 GiB in-memory limit), else built in memory.
+ */
+export async function sessionForGraph(
+  build: () => Promise<Graph>,
+  options: SessionOptions & { cache?: GraphCacheOptions },
+): Promise<ort.InferenceSession> {
+  if (!options.cache) return createSession(await build(), options);
+  const { modelPath } = await cachedGraph(options.cache.dir, options.cache.key, build);
+  return createSession(modelPath, options);
 }

@@ -22,7 +22,7 @@ import {
 } from '../models/projector.js';
 import { checkTensorShapes, type WeightSource } from '../models/weights.js';
 import { type Graph, GraphBuilder } from '../onnx/graph.js';
-import { createSession } from './session.js';
+import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
 export interface VisionDims {
   vit: InternVitDims;
@@ -142,6 +142,8 @@ export async function buildVisionGraph(
 export interface VisionEncoderOptions {
   /** Intra-op threads; default: the number of cores. */
   threads?: number;
+  /** Keep the built graph in this on-disk cache entry. */
+  cache?: GraphCacheOptions;
   /** Tile side; default dims.imageSize. */
   imageSize?: number;
   /**
@@ -180,8 +182,10 @@ export class VisionEncoder {
       throw new InternVLError('BAD_INPUT', `tilesPerRun must be a positive integer, got ${tilesPerRun}`);
     }
     const geometry = visionGeometry(dims, options.imageSize);
-    const graph = await buildVisionGraph(dims, weights, { imageSize: geometry.imageSize });
-    const session = await createSession(graph, { threads: options.threads });
+    const session = await sessionForGraph(
+      () => buildVisionGraph(dims, weights, { imageSize: geometry.imageSize }),
+      options,
+    );
     return new VisionEncoder(dims, geometry, session, tilesPerRun);
   }
 

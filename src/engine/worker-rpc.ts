@@ -41,7 +41,13 @@ export class WorkerClient {
   private failure: Error | undefined;
 
   constructor(url: URL, workerData: unknown) {
-    this.worker = new Worker(url, { workerData });
+    this.worker = url.pathname.endsWith('.ts')
+      ? // Running from TypeScript sources (tests, development): load tsx's loader inside the worker first.
+        new Worker(
+          `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${JSON.stringify(url.href)}); });`,
+          { eval: true, workerData },
+        )
+      : new Worker(url, { workerData });
     this.worker.on('message', (reply: Reply) => this.onReply(reply));
     this.worker.on('error', (err) => this.failAll(err));
     this.worker.on('exit', (code) => {

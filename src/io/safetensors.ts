@@ -225,6 +225,11 @@ export class Checkpoint {
     this.#metadata = metadata;
   }
 
+  /** The safetensors files of this checkpoint (one, or every shard). */
+  files(): string[] {
+    return [...this.#handles.keys()];
+  }
+
   /** Opens a .safetensors file, an index json, or a folder holding model.safetensors or its index. */
   static async open(pathOrDir: string): Promise<Checkpoint> {
     const target = path.resolve(pathOrDir);

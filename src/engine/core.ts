@@ -1,0 +1,131 @@
+/**
+ * The engine in one thread: a checkpoint's vision encoder and language model, their ORT sessions and
+ * the token-embedding table. `InternVLModel` runs this in a worker thread; tests may use it directly.
+ */
+import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/model-config.js';
+import { InternVLError } from '../errors.js';
+import { Checkpoint } from '../io/safetensors.js';
+import type { WeightSource } from '../models/weights.js';
+import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
+import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
+import { VisionEncoder, visionDimsFromConfig } from './vision.js';
+
+export interface EngineOptions {
+  /** Weight precision in the graphs; only 'fp32' for now. */
+  dtype?: 'fp32';
+  /** Intra-op threads; default: the number of cores. */
+  threads?: number;
+  /**
+   * Where built graphs are cached (default: $INTERNVL_CACHE/graphs or ~/.cache/internvl-ts/graphs);
+   * false builds them in memory on every load (only for checkpoints under 2 GiB in fp32).
+   */
+  cacheDir?: string | false;
+}
+
+export interface ImageInput {
+  pixelValues: Float32Array;
+  numTiles: number;
+}
+
+export function checkpointWeights(checkpoint: Checkpoint): WeightSource {
+  return {
+    has: (name) => checkpoint.has(name),
+    shape: (name) => checkpoint.info(name).shape,
+    float32: (name) => checkpoint.readFloat32(name),
+  };
+}
+
+export class EngineCore {
+  private constructor(
+    readonly config: ModelConfig,
+    private readonly checkpoint: Checkpoint,
+    private readonly vision: VisionEncoder,
+    private readonly decoder: DecoderRunner,
+    private readonly imgContextId: number,
+  ) {}
+
+  static async load(dir: string, options: EngineOptions = {}): Promise<EngineCore> {
+    if (options.dtype && options.dtype !== 'fp32') {
+      throw new InternVLError('UNSUPPORTED', `dtype ${options.dtype} is not supported yet (supported: fp32)`);
+    }
+    const config = await loadModelConfig(dir);
+    const checkpoint = await Checkpoint.open(dir);
+    try {
+      const weights = checkpointWeights(checkpoint);
+      const threads = options.threads;
+      const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
+      const cacheFor = (component: string, dims: unknown) =>
+        cacheDir === false
+          ? undefined
+          : { dir: cacheDir, key: graphCacheKey(checkpoint.files(), { component, dims, dtype: 'fp32' }) };
+      const visionDims = visionDimsFromConfig(config);
+      const vision = await VisionEncoder.create(visionDims, weights, {
+        threads,
+        cache: cacheFor('vision', visionDims),
+      });
+      const decoderDims = decoderDimsFromConfig(config);
+      const decoder = await DecoderRunner.create(decoderDims, weights, {
+        threads,
+        cache: cacheFor('decoder', decoderDims),
+      });
+      const imgContextId = await imageContextTokenId(dir);
+      return new EngineCore(config, checkpoint, vision, decoder, imgContextId);
+    } catch (err) {
+      await checkpoint.close();
+      throw err;
+    }
+  }
+
+  get numImageTokens(): number {
+    return numImageTokens(this.config);
+  }
+
+  encodeImages(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.vision.encode(pixelValues, numTiles);
+  }
+
+  visionHiddenState(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.vision.hiddenState(pixelValues, numTiles);
+  }
+
+  /** Token embeddings of `inputIds` with the images' features written into the `<IMG_CONTEXT>` rows. */
+  private async inputEmbeddings(inputIds: ArrayLike<number>, image?: ImageInput): Promise<Float32Array> {
+    const embeds = this.decoder.embed(inputIds);
+    if (image) {
+      const features = await this.encodeImages(image.pixelValues, image.numTiles);
+      scatterImageEmbeddings(embeds, inputIds, this.imgContextId, features);
+    }
+    return embeds;
+  }
+
+  async forwardLogits(inputIds: ArrayLike<number>, image?: ImageInput): Promise<Float32Array> {
+    const embeds = await this.inputEmbeddings(inputIds, image);
+    const seq = this.decoder.newSequence();
+    return this.decoder.forward(seq, embeds, inputIds.length, { allLogits: true });
+  }
+
+  async generateGreedy(
+    inputIds: ArrayLike<number>,
+    maxNewTokens: number,
+    image?: ImageInput,
+  ): Promise<number[]> {
+    const embeds = await this.inputEmbeddings(inputIds, image);
+    return generateGreedy(this.decoder, embeds, inputIds.length, maxNewTokens);
+  }
+
+  async close(): Promise<void> {
+    await this.vision.release();
+    await this.decoder.release();
+    await this.checkpoint.close();
+  }
+}
+
+/** The id of `<IMG_CONTEXT>` from the checkpoint's tokenizer files. */
+async function imageContextTokenId(dir: string): Promise<number> {
+  const { loadTokenizer } = await import('../io/tokenizer-files.js');
+  const tokenizer = await loadTokenizer(dir);
+  const id = tokenizer.tokenToId('<IMG_CONTEXT>');
+  if (id === undefined)
+    throw new InternVLError('BAD_TOKENIZER', `${dir}: the tokenizer has no <IMG_CONTEXT> token`);
+  return id;
+}

@@ -1,0 +1,93 @@
+/**
+ * InternVLModel: a checkpoint loaded into the engine, which runs in a worker thread so the caller's
+ * event loop stays responsive while ONNX Runtime computes.
+ */
+import type { ModelConfig } from '../config/model-config.js';
+import { InternVLError } from '../errors.js';
+import { resolveModel } from '../io/hub.js';
+import type { EngineOptions, ImageInput } from './core.js';
+import { WorkerClient } from './worker-rpc.js';
+
+export interface LoadOptions extends EngineOptions {}
+
+export interface ImageOptions {
+  /** Normalised tiles, [numTiles, 3, S, S] float32. */
+  pixelValues?: Float32Array;
+  numTiles?: number;
+}
+
+// Under tsx (tests, development) this module is a .ts file and so is the worker beside it.
+const workerUrl = new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url);
+
+function imageInput(opts: ImageOptions | undefined): ImageInput | undefined {
+  if (!opts?.pixelValues) return undefined;
+  const numTiles = opts.numTiles ?? 1;
+  return { pixelValues: opts.pixelValues, numTiles };
+}
+
+function idList(inputIds: ArrayLike<number>): number[] {
+  const ids = Array.from(inputIds, Number);
+  if (ids.length === 0) throw new InternVLError('BAD_INPUT', 'inputIds is empty');
+  return ids;
+}
+
+export class InternVLModel {
+  private closed = false;
+
+  private constructor(
+    private readonly client: WorkerClient,
+    readonly config: ModelConfig,
+    readonly dir: string,
+  ) {}
+
+  /** Loads a local checkpoint folder or a hub id (`Org/Name[@revision]`). */
+  static async load(dirOrId: string, options: LoadOptions = {}): Promise<InternVLModel> {
+    const dir = await resolveModel(dirOrId);
+    const client = new WorkerClient(workerUrl, { dir, options });
+    try {
+      const { config } = await client.call<{ config: ModelConfig }>('load', []);
+      return new InternVLModel(client, config, dir);
+    } catch (err) {
+      await client.terminate();
+      throw err;
+    }
+  }
+
+  private call<T>(method: string, args: unknown[]): Promise<T> {
+    if (this.closed) return Promise.reject(new InternVLError('BAD_INPUT', 'the model is closed'));
+    return this.client.call<T>(method, args);
+  }
+
+  /** Projector output (image embeddings), [numTiles, 256, hidden]. */
+  encodeImages(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.call('encodeImages', [pixelValues, numTiles]);
+  }
+
+  /** InternViT last hidden state, [numTiles, 1 + g², C] (class token included). */
+  visionHiddenState(pixelValues: Float32Array, numTiles: number): Promise<Float32Array> {
+    return this.call('visionHiddenState', [pixelValues, numTiles]);
+  }
+
+  /** Logits of every position, [T, vocab]. */
+  async forwardLogits(inputIds: ArrayLike<number>, opts?: ImageOptions): Promise<Float32Array> {
+    return this.call('forwardLogits', [idList(inputIds), imageInput(opts)]);
+  }
+
+  /** Greedy continuation through the KV cache; does not stop at EOS. */
+  generateGreedy(
+    inputIds: ArrayLike<number>,
+    opts: ImageOptions & { maxNewTokens: number },
+  ): Promise<number[]> {
+    return this.call('generateGreedy', [idList(inputIds), opts.maxNewTokens, imageInput(opts)]);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.client.call('close', []);
+    } finally {
+      await this.client.terminate();
+    }
+  }
+}

@@ -1,0 +1,32 @@
+/** The engine worker thread: loads an EngineCore and answers InternVLModel's calls. */
+import { parentPort, workerData } from 'node:worker_threads';
+import { InternVLError } from '../errors.js';
+import { EngineCore, type EngineOptions, type ImageInput } from './core.js';
+import { serveCalls } from './worker-rpc.js';
+
+const { dir, options } = workerData as { dir: string; options: EngineOptions };
+let core: EngineCore | undefined;
+const engine = () => {
+  if (!core) throw new InternVLError('INTERNAL', 'the engine is not loaded');
+  return core;
+};
+
+if (!parentPort) throw new Error('engine worker started outside a worker thread');
+serveCalls(parentPort, () => ({
+  load: async () => {
+    core = await EngineCore.load(dir, options);
+    return { config: core.config };
+  },
+  encodeImages: (pixelValues, numTiles) =>
+    engine().encodeImages(pixelValues as Float32Array, numTiles as number),
+  visionHiddenState: (pixelValues, numTiles) =>
+    engine().visionHiddenState(pixelValues as Float32Array, numTiles as number),
+  forwardLogits: (inputIds, image) =>
+    engine().forwardLogits(inputIds as number[], image as ImageInput | undefined),
+  generateGreedy: (inputIds, maxNewTokens, image) =>
+    engine().generateGreedy(inputIds as number[], maxNewTokens as number, image as ImageInput | undefined),
+  close: async () => {
+    await core?.close();
+    core = undefined;
+  },
+}));
