@@ -34,8 +34,7 @@ const seconds = (t0: number) => (performance.now() - t0) / 1000;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const cacheDir = defaultGraphCacheDir();
-const modelDir =
-  values.model ?? path.join(path.dirname(cacheDir), 'random-models', `${values.shape}-seed0`);
+const modelDir = values.model ?? path.join(path.dirname(cacheDir), 'random-models', `${values.shape}-seed0`);
 if (!values.model && !existsSync(path.join(modelDir, 'model.safetensors'))) {
   process.stderr.write(`creating random ${values.shape} checkpoint in ${modelDir}\n`);
   await createRandomCheckpoint({ shape: values.shape!, out: modelDir, seed: 0 });
@@ -51,7 +50,10 @@ const cacheFor = (component: string, dims: unknown) => ({
 
 let t0 = performance.now();
 const visionDims = visionDimsFromConfig(config);
-const vision = await VisionEncoder.create(visionDims, weights, { threads, cache: cacheFor('vision', visionDims) });
+const vision = await VisionEncoder.create(visionDims, weights, {
+  threads,
+  cache: cacheFor('vision', visionDims),
+});
 const decoderDims = decoderDimsFromConfig(config);
 const decoder = await DecoderRunner.create(decoderDims, weights, {
   threads,
