@@ -1,2 +1,50 @@
+// Checkpoint → config → image/video → tiles → pixel values → text → engine.
+export {
+  type GenerationConfigFile,
+  loadGenerationConfig,
+  parseGenerationConfig,
+} from './config/generation-config.js';
+export {
+  imageSize,
+  type LlmConfig,
+  loadModelConfig,
+  type ModelConfig,
+  numImageTokens,
+  parseModelConfig,
+  SUPPORTED_LLM_ARCHITECTURES,
+  type VisionConfig,
+} from './config/model-config.js';
+export type { EngineOptions } from './engine/core.js';
+export { type ImageOptions, InternVLModel, type LoadOptions } from './engine/model.js';
 export { type ErrorCode, InternVLError } from './errors.js';
+export { type ResolveModelOptions, resolveModel } from './io/hub.js';
+export { type ImageSource, type LoadImageOptions, loadImage } from './io/image.js';
+export { Checkpoint, type TensorInfo, writeSafetensors } from './io/safetensors.js';
+export { loadTokenizer } from './io/tokenizer-files.js';
+export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './io/video.js';
+export type { RgbImage } from './preprocess/image.js';
+export { IMAGENET_MEAN, IMAGENET_STD, toPixelValues } from './preprocess/pixels.js';
+export { resizeBicubic } from './preprocess/resize.js';
+export { type DynamicPreprocessResult, dynamicPreprocess } from './preprocess/tiles.js';
+export { planTiles, type TilePlan, type TilingOptions } from './preprocess/tiling.js';
+export { videoFrameIndices, videoToTiles } from './preprocess/video.js';
+export {
+  buildBatchChatPrompts,
+  buildChatPrompt,
+  expandImagePlaceholders,
+  frameLabels,
+  imageLabels,
+  postprocessResponse,
+} from './text/prompt.js';
+export { StreamDecoder } from './text/stream-decoder.js';
+export {
+  type ChatTurn,
+  getTemplate,
+  renderConversation,
+  TEMPLATE_NAMES,
+  type Template,
+} from './text/templates.js';
+export { createTokenizer } from './text/tokenizer.js';
+export { lossWeights, tokenizeTrainingSample } from './text/training.js';
 export type { DecodeOptions, EncodeOptions, Tokenizer } from './text/types.js';
+export { createRandomCheckpoint, RANDOM_SHAPES } from './tools/random-checkpoint.js';
