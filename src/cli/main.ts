@@ -5,6 +5,7 @@ const USAGE = `Usage: internvl <command> [options]
 Commands:
   help        show this help
   version     print the version
+  data        training data: stats, filter, pack
 
 Run \`internvl <command> --help\` for a command's options.
 `;
@@ -30,6 +31,8 @@ export async function main(argv: string[]): Promise<number> {
     case '--version':
       process.stdout.write(`${packageVersion()}\n`);
       return 0;
+    case 'data':
+      return (await import('./data.js')).dataCommand(rest);
     default:
       process.stderr.write(`internvl: unknown command '${command}' (args: ${rest.join(' ')})\n${USAGE}`);
       return 2;
