@@ -1,0 +1,220 @@
+import { z } from 'zod';
+import type { GenerationConfigFile } from '../config/generation-config.js';
+import { InternVLError } from '../errors.js';
+import type { Template } from '../text/templates.js';
+import type { Tokenizer } from '../text/types.js';
+
+/** How one request generates: length, sampling, stopping and what is reported. */
+export interface GenerationConfig {
+  /** Most tokens to generate (the end token counts). */
+  maxNewTokens: number;
+  /** 0 = greedy (argmax). */
+  temperature: number;
+  /** Keep the k most likely tokens; 0 = off. */
+  topK: number;
+  /** Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches topP; 1 = off. */
+  topP: number;
+  /** Drop tokens whose probability is below minP × the top token's; 0 = off. */
+  minP: number;
+  /** Hugging Face repetition penalty over prompt + generated ids; 1 = off. */
+  repetitionPenalty: number;
+  /** Generation ends when the text contains one of these; the returned text stops before it. */
+  stop: string[];
+  /** Extra ids that end generation (also with `ignoreEos`). */
+  stopTokenIds: number[];
+  /** Keep generating past the end-of-turn / eos ids (user `stopTokenIds` still stop). */
+  ignoreEos: boolean;
+  /** Makes sampling reproducible; unset = a fresh random seed. */
+  seed?: number;
+  /** Report the log-probability of each generated token. */
+  logprobs: boolean;
+  /** Also report this many most likely alternatives per token (0–20). */
+  topLogprobs: number;
+  /** Leave special tokens out of the decoded text. */
+  skipSpecialTokens: boolean;
+}
+
+/** A resolved config with the ids that end generation. */
+export interface ResolvedGenerationConfig extends GenerationConfig {
+  /** The template's end-of-turn id, then generation_config.json's `eos_token_id`s (deduplicated). */
+  eosTokenIds: number[];
+  /** What ends generation: `eosTokenIds` unless `ignoreEos`, plus `stopTokenIds` (deduplicated). */
+  endTokenIds: number[];
+}
+
+/** What callers may pass: any subset of the fields; `stop` may also be a single string. */
+export type GenerationConfigInput = Partial<Omit<GenerationConfig, 'stop'>> & {
+  stop?: string | string[];
+};
+
+function describe(field: string, what: string) {
+  return (issue: { input?: unknown }): string => {
+    const got = JSON.stringify(issue.input) ?? String(issue.input);
+    return `${field} must be ${what} (got ${got.length > 60 ? `${got.slice(0, 57)}...` : got})`;
+  };
+}
+
+function numberField(field: string, what: string) {
+  const error = describe(field, what);
+  return { schema: z.number({ error }), error };
+}
+
+const maxNewTokens = numberField('maxNewTokens', 'a positive integer');
+const temperature = numberField('temperature', 'a number ≥ 0 (0 = greedy)');
+const topK = numberField('topK', 'a non-negative integer (0 = off)');
+const topP = numberField('topP', 'a number in (0, 1]');
+const minP = numberField('minP', 'a number in [0, 1]');
+const repetitionPenalty = numberField('repetitionPenalty', 'a number > 0');
+const seed = numberField('seed', 'a safe integer');
+const topLogprobs = numberField('topLogprobs', 'an integer from 0 to 20');
+const stopError = describe('stop', 'a non-empty string or a list of non-empty strings');
+const stopTokenIdsError = describe('stopTokenIds', 'a list of non-negative integer token ids');
+const boolean = (field: string) => z.boolean({ error: describe(field, 'true or false') });
+
+/** Validates user input (unknown fields are errors, so a misspelt option is not silently ignored). */
+const generationConfigInputSchema = z.strictObject({
+  maxNewTokens: maxNewTokens.schema
+    .int({ error: maxNewTokens.error })
+    .positive({ error: maxNewTokens.error })
+    .optional(),
+  temperature: temperature.schema.nonnegative({ error: temperature.error }).optional(),
+  topK: topK.schema.int({ error: topK.error }).nonnegative({ error: topK.error }).optional(),
+  topP: topP.schema.positive({ error: topP.error }).max(1, { error: topP.error }).optional(),
+  minP: minP.schema.nonnegative({ error: minP.error }).max(1, { error: minP.error }).optional(),
+  repetitionPenalty: repetitionPenalty.schema.positive({ error: repetitionPenalty.error }).optional(),
+  stop: z
+    .union(
+      [
+        z.string({ error: stopError }).min(1, { error: stopError }),
+        z.array(z.string({ error: stopError }).min(1, { error: stopError }), { error: stopError }),
+      ],
+      { error: stopError },
+    )
+    .optional(),
+  stopTokenIds: z
+    .array(
+      z
+        .number({ error: stopTokenIdsError })
+        .int({ error: stopTokenIdsError })
+        .nonnegative({ error: stopTokenIdsError }),
+      {
+        error: stopTokenIdsError,
+      },
+    )
+    .optional(),
+  ignoreEos: boolean('ignoreEos').optional(),
+  seed: seed.schema.int({ error: seed.error }).optional(),
+  logprobs: boolean('logprobs').optional(),
+  topLogprobs: topLogprobs.schema
+    .int({ error: topLogprobs.error })
+    .min(0, { error: topLogprobs.error })
+    .max(20, { error: topLogprobs.error })
+    .optional(),
+  skipSpecialTokens: boolean('skipSpecialTokens').optional(),
+});
+
+const FIELD_NAMES = Object.keys(generationConfigInputSchema.shape);
+
+function unknownFieldMessage(key: string): string {
+  const camel = key.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+  const known = FIELD_NAMES.find((name) => name.toLowerCase() === camel.toLowerCase());
+  const hint = known ? ` (did you mean '${known}'?)` : '';
+  return `unknown field '${key}'${hint}; known fields: ${FIELD_NAMES.join(', ')}`;
+}
+
+/**
+ * Validates a user generation config; throws InternVLError('BAD_INPUT') naming every bad field.
+ * Returns the given fields with `stop` normalised to a list.
+ */
+export function parseGenerationConfigInput(input: unknown): Partial<GenerationConfig> & { stop?: string[] } {
+  if (input === undefined) return {};
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    const got = JSON.stringify(input) ?? String(input);
+    throw new InternVLError('BAD_INPUT', `generation config must be an object (got ${got.slice(0, 60)})`);
+  }
+  const r = generationConfigInputSchema.safeParse(input);
+  if (!r.success) {
+    const messages = r.error.issues.map((issue) => {
+      if (issue.code === 'unrecognized_keys') return issue.keys.map(unknownFieldMessage).join('; ');
+      return issue.message;
+    });
+    throw new InternVLError('BAD_INPUT', `invalid generation config: ${messages.join('; ')}`);
+  }
+  const { stop, ...rest } = r.data;
+  const parsed: Partial<GenerationConfig> = { ...rest };
+  if (stop !== undefined) parsed.stop = typeof stop === 'string' ? [stop] : [...stop];
+  return parsed;
+}
+
+/** Default `maxNewTokens` when neither the user nor generation_config.json gives one (LMDeploy's). */
+export const DEFAULT_MAX_NEW_TOKENS = 512;
+
+export interface ResolveGenerationOptions {
+  /** The checkpoint's parsed generation_config.json; absent = Hugging Face defaults. */
+  fileConfig?: GenerationConfigFile;
+  template: Template;
+  tokenizer: Tokenizer;
+}
+
+function fileMinP(fileConfig: GenerationConfigFile | undefined): number {
+  const value = (fileConfig as Record<string, unknown> | undefined)?.min_p;
+  return typeof value === 'number' && value >= 0 && value <= 1 ? value : 0;
+}
+
+function idList(value: number | number[] | null | undefined): number[] {
+  if (value === null || value === undefined) return [];
+  return Array.isArray(value) ? value : [value];
+}
+
+/**
+ * The config one request runs with. Each field comes from the user, else from generation_config.json,
+ * else from the defaults that the official `chat()` gets from Hugging Face `generate` (greedy unless
+ * `do_sample`; top_k 50 and top_p 1 apply once sampling) and LMDeploy (maxNewTokens 512,
+ * skipSpecialTokens true). InternVL 2.5 checkpoints' generation_config.json carries only eos ids, so
+ * the default is greedy decoding; setting `temperature` > 0 turns sampling on. `topLogprobs` > 0
+ * implies `logprobs`. `max_length` (prompt + output) is not used: the context guard bounds the total.
+ *
+ * End ids: the template's end-of-turn token (`<|im_end|>`), which `chat()` stops at, plus
+ * generation_config.json's `eos_token_id`s; `ignoreEos` disables these but not the user's
+ * `stopTokenIds`, as vLLM does.
+ */
+export function resolveGenerationConfig(
+  user: GenerationConfigInput | undefined,
+  options: ResolveGenerationOptions,
+): ResolvedGenerationConfig {
+  const given = parseGenerationConfigInput(user);
+  const { fileConfig, template, tokenizer } = options;
+  const templateEos = tokenizer.tokenToId(template.eosToken);
+  if (templateEos === undefined) {
+    throw new InternVLError(
+      'BAD_TOKENIZER',
+      `the tokenizer has no token '${template.eosToken}', the end-of-turn token of template '${template.name}'`,
+    );
+  }
+  const sampling = fileConfig?.do_sample === true;
+  const topLogprobs = given.topLogprobs ?? 0;
+  const ignoreEos = given.ignoreEos ?? false;
+  const stopTokenIds = [...new Set(given.stopTokenIds ?? [])];
+  const eosTokenIds = [...new Set([templateEos, ...idList(fileConfig?.eos_token_id)])];
+  const resolved: ResolvedGenerationConfig = {
+    maxNewTokens: given.maxNewTokens ?? fileConfig?.max_new_tokens ?? DEFAULT_MAX_NEW_TOKENS,
+    temperature: given.temperature ?? (sampling ? (fileConfig?.temperature ?? 1) : 0),
+    topK: given.topK ?? fileConfig?.top_k ?? 50,
+    topP: given.topP ?? fileConfig?.top_p ?? 1,
+    minP: given.minP ?? fileMinP(fileConfig),
+    repetitionPenalty: given.repetitionPenalty ?? fileConfig?.repetition_penalty ?? 1,
+    stop: [...new Set(given.stop ?? [])],
+    stopTokenIds,
+    ignoreEos,
+    logprobs: given.logprobs ?? topLogprobs > 0,
+    topLogprobs,
+    skipSpecialTokens: given.skipSpecialTokens ?? true,
+    eosTokenIds,
+    endTokenIds: [...new Set([...(ignoreEos ? [] : eosTokenIds), ...stopTokenIds])],
+  };
+  if (given.seed !== undefined) resolved.seed = given.seed;
+  if (topLogprobs > 0 && !resolved.logprobs) {
+    throw new InternVLError('BAD_INPUT', 'invalid generation config: topLogprobs needs logprobs');
+  }
+  return resolved;
+}
