@@ -22,6 +22,29 @@ export { type ImageSource, type LoadImageOptions, loadImage } from './io/image.j
 export { Checkpoint, type TensorInfo, writeSafetensors } from './io/safetensors.js';
 export { loadTokenizer } from './io/tokenizer-files.js';
 export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './io/video.js';
+export {
+  type ChatMessage,
+  type ContentPart,
+  IMAGE_TOKEN,
+  type ImageLike,
+  type Input,
+  type PromptInput,
+  type VideoInput,
+} from './pipeline/conversation.js';
+export type { GenerationConfig, GenerationConfigInput } from './pipeline/generation-config.js';
+export {
+  DEFAULT_MODEL,
+  type FinishReason,
+  Pipeline,
+  type PipelineOptions,
+  pipeline,
+  type Response,
+  type RunOptions,
+  Session,
+  type StreamChunk,
+  type TokenLogprobInfo,
+  type Usage,
+} from './pipeline/pipeline.js';
 export type { RgbImage } from './preprocess/image.js';
 export { IMAGENET_MEAN, IMAGENET_STD, toPixelValues } from './preprocess/pixels.js';
 export { resizeBicubic } from './preprocess/resize.js';

@@ -6,7 +6,9 @@ import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/mod
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import type { WeightSource } from '../models/weights.js';
+import type { SampledToken } from '../pipeline/sampler.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
+import { type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { VisionEncoder, visionDimsFromConfig } from './vision.js';
 
@@ -42,7 +44,16 @@ export class EngineCore {
     private readonly vision: VisionEncoder,
     private readonly decoder: DecoderRunner,
     private readonly imgContextId: number,
-  ) {}
+  ) {
+    this.generator = new Generator({
+      decoder,
+      imgContextId,
+      tokensPerTile: numImageTokens(config),
+      encode: (pixelValues, numTiles) => vision.encode(pixelValues, numTiles),
+    });
+  }
+
+  private readonly generator: Generator;
 
   static async load(dir: string, options: EngineOptions = {}): Promise<EngineCore> {
     if (options.dtype && options.dtype !== 'fp32') {
@@ -111,6 +122,23 @@ export class EngineCore {
   ): Promise<number[]> {
     const embeds = await this.inputEmbeddings(inputIds, image);
     return generateGreedy(this.decoder, embeds, inputIds.length, maxNewTokens);
+  }
+
+  /** Generates one continuation (see generate.ts); `onToken` sees each token as it is chosen. */
+  generate(
+    request: GenerateRequest,
+    callId: number,
+    onToken: (token: SampledToken) => void,
+  ): Promise<GenerateResult> {
+    return this.generator.generate(request, callId, onToken);
+  }
+
+  abort(callId: number): void {
+    this.generator.abort(callId);
+  }
+
+  releaseSession(sessionId: string): boolean {
+    return this.generator.releaseSession(sessionId);
   }
 
   async close(): Promise<void> {

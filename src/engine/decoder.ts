@@ -85,6 +85,14 @@ export class Sequence {
   /** ORT views of `keys`/`values` (zero-copy), rebuilt when the buffers are reallocated. */
   pastTensors: { key: ort.Tensor; value: ort.Tensor }[] = [];
   busy = false;
+
+  /** Keeps only the first `length` cached tokens (to reuse a shared prompt prefix); the rest is overwritten later. */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.length) {
+      throw new InternVLError('BAD_INPUT', `cannot truncate a ${this.length}-token sequence to ${length}`);
+    }
+    this.length = length;
+  }
 }
 
 export interface DecoderRunnerOptions {

@@ -5,7 +5,9 @@
 import type { ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { resolveModel } from '../io/hub.js';
+import type { SampledToken } from '../pipeline/sampler.js';
 import type { EngineOptions, ImageInput } from './core.js';
+import type { GenerateRequest, GenerateResult } from './generate.js';
 import { WorkerClient } from './worker-rpc.js';
 
 export interface LoadOptions extends EngineOptions {}
@@ -79,6 +81,34 @@ export class InternVLModel {
     opts: ImageOptions & { maxNewTokens: number },
   ): Promise<number[]> {
     return this.call('generateGreedy', [idList(inputIds), opts.maxNewTokens, imageInput(opts)]);
+  }
+
+  /**
+   * Generates a continuation of `request.inputIds` in the engine thread. `onToken` sees each token as
+   * it is chosen; aborting `signal` stops generation before the next decode step (finishReason 'abort').
+   */
+  async generate(
+    request: GenerateRequest,
+    options: { onToken?: (token: SampledToken) => void; signal?: AbortSignal } = {},
+  ): Promise<GenerateResult> {
+    if (this.closed) throw new InternVLError('BAD_INPUT', 'the model is closed');
+    const { signal, onToken } = options;
+    const call = this.client.start<GenerateResult>('generate', [request], {
+      onEvent: onToken ? (e) => onToken(e as SampledToken) : undefined,
+    });
+    const abort = () => void this.client.call('abort', [call.id]).catch(() => {});
+    if (signal?.aborted) abort();
+    signal?.addEventListener('abort', abort, { once: true });
+    try {
+      return await call.result;
+    } finally {
+      signal?.removeEventListener('abort', abort);
+    }
+  }
+
+  /** Forgets a chat session's KV cache in the engine. */
+  async releaseSession(sessionId: string): Promise<void> {
+    if (!this.closed) await this.call('releaseSession', [sessionId]);
   }
 
   async close(): Promise<void> {

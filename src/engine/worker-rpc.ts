@@ -30,6 +30,12 @@ function transferablesOf(value: unknown): Transferable[] {
   return out;
 }
 
+export interface CallOptions {
+  transfer?: Transferable[];
+  /** Receives the events the method emits before it returns. */
+  onEvent?: (event: unknown) => void;
+}
+
 /** The main-thread side: one worker, many concurrent calls matched by id. */
 export class WorkerClient {
   private readonly worker: Worker;
@@ -78,18 +84,20 @@ export class WorkerClient {
   }
 
   /** Calls `method` in the worker. Arguments' typed arrays are copied unless `transfer` lists them. */
-  call<T>(
-    method: string,
-    args: unknown[],
-    options: { transfer?: Transferable[]; onEvent?: (e: unknown) => void } = {},
-  ) {
-    if (this.failure) return Promise.reject(this.failure);
+  call<T>(method: string, args: unknown[], options: CallOptions = {}): Promise<T> {
+    return this.start<T>(method, args, options).result;
+  }
+
+  /** Like `call`, also giving the call's id (which the worker sees as its last argument). */
+  start<T>(method: string, args: unknown[], options: CallOptions = {}): { id: number; result: Promise<T> } {
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
+    if (this.failure) return { id, result: Promise.reject(this.failure) };
+    const result = new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, onEvent: options.onEvent });
       const request: Request = { id, method, args };
       this.worker.postMessage(request, options.transfer ?? []);
     });
+    return { id, result };
   }
 
   async terminate(): Promise<void> {
@@ -107,23 +115,28 @@ export function serveCalls(
     postMessage(m: unknown, t?: Transferable[]): void;
   },
   target: (emit: (callId: number, event: unknown) => void) => Record<string, (...args: unknown[]) => unknown>,
+  options: { immediate?: string[] } = {},
 ): void {
   const emit = (id: number, event: unknown) => port.postMessage({ id, event } satisfies Reply);
   const methods = target(emit);
-  // Calls run one at a time, in arrival order: the engine's sessions are not re-entrant.
+  const immediate = new Set(options.immediate ?? []);
+  const answer = async (request: Request) => {
+    const method = methods[request.method];
+    try {
+      if (!method) throw new InternVLError('INTERNAL', `engine worker has no method ${request.method}`);
+      const value = await method(...request.args, request.id);
+      port.postMessage({ id: request.id, ok: true, value } satisfies Reply, transferablesOf(value));
+    } catch (err) {
+      const e = err as Error & { code?: ErrorCode };
+      const error = { message: e?.message ?? String(err), code: e?.code, name: e?.name };
+      port.postMessage({ id: request.id, ok: false, error } satisfies Reply);
+    }
+  };
+  // Calls run one at a time, in arrival order (the engine's sessions are not re-entrant), except
+  // `immediate` ones such as abort, which must reach a call that is running.
   let queue: Promise<void> = Promise.resolve();
   port.on('message', (request) => {
-    queue = queue.then(async () => {
-      const method = methods[request.method];
-      try {
-        if (!method) throw new InternVLError('INTERNAL', `engine worker has no method ${request.method}`);
-        const value = await method(...request.args, request.id);
-        port.postMessage({ id: request.id, ok: true, value } satisfies Reply, transferablesOf(value));
-      } catch (err) {
-        const e = err as Error & { code?: ErrorCode };
-        const error = { message: e?.message ?? String(err), code: e?.code, name: e?.name };
-        port.postMessage({ id: request.id, ok: false, error } satisfies Reply);
-      }
-    });
+    if (immediate.has(request.method)) void answer(request);
+    else queue = queue.then(() => answer(request));
   });
 }

@@ -2,6 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { InternVLError } from '../errors.js';
 import { EngineCore, type EngineOptions, type ImageInput } from './core.js';
+import type { GenerateRequest } from './generate.js';
 import { serveCalls } from './worker-rpc.js';
 
 const { dir, options } = workerData as { dir: string; options: EngineOptions };
@@ -12,21 +13,31 @@ const engine = () => {
 };
 
 if (!parentPort) throw new Error('engine worker started outside a worker thread');
-serveCalls(parentPort, () => ({
-  load: async () => {
-    core = await EngineCore.load(dir, options);
-    return { config: core.config };
-  },
-  encodeImages: (pixelValues, numTiles) =>
-    engine().encodeImages(pixelValues as Float32Array, numTiles as number),
-  visionHiddenState: (pixelValues, numTiles) =>
-    engine().visionHiddenState(pixelValues as Float32Array, numTiles as number),
-  forwardLogits: (inputIds, image) =>
-    engine().forwardLogits(inputIds as number[], image as ImageInput | undefined),
-  generateGreedy: (inputIds, maxNewTokens, image) =>
-    engine().generateGreedy(inputIds as number[], maxNewTokens as number, image as ImageInput | undefined),
-  close: async () => {
-    await core?.close();
-    core = undefined;
-  },
-}));
+serveCalls(
+  parentPort,
+  (emit) => ({
+    load: async () => {
+      core = await EngineCore.load(dir, options);
+      return { config: core.config };
+    },
+    encodeImages: (pixelValues, numTiles) =>
+      engine().encodeImages(pixelValues as Float32Array, numTiles as number),
+    visionHiddenState: (pixelValues, numTiles) =>
+      engine().visionHiddenState(pixelValues as Float32Array, numTiles as number),
+    forwardLogits: (inputIds, image) =>
+      engine().forwardLogits(inputIds as number[], image as ImageInput | undefined),
+    generateGreedy: (inputIds, maxNewTokens, image) =>
+      engine().generateGreedy(inputIds as number[], maxNewTokens as number, image as ImageInput | undefined),
+    generate: (request, callId) =>
+      engine().generate(request as GenerateRequest, callId as number, (token) =>
+        emit(callId as number, token),
+      ),
+    abort: (callId) => engine().abort(callId as number),
+    releaseSession: (sessionId) => engine().releaseSession(sessionId as string),
+    close: async () => {
+      await core?.close();
+      core = undefined;
+    },
+  }),
+  { immediate: ['abort'] },
+);

@@ -1,0 +1,483 @@
+/**
+ * The LMDeploy-style API: `pipeline()` loads a checkpoint; `infer` answers one input or a batch,
+ * `stream` yields the answer as it is generated, `chat` keeps a multi-turn session whose KV cache and
+ * image features are reused between turns.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { type GenerationConfigFile, loadGenerationConfig } from '../config/generation-config.js';
+import { type ModelConfig, numImageTokens } from '../config/model-config.js';
+import type { GenerateRequest, ImageRef } from '../engine/generate.js';
+import { InternVLModel } from '../engine/model.js';
+import { InternVLError } from '../errors.js';
+import { type ResolveModelOptions, resolveModel } from '../io/hub.js';
+import { loadImage } from '../io/image.js';
+import { loadTokenizer } from '../io/tokenizer-files.js';
+import { loadVideo } from '../io/video.js';
+import type { RgbImage } from '../preprocess/image.js';
+import { toPixelValues } from '../preprocess/pixels.js';
+import { dynamicPreprocess } from '../preprocess/tiles.js';
+import { videoToTiles } from '../preprocess/video.js';
+import { expandImagePlaceholders } from '../text/prompt.js';
+import { StreamDecoder } from '../text/stream-decoder.js';
+import { getTemplate, renderConversation, type Template } from '../text/templates.js';
+import type { Tokenizer } from '../text/types.js';
+import {
+  type ChatMessage,
+  type ContentPart,
+  type ImageLike,
+  type Input,
+  isBatch,
+  type Media,
+  type MediaVideo,
+  renderTurns,
+  type Turn,
+  toTurns,
+} from './conversation.js';
+import {
+  type GenerationConfigInput,
+  type ResolvedGenerationConfig,
+  resolveGenerationConfig,
+} from './generation-config.js';
+import type { SampledToken } from './sampler.js';
+import { StopStringMatcher } from './stop.js';
+
+export const DEFAULT_MODEL = 'OpenGVLab/InternVL2_5-1B';
+export const DEFAULT_SESSION_LEN = 8192;
+
+export interface PipelineOptions {
+  /** Tile budget per image (n_max); default the checkpoint's max_dynamic_patch. */
+  maxTiles?: number;
+  /**
+   * Split maxTiles across the images of one message (max(1, ⌊n_max / images⌋)), as the training
+   * data pipeline does; default false: each image gets the whole budget, as the official chat does.
+   */
+  splitTileBudget?: boolean;
+  /** Longest prompt + answer in tokens; default 8192 (bounded by max_position_embeddings). */
+  sessionLen?: number;
+  dtype?: 'fp32';
+  threads?: number;
+  /** Where built graphs are cached (see InternVLModel.load). */
+  cacheDir?: string | false;
+  /** Hub download options (revision, token, offline, progress). */
+  hub?: ResolveModelOptions;
+}
+
+export interface TokenLogprobInfo {
+  id: number;
+  token: string;
+  logprob: number;
+  topLogprobs?: { id: number; token: string; logprob: number }[];
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  /** Prompt tokens that stand for image tiles (`<IMG_CONTEXT>`). */
+  imageTokens: number;
+}
+
+export interface Response {
+  text: string;
+  finishReason: FinishReason;
+  /** Generated ids, without a final end-of-turn id. */
+  tokenIds: number[];
+  usage: Usage;
+  logprobs?: TokenLogprobInfo[];
+  /** What the engine did not have to recompute: prompt tokens reused from the session's KV cache, and tiles encoded for this request. */
+  cache: { reusedPromptTokens: number; encodedTiles: number };
+}
+
+/** One streamed piece: new text; the last piece also carries finishReason and usage. */
+export interface StreamChunk {
+  text: string;
+  tokenIds: number[];
+  finishReason?: FinishReason;
+  usage?: Usage;
+  logprobs?: TokenLogprobInfo[];
+}
+
+export interface RunOptions {
+  signal?: AbortSignal;
+}
+
+/** A multi-turn conversation; pass it back to `chat` for the next turn. */
+export class Session {
+  readonly id = randomUUID();
+  /** The turns so far (user and assistant), media included. */
+  readonly turns: Turn[] = [];
+  response: Response | undefined;
+
+  /** The conversation as chat messages (images as `image` parts). */
+  get history(): ChatMessage[] {
+    return this.turns.map((t) => ({
+      role: t.role,
+      content:
+        t.parts.length === 1 && typeof t.parts[0] === 'string'
+          ? t.parts[0]
+          : t.parts.map(
+              (p): ContentPart =>
+                typeof p === 'string'
+                  ? { type: 'text', text: p }
+                  : p.kind === 'image'
+                    ? { type: 'image', image: p.source, maxTiles: p.maxTiles }
+                    : {
+                        type: 'video_url',
+                        video_url: { url: p.video.path, num_segments: p.video.numSegments },
+                      },
+            ),
+    }));
+  }
+}
+
+interface PreparedMedia {
+  /** Placeholders this media fills, each an image of `tiles` tiles. */
+  refs: ImageRef[];
+}
+
+interface PreparedRequest {
+  request: GenerateRequest;
+  config: ResolvedGenerationConfig;
+  imageTokens: number;
+}
+
+function rgbLike(x: ImageLike): x is RgbImage {
+  return typeof x === 'object' && !(x instanceof URL) && !(x instanceof Uint8Array) && 'data' in x;
+}
+
+function contentKey(tiles: RgbImage[]): string {
+  const h = createHash('sha256');
+  for (const t of tiles) {
+    h.update(`${t.width}x${t.height};`);
+    h.update(t.data);
+  }
+  return h.digest('hex');
+}
+
+/** An async queue bridging token callbacks to an async iterator. */
+class ChunkQueue<T> implements AsyncIterable<T> {
+  private items: T[] = [];
+  private waiting: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | undefined;
+  private done = false;
+  private error: unknown;
+
+  push(item: T): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    if (w) w.resolve({ value: item, done: false });
+    else this.items.push(item);
+  }
+
+  end(error?: unknown): void {
+    this.done = true;
+    this.error = error;
+    const w = this.waiting;
+    this.waiting = undefined;
+    if (w && error !== undefined) w.reject(error);
+    else if (w) w.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return {
+      next: () => {
+        if (this.items.length > 0) return Promise.resolve({ value: this.items.shift()!, done: false });
+        if (this.done) {
+          return this.error !== undefined
+            ? Promise.reject(this.error)
+            : Promise.resolve({ value: undefined, done: true });
+        }
+        return new Promise((resolve, reject) => {
+          this.waiting = { resolve, reject };
+        });
+      },
+    };
+  }
+}
+
+export class Pipeline {
+  readonly #prepared = new WeakMap<Media, Promise<PreparedMedia>>();
+
+  private constructor(
+    readonly model: InternVLModel,
+    readonly tokenizer: Tokenizer,
+    readonly template: Template,
+    readonly generationFile: GenerationConfigFile,
+    readonly options: PipelineOptions,
+    readonly sessionLen: number,
+  ) {}
+
+  static async create(model: string = DEFAULT_MODEL, options: PipelineOptions = {}): Promise<Pipeline> {
+    const dir = await resolveModel(model, options.hub);
+    const tokenizer = await loadTokenizer(dir);
+    const generationFile = await loadGenerationConfig(dir);
+    const engine = await InternVLModel.load(dir, {
+      dtype: options.dtype,
+      threads: options.threads,
+      cacheDir: options.cacheDir,
+    });
+    try {
+      const config = engine.config;
+      const template = getTemplate(config.template, { systemMessage: config.system_message ?? undefined });
+      const limit = config.llm_config.max_position_embeddings;
+      const sessionLen = options.sessionLen ?? Math.min(DEFAULT_SESSION_LEN, limit);
+      if (!Number.isInteger(sessionLen) || sessionLen < 1 || sessionLen > limit) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          `sessionLen must be an integer in 1..${limit}, got ${options.sessionLen}`,
+        );
+      }
+      if (options.maxTiles !== undefined && (!Number.isInteger(options.maxTiles) || options.maxTiles < 1)) {
+        throw new InternVLError('BAD_INPUT', `maxTiles must be a positive integer, got ${options.maxTiles}`);
+      }
+      return new Pipeline(engine, tokenizer, template, generationFile, options, sessionLen);
+    } catch (err) {
+      await engine.close();
+      throw err;
+    }
+  }
+
+  get config(): ModelConfig {
+    return this.model.config;
+  }
+
+  /** Answers one input, or each input of a batch (results in input order). */
+  infer(input: Input, gen?: GenerationConfigInput, options?: RunOptions): Promise<Response>;
+  infer(inputs: Input[], gen?: GenerationConfigInput, options?: RunOptions): Promise<Response[]>;
+  async infer(
+    input: Input | Input[],
+    gen?: GenerationConfigInput,
+    options: RunOptions = {},
+  ): Promise<Response | Response[]> {
+    if (isBatch(input)) return Promise.all(input.map((one) => this.infer(one, gen, options)));
+    return this.#run(toTurns(input), gen, options);
+  }
+
+  /** Yields the answer as it is generated; the last chunk has finishReason and usage. */
+  stream(input: Input, gen?: GenerationConfigInput, options: RunOptions = {}): AsyncIterable<StreamChunk> {
+    const queue = new ChunkQueue<StreamChunk>();
+    this.#run(toTurns(input), gen, options, (chunk) => queue.push(chunk)).then(
+      (response) => {
+        queue.push({
+          text: '',
+          tokenIds: [],
+          finishReason: response.finishReason,
+          usage: response.usage,
+        });
+        queue.end();
+      },
+      (err) => queue.end(err),
+    );
+    return queue;
+  }
+
+  /**
+   * One chat turn. Without `session` a new conversation starts; with it, the input is appended to
+   * its history, and only the new tokens are prefilled (the engine keeps the session's KV cache).
+   */
+  async chat(
+    input: Input,
+    options: { session?: Session; gen?: GenerationConfigInput; signal?: AbortSignal } = {},
+  ): Promise<Session> {
+    const session = options.session ?? new Session();
+    const turns = [...session.turns, ...toTurns(input)];
+    const response = await this.#run(turns, options.gen, { signal: options.signal }, undefined, session.id);
+    session.turns.splice(0, session.turns.length, ...turns, { role: 'assistant', parts: [response.text] });
+    session.response = response;
+    return session;
+  }
+
+  /** Frees a chat session's KV cache in the engine. */
+  async endSession(session: Session): Promise<void> {
+    await this.model.releaseSession(session.id);
+  }
+
+  async close(): Promise<void> {
+    await this.model.close();
+  }
+
+  #maxTilesFor(media: Media, imagesInTurn: number): number {
+    const base =
+      (media.kind === 'image' ? media.maxTiles : undefined) ??
+      this.options.maxTiles ??
+      this.config.max_dynamic_patch;
+    if (!Number.isInteger(base) || base < 1) {
+      throw new InternVLError('BAD_INPUT', `the tile budget must be a positive integer, got ${base}`);
+    }
+    return this.options.splitTileBudget ? Math.max(1, Math.floor(base / imagesInTurn)) : base;
+  }
+
+  async #prepareImage(media: Media & { kind: 'image' }, maxTiles: number): Promise<PreparedMedia> {
+    const image = rgbLike(media.source) ? media.source : await loadImage(media.source);
+    const dynamic = this.config.dynamic_image_size;
+    const { tiles } = dynamicPreprocess(image, {
+      minTiles: dynamic ? this.config.min_dynamic_patch : 1,
+      maxTiles: dynamic ? maxTiles : 1,
+      useThumbnail: this.config.use_thumbnail,
+      tileSize: this.#tileSize(),
+    });
+    return { refs: [{ key: contentKey(tiles), numTiles: tiles.length, pixelValues: toPixelValues(tiles) }] };
+  }
+
+  async #prepareVideo(media: MediaVideo): Promise<PreparedMedia> {
+    const video = await loadVideo(media.video.path, {
+      numSegments: media.video.numSegments ?? 8,
+      bound: media.video.bound,
+    });
+    const tiles = videoToTiles(video.frames, this.#tileSize());
+    return {
+      refs: tiles.map((tile) => ({
+        key: contentKey([tile]),
+        numTiles: 1,
+        pixelValues: toPixelValues([tile]),
+      })),
+    };
+  }
+
+  #tileSize(): number {
+    return this.config.force_image_size ?? this.config.vision_config.image_size;
+  }
+
+  #prepare(media: Media, imagesInTurn: number): Promise<PreparedMedia> {
+    let prepared = this.#prepared.get(media);
+    if (!prepared) {
+      prepared =
+        media.kind === 'image'
+          ? this.#prepareImage(media, this.#maxTilesFor(media, imagesInTurn))
+          : this.#prepareVideo(media);
+      this.#prepared.set(media, prepared);
+      prepared.catch(() => this.#prepared.delete(media));
+    }
+    return prepared;
+  }
+
+  async #prepareRequest(
+    turns: Turn[],
+    gen: GenerationConfigInput | undefined,
+    sessionId?: string,
+  ): Promise<PreparedRequest> {
+    const config = resolveGenerationConfig(gen, {
+      fileConfig: this.generationFile,
+      template: this.template,
+      tokenizer: this.tokenizer,
+    });
+    // Media are decoded and tiled first: a video's frame count and each image's tiles shape the prompt.
+    const prepared = new Map<Media, PreparedMedia>();
+    await Promise.all(
+      turns.map((turn) => {
+        const media = turn.parts.filter((p): p is Media => typeof p !== 'string');
+        const images = media.filter((m) => m.kind === 'image').length;
+        return Promise.all(media.map(async (m) => prepared.set(m, await this.#prepare(m, images))));
+      }),
+    );
+    const systemTurn = turns[0]?.role === 'system' ? turns[0] : undefined;
+    const { chatTurns, media } = renderTurns(
+      systemTurn ? turns.slice(1) : turns,
+      (video) => prepared.get(video)!.refs.length,
+    );
+    const systemMessage = systemTurn ? systemTurn.parts.join('') : undefined;
+    const prompt = renderConversation(this.template, chatTurns, { systemMessage, openAssistant: true });
+    const images = media.flatMap((m) => prepared.get(m)!.refs);
+    const tokensPerTile = numImageTokens(this.config);
+    const expanded = expandImagePlaceholders(
+      prompt,
+      images.map((r) => r.numTiles),
+      tokensPerTile,
+    );
+    const inputIds = this.tokenizer.encode(expanded);
+    const imageTokens = images.reduce((n, r) => n + r.numTiles * tokensPerTile, 0);
+    if (inputIds.length + config.maxNewTokens > this.sessionLen) {
+      throw new InternVLError(
+        'CONTEXT_OVERFLOW',
+        `the prompt has ${inputIds.length} tokens (${imageTokens} of them for images) and maxNewTokens is ` +
+          `${config.maxNewTokens}: ${inputIds.length + config.maxNewTokens} > sessionLen ${this.sessionLen}`,
+      );
+    }
+    const request: GenerateRequest = {
+      inputIds,
+      images,
+      sessionId,
+      sampling: {
+        temperature: config.temperature,
+        topK: config.topK,
+        topP: config.topP,
+        minP: config.minP,
+        repetitionPenalty: config.repetitionPenalty,
+        logprobs: config.logprobs,
+        topLogprobs: config.topLogprobs,
+        seed: config.seed,
+      },
+      maxNewTokens: config.maxNewTokens,
+      endTokenIds: config.endTokenIds,
+    };
+    return { request, config, imageTokens };
+  }
+
+  #logprobInfo(token: SampledToken): TokenLogprobInfo {
+    const text = (id: number) => this.tokenizer.decode([id], { skipSpecialTokens: false });
+    return {
+      id: token.id,
+      token: text(token.id),
+      logprob: token.logprob ?? 0,
+      topLogprobs: token.topLogprobs?.map((t) => ({ id: t.id, token: text(t.id), logprob: t.logprob })),
+    };
+  }
+
+  async #run(
+    turns: Turn[],
+    gen: GenerationConfigInput | undefined,
+    options: RunOptions,
+    onChunk?: (chunk: StreamChunk) => void,
+    sessionId?: string,
+  ): Promise<Response> {
+    if (options.signal?.aborted)
+      throw new InternVLError('ABORTED', 'the request was aborted before it started');
+    const { request, config, imageTokens } = await this.#prepareRequest(turns, gen, sessionId);
+    const decoder = new StreamDecoder(this.tokenizer, { skipSpecialTokens: config.skipSpecialTokens });
+    const stops = new StopStringMatcher(config.stop);
+    const end = new Set(config.endTokenIds);
+    const stopped = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, stopped.signal]) : stopped.signal;
+    const tokenIds: number[] = [];
+    const logprobs: TokenLogprobInfo[] = [];
+    let text = '';
+    let generated = 0;
+    const emit = (piece: string, ids: number[], info: TokenLogprobInfo[]) => {
+      text += piece;
+      if (onChunk && (piece || ids.length)) {
+        onChunk({ text: piece, tokenIds: ids, ...(config.logprobs ? { logprobs: info } : {}) });
+      }
+    };
+    const onToken = (token: SampledToken) => {
+      if (stops.stopped) return;
+      generated++;
+      const info = config.logprobs ? [this.#logprobInfo(token)] : [];
+      logprobs.push(...info);
+      if (end.has(token.id)) {
+        emit(stops.push(decoder.flush()).emit + stops.flush(), [], info);
+        return;
+      }
+      tokenIds.push(token.id);
+      const { emit: piece, stopped: hit } = stops.push(decoder.push(token.id));
+      emit(piece, [token.id], info);
+      if (hit) stopped.abort();
+    };
+    const result = await this.model.generate(request, { onToken, signal });
+    let finishReason: FinishReason = result.finishReason;
+    if (stops.stopped) finishReason = 'stop';
+    else if (finishReason !== 'stop') emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
+    return {
+      text,
+      finishReason,
+      tokenIds,
+      usage: { promptTokens: request.inputIds.length, completionTokens: generated, imageTokens },
+      ...(config.logprobs ? { logprobs } : {}),
+      cache: { reusedPromptTokens: result.stats.reusedTokens, encodedTiles: result.stats.encodedTiles },
+    };
+  }
+}
+
+/** Loads a checkpoint (local folder or hub id) into a ready pipeline. */
+export function pipeline(model?: string, options?: PipelineOptions): Promise<Pipeline> {
+  return Pipeline.create(model, options);
+}
