@@ -1,0 +1,143 @@
+/** `internvl serve`: the OpenAI-compatible server on a model, until SIGINT/SIGTERM. */
+import { InternVLError } from '../errors.js';
+import { createProgressBar } from '../io/progress.js';
+import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
+import { createServer, defaultModelName, type ServerOptions } from '../server/server.js';
+import { integerOption, parseCommandArgs, UsageError } from './args.js';
+
+const USAGE = `Usage: internvl serve [model] [options]
+
+Serve a model with the OpenAI API: GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
+GET /health, GET /metrics (Prometheus).
+
+  model   a local model folder or a hub id (default ${DEFAULT_MODEL})
+
+Options:
+  --host HOST                   address to listen on (default 127.0.0.1)
+  --port N                      port (default 23333; 0 picks a free one)
+  --api-key KEY                 require "Authorization: Bearer KEY" on /v1/* (repeat for several;
+                                default: the INTERNVL_API_KEY environment variable, if set)
+  --model-name NAME             the model id clients use (default: the model argument)
+  --max-batch-size N            sequences generating at once; more wait in a queue (default 8)
+  --max-tiles N                 largest tile budget per image a request may use (default 24)
+  --max-images N                images per request (default 16)
+  --session-len N               longest prompt + answer in tokens (default 8192)
+  --allowed-media-domains LIST  comma-separated hosts image/video URLs may come from (and their
+                                subdomains); default any public host
+  --allow-local-files           let requests name files on this machine (file: URLs, absolute paths)
+  --allow-private-media         let media URLs reach loopback/private addresses (off: SSRF guard)
+  --threads N                   engine threads
+  -h, --help                    show this help
+`;
+
+function parseServeArgs(argv: string[]) {
+  const { values, positionals } = parseCommandArgs(argv, {
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'api-key': { type: 'string', multiple: true },
+    'model-name': { type: 'string' },
+    'max-batch-size': { type: 'string' },
+    'max-tiles': { type: 'string' },
+    'max-images': { type: 'string' },
+    'session-len': { type: 'string' },
+    'allowed-media-domains': { type: 'string' },
+    'allow-local-files': { type: 'boolean' },
+    'allow-private-media': { type: 'boolean' },
+    threads: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) return 'help' as const;
+  if (positionals.length > 1)
+    throw new UsageError(`expected at most one model, got: ${positionals.join(' ')}`);
+  const envKey = process.env.INTERNVL_API_KEY;
+  const apiKeys = values['api-key'] ?? (envKey ? [envKey] : []);
+  if (apiKeys.some((k) => k.length === 0)) throw new UsageError('--api-key must not be empty');
+  const domains = values['allowed-media-domains']
+    ?.split(',')
+    .map((d) => d.trim())
+    .filter((d) => d !== '');
+  if (domains !== undefined && domains.length === 0) {
+    throw new UsageError('--allowed-media-domains needs at least one host');
+  }
+  const model = positionals[0] ?? DEFAULT_MODEL;
+  const sessionLen = integerOption(values['session-len'], 'session-len', 1);
+  const threads = integerOption(values.threads, 'threads', 1);
+  const options: ServerOptions = {
+    modelName: values['model-name'],
+    apiKey: apiKeys.length > 0 ? apiKeys : undefined,
+    maxBatchSize: integerOption(values['max-batch-size'], 'max-batch-size', 1),
+    maxTilesPerImage: integerOption(values['max-tiles'], 'max-tiles', 1),
+    maxImages: integerOption(values['max-images'], 'max-images', 1),
+    media: {
+      allowedDomains: domains,
+      allowLocalFiles: values['allow-local-files'] === true,
+      allowPrivateAddresses: values['allow-private-media'] === true,
+    },
+    log: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+  };
+  return {
+    model,
+    host: values.host ?? '127.0.0.1',
+    port: integerOption(values.port, 'port', 0) ?? 23333,
+    pipeline: { sessionLen, threads },
+    options,
+  };
+}
+
+/** `internvl serve`; resolves with the exit code once a signal has stopped the server. */
+export async function serveCommand(argv: string[]): Promise<number> {
+  let args: ReturnType<typeof parseServeArgs>;
+  try {
+    args = parseServeArgs(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`internvl serve: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (args === 'help') {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (args.port > 65535) {
+    process.stderr.write(`internvl serve: --port must be at most 65535, got ${args.port}\n`);
+    return 2;
+  }
+  try {
+    const pipe = await pipeline(args.model, {
+      ...args.pipeline,
+      hub: { onProgress: createProgressBar(process.stderr) },
+    });
+    const server = await createServer(pipe, {
+      ...args.options,
+      modelName: args.options.modelName ?? defaultModelName(args.model),
+    }).catch(async (err) => {
+      await pipe.close();
+      throw err;
+    });
+    const address = await server.listen(args.port, args.host).catch(async (err) => {
+      await pipe.close();
+      throw err;
+    });
+    process.stderr.write(
+      `internvl serve: ${server.modelName} on ${address.url}/v1 (max batch ${server.limiter.slots}` +
+        `${args.options.apiKey ? ', API key required' : ''})\n`,
+    );
+    await new Promise<void>((resolve) => {
+      const stop = () => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        resolve();
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+    process.stderr.write('internvl serve: shutting down\n');
+    await server.close();
+    await pipe.close();
+    return 0;
+  } catch (err) {
+    const message = err instanceof InternVLError || err instanceof Error ? err.message : String(err);
+    process.stderr.write(`internvl serve: ${message}\n`);
+    return 1;
+  }
+}
