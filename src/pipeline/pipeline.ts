@@ -277,11 +277,23 @@ export class Pipeline {
    */
   async chat(
     input: Input,
-    options: { session?: Session; gen?: GenerationConfigInput; signal?: AbortSignal } = {},
+    options: {
+      session?: Session;
+      gen?: GenerationConfigInput;
+      signal?: AbortSignal;
+      /** Receives the answer as it is generated. */
+      onChunk?: (chunk: StreamChunk) => void;
+    } = {},
   ): Promise<Session> {
     const session = options.session ?? new Session();
     const turns = [...session.turns, ...toTurns(input)];
-    const response = await this.#run(turns, options.gen, { signal: options.signal }, undefined, session.id);
+    const response = await this.#run(
+      turns,
+      options.gen,
+      { signal: options.signal },
+      options.onChunk,
+      session.id,
+    );
     session.turns.splice(0, session.turns.length, ...turns, { role: 'assistant', parts: [response.text] });
     session.response = response;
     return session;

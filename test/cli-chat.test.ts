@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { type Pipeline, pipeline, type Response } from '../src/pipeline/pipeline.js';
+import { GOLDEN_DIR, goldenModelDir, REPO_ROOT } from './helpers.js';
+
+const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
+const IMAGE = path.join(GOLDEN_DIR, 'prep/sources/s0_500x300_rgb.png');
+const IMAGE2 = path.join(GOLDEN_DIR, 'prep/sources/s2_37x61_rgb.png');
+const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-cli-chat-cache-'));
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `internvl chat ...args` with `stdin` written and closed. */
+function runChat(args: string[], stdin = ''): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', path.join(REPO_ROOT, 'src/cli/main-entry.ts'), 'chat', ...args],
+      { cwd: REPO_ROOT, env: { ...process.env, INTERNVL_CACHE: cacheDir, HF_HUB_OFFLINE: '1' } },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(stdin);
+  });
+}
+
+const jsonLines = (stdout: string): Response[] =>
+  stdout
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as Response);
+
+let pipe: Pipeline;
+before(async () => {
+  pipe = await pipeline(MODEL, { cacheDir, threads: 1, maxTiles: 2 });
+});
+after(async () => {
+  await pipe?.close();
+  rmSync(cacheDir, { recursive: true, force: true });
+});
+
+describe('internvl chat, one prompt', () => {
+  test('--json prints the Response as one line; streaming prints the same text', async () => {
+    const args = [MODEL, '--image', IMAGE, '--max-tiles', '2', '--max-new-tokens', '8'];
+    const [json, streamed] = await Promise.all([
+      runChat([...args, '--json', 'What is it?']),
+      runChat([...args, 'What is it?']),
+    ]);
+    assert.equal(json.code, 0, json.stderr);
+    const lines = jsonLines(json.stdout);
+    assert.equal(lines.length, 1);
+    const [response] = lines;
+    const expected = await pipe.infer({ prompt: 'What is it?', images: [IMAGE] }, { maxNewTokens: 8 });
+    assert.deepEqual(response.tokenIds, expected.tokenIds);
+    assert.equal(response.text, expected.text);
+    assert.equal(response.finishReason, expected.finishReason);
+    assert.deepEqual(response.usage, expected.usage);
+    assert.ok(response.usage.imageTokens > 0, 'the image is in the prompt');
+
+    assert.equal(streamed.code, 0, streamed.stderr);
+    assert.equal(streamed.stdout, `${response.text}\n`);
+  });
+});
+
+describe('internvl chat, interactive', () => {
+  test('stdin drives a multi-turn chat with /image, /reset and /exit', async () => {
+    const script = [
+      `/image ${IMAGE}`,
+      'What is this?',
+      'And the colours?',
+      '/help',
+      '/nonsense',
+      '/reset',
+      'Hello',
+      '/exit',
+      'never answered',
+    ].join('\n');
+    const run = await runChat([MODEL, '--max-tiles', '2', '--max-new-tokens', '6', '--json'], `${script}\n`);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /unknown command \/nonsense/);
+    assert.match(run.stdout, /^\/reset +start a new conversation$/m, '/help lists the commands');
+    const answers = jsonLines(run.stdout.replace(/^\/.*$/gm, ''));
+    assert.equal(answers.length, 3, run.stdout);
+
+    const gen = { maxNewTokens: 6 };
+    const session = await pipe.chat({ prompt: 'What is this?', images: [IMAGE] }, { gen });
+    assert.deepEqual(answers[0].tokenIds, session.response!.tokenIds);
+    await pipe.chat('And the colours?', { session, gen });
+    assert.deepEqual(answers[1].tokenIds, session.response!.tokenIds);
+    assert.equal(answers[1].usage.promptTokens, session.response!.usage.promptTokens);
+    assert.ok(answers[1].cache.reusedPromptTokens > 0, 'turn two reuses the KV cache');
+    assert.equal(answers[1].cache.encodedTiles, 0, 'turn two does not encode the image again');
+    await pipe.endSession(session);
+
+    const fresh = await pipe.infer('Hello', gen);
+    assert.deepEqual(answers[2].tokenIds, fresh.tokenIds, 'after /reset the history is gone');
+    assert.equal(answers[2].usage.promptTokens, fresh.usage.promptTokens);
+  });
+
+  test('without --json each answer is its text and a newline; --image goes with the first message', async () => {
+    const run = await runChat(
+      [MODEL, '--image', IMAGE2, '--max-tiles', '2', '--max-new-tokens', '5'],
+      'Describe.\n',
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const expected = await pipe.infer({ prompt: 'Describe.', images: [IMAGE2] }, { maxNewTokens: 5 });
+    assert.equal(run.stdout, `${expected.text}\n`);
+  });
+});
+
+describe('internvl chat, errors', () => {
+  test('bad flags, a missing image and an unknown model path fail clearly', async () => {
+    const [help, unknownFlag, badNumber, missingImage, noModel, replImage] = await Promise.all([
+      runChat(['--help']),
+      runChat([MODEL, '--frobnicate', 'hi']),
+      runChat([MODEL, '--max-new-tokens', 'lots', 'hi']),
+      runChat([MODEL, '--image', '/no/such/picture.png', 'hi']),
+      runChat(['/no/such/model', 'hi']),
+      runChat([MODEL, '--max-new-tokens', '2'], '/image /no/such/other.png\n'),
+    ]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^Usage: internvl chat/);
+    assert.match(help.stdout, /\/image PATH/);
+
+    assert.equal(unknownFlag.code, 2);
+    assert.match(unknownFlag.stderr, /--frobnicate/);
+    assert.match(unknownFlag.stderr, /Usage: internvl chat/);
+
+    assert.equal(badNumber.code, 2);
+    assert.match(badNumber.stderr, /--max-new-tokens must be an integer/);
+
+    assert.equal(missingImage.code, 1);
+    assert.match(missingImage.stderr, /image file not found: \/no\/such\/picture\.png/);
+    assert.equal(missingImage.stdout, '');
+
+    assert.equal(noModel.code, 1);
+    assert.match(noModel.stderr, /\/no\/such\/model/);
+
+    assert.equal(replImage.code, 1);
+    assert.match(replImage.stderr, /image file not found: \/no\/such\/other\.png/);
+    assert.equal(replImage.stdout, '');
+  });
+});
