@@ -1,8 +1,11 @@
 /**
- * Token generation inside the engine thread: prompt embeddings (with image features scattered in),
- * prefill, then one sampled token per decode step until an end id, the token limit or an abort.
+ * Token generation inside the engine thread, with continuous batching: every running request is one
+ * sequence in the decoder's decode batch, and each scheduler step decodes one token for all of them
+ * in a single graph run. A newcomer's image encoding (one tile per step) and prefill (one chunk per
+ * step) are interleaved with those steps, so running streams stall for at most one tile or chunk.
+ *
  * Chat sessions keep their KV cache between calls: a follow-up prompt that starts with the tokens
- * already cached prefills only what is new, and images whose tokens are all in that prefix are not
+ * already cached prefills only what is new, and images whose tokens all lie in that prefix are not
  * encoded again. Image features are also cached by content key, bounded in bytes.
  */
 import { InternVLError } from '../errors.js';
@@ -85,14 +88,27 @@ interface Session {
   seq: Sequence;
   /** The tokens whose keys and values are in `seq`. */
   tokens: number[];
+  busy: boolean;
 }
 
 export interface GeneratorDeps {
   decoder: DecoderRunner;
   imgContextId: number;
   tokensPerTile: number;
+  /** Values per tile of pixel input (3·S·S). */
+  tileValues: number;
   encode: (pixelValues: Float32Array, numTiles: number) => Promise<Float32Array>;
   featureCacheBytes?: number;
+  /** Most sequences decoded together; newcomers wait for a free place. Default 16. */
+  maxBatchSize?: number;
+  /** Longest prefill chunk per scheduler step; default 512. */
+  prefillChunk?: number;
+}
+
+/** Engine counters for metrics. */
+export interface SchedulerState {
+  waiting: number;
+  running: number;
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
@@ -102,98 +118,107 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
   return i;
 }
 
+/** A request moving through encode → prefill → decode. */
+class Job {
+  readonly sampler: Sampler;
+  readonly end: Set<number>;
+  seq!: Sequence;
+  session: Session | undefined;
+  reused = 0;
+  /** Prompt tokens already in the cache. */
+  prefilled = 0;
+  /** Feature rows per image, filled as images are encoded (undefined = not needed). */
+  features: (Float32Array | undefined)[] = [];
+  /** Next image / tile to encode. */
+  imageIndex = 0;
+  tileIndex = 0;
+  tileFeatures: Float32Array[] = [];
+  encodedTiles = 0;
+  embeds: Float32Array | undefined;
+  history: number[];
+  cached: number[];
+  tokens: SampledToken[] = [];
+  next: number | undefined;
+  aborted = false;
+  started = false;
+
+  constructor(
+    readonly request: GenerateRequest,
+    readonly callId: number,
+    readonly onToken: (token: SampledToken) => void,
+    readonly resolve: (r: GenerateResult) => void,
+    readonly reject: (e: unknown) => void,
+    vocabSize: number,
+  ) {
+    this.sampler = new Sampler(request.sampling, vocabSize);
+    this.end = new Set(request.endTokenIds);
+    this.history = request.inputIds.slice();
+    this.cached = request.inputIds.slice();
+  }
+}
+
 export class Generator {
   readonly features: FeatureCache;
   readonly #sessions = new Map<string, Session>();
-  readonly #aborted = new Set<number>();
+  readonly #jobs: Job[] = [];
+  readonly #maxBatch: number;
+  readonly #prefillChunk: number;
+  #running = false;
 
   constructor(private readonly deps: GeneratorDeps) {
     this.features = new FeatureCache(deps.featureCacheBytes ?? 512 * 1024 * 1024);
+    this.#maxBatch = deps.maxBatchSize ?? 16;
+    this.#prefillChunk = deps.prefillChunk ?? 512;
   }
 
-  /** Marks a running (or queued) call as aborted; it stops before its next decode step. */
+  get state(): SchedulerState {
+    const running = this.#jobs.filter((j) => j.next !== undefined).length;
+    return { waiting: this.#jobs.length - running, running };
+  }
+
+  /** Stops a call before its next step (finishReason 'abort'); calls not started yet end at once. */
   abort(callId: number): void {
-    this.#aborted.add(callId);
+    const job = this.#jobs.find((j) => j.callId === callId);
+    if (job) job.aborted = true;
   }
 
   releaseSession(sessionId: string): boolean {
+    const session = this.#sessions.get(sessionId);
+    if (session?.busy) return false;
     return this.#sessions.delete(sessionId);
   }
 
-  async generate(
+  generate(
     request: GenerateRequest,
     callId: number,
     onToken: (token: SampledToken) => void,
   ): Promise<GenerateResult> {
-    try {
-      return await this.#generate(request, callId, onToken);
-    } finally {
-      this.#aborted.delete(callId);
-    }
+    return new Promise((resolve, reject) => {
+      try {
+        this.#validate(request);
+        this.#jobs.push(new Job(request, callId, onToken, resolve, reject, this.deps.decoder.dims.vocabSize));
+      } catch (err) {
+        reject(err);
+        return;
+      }
+      if (!this.#running) void this.#loop();
+    });
   }
 
-  async #generate(
-    request: GenerateRequest,
-    callId: number,
-    onToken: (token: SampledToken) => void,
-  ): Promise<GenerateResult> {
-    const { decoder } = this.deps;
+  #validate(request: GenerateRequest): void {
     const { inputIds, maxNewTokens } = request;
     if (inputIds.length === 0) throw new InternVLError('BAD_INPUT', 'the prompt has no tokens');
     if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) {
       throw new InternVLError('BAD_INPUT', `maxNewTokens must be a positive integer, got ${maxNewTokens}`);
     }
-    this.#checkImageTokens(request);
-    const sampler = new Sampler(request.sampling, decoder.dims.vocabSize);
-
-    const session = request.sessionId ? this.#sessions.get(request.sessionId) : undefined;
-    const seq = session?.seq ?? decoder.newSequence();
-    // At least the last prompt token is run, so there are logits to sample from.
-    const reused = session ? Math.min(commonPrefix(session.tokens, inputIds), inputIds.length - 1) : 0;
-    seq.truncate(reused);
-    if (request.sessionId) this.#sessions.set(request.sessionId, { seq, tokens: inputIds.slice(0, reused) });
-
-    const { embeds, encodedTiles } = await this.#promptEmbeddings(request, reused);
-    let logits = await decoder.forward(seq, embeds, inputIds.length - reused);
-    const cached = inputIds.slice();
-    const history = inputIds.slice();
-    const tokens: SampledToken[] = [];
-    let finishReason: FinishReason = 'length';
-    const end = new Set(request.endTokenIds);
-    for (;;) {
-      if (this.#aborted.has(callId)) {
-        finishReason = 'abort';
-        break;
+    const vocab = this.deps.decoder.dims.vocabSize;
+    for (const id of inputIds) {
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) {
+        throw new InternVLError('BAD_INPUT', `token id ${id} is outside the vocabulary (0..${vocab - 1})`);
       }
-      const token = sampler.next(logits, history);
-      tokens.push(token);
-      history.push(token.id);
-      onToken(token);
-      if (end.has(token.id)) {
-        finishReason = 'stop';
-        break;
-      }
-      if (tokens.length >= maxNewTokens) break;
-      // Yield so an abort sent while this step ran is seen before the next one.
-      await new Promise<void>((resolve) => setImmediate(resolve));
-      if (this.#aborted.has(callId)) {
-        finishReason = 'abort';
-        break;
-      }
-      logits = await decoder.forward(seq, decoder.embed([token.id]), 1);
-      cached.push(token.id);
     }
-    if (request.sessionId) this.#sessions.set(request.sessionId, { seq, tokens: cached });
-    return {
-      tokens,
-      finishReason,
-      stats: { promptTokens: inputIds.length, reusedTokens: reused, encodedTiles },
-    };
-  }
-
-  #checkImageTokens(request: GenerateRequest): void {
     let contextTokens = 0;
-    for (const id of request.inputIds) if (id === this.deps.imgContextId) contextTokens++;
+    for (const id of inputIds) if (id === this.deps.imgContextId) contextTokens++;
     const expected = request.images.reduce((n, img) => n + img.numTiles * this.deps.tokensPerTile, 0);
     if (contextTokens !== expected) {
       throw new InternVLError(
@@ -202,49 +227,206 @@ export class Generator {
           `(${request.images.length} image(s), ${this.deps.tokensPerTile} tokens per tile)`,
       );
     }
+    for (const [i, img] of request.images.entries()) {
+      if (img.pixelValues && img.pixelValues.length !== img.numTiles * this.deps.tileValues) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          `image ${i} has ${img.pixelValues.length} pixel values, expected ${img.numTiles} tiles × ${this.deps.tileValues}`,
+        );
+      }
+    }
+    if (request.sessionId && this.#sessions.get(request.sessionId)?.busy) {
+      throw new InternVLError('BAD_INPUT', `chat session ${request.sessionId} is already generating`);
+    }
   }
 
-  /**
-   * Embeddings of inputIds[from:], with the feature rows of every image whose tokens fall in that
-   * range (features from the cache when known, else encoded now).
-   */
-  async #promptEmbeddings(
-    request: GenerateRequest,
-    from: number,
-  ): Promise<{ embeds: Float32Array; encodedTiles: number }> {
+  async #loop(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#jobs.length > 0) {
+        for (const job of this.#jobs.filter((j) => j.aborted)) this.#finish(job, 'abort');
+        const batched = this.#jobs.filter((j) => j.next !== undefined);
+        const newcomer = this.#jobs.find((j) => j.next === undefined);
+        if (newcomer && batched.length < this.#maxBatch) {
+          await this.#advance(newcomer).catch((err) => this.#fail(newcomer, err));
+        }
+        if (this.deps.decoder.batch.length > 0) await this.#decodeStep();
+        // Let abort messages and new requests in between steps.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** One unit of a newcomer's work: start, one tile of vision encoding, or one prefill chunk. */
+  async #advance(job: Job): Promise<void> {
+    const { decoder } = this.deps;
+    const ids = job.request.inputIds;
+    if (!job.started) {
+      job.started = true;
+      const sessionId = job.request.sessionId;
+      job.session = sessionId ? this.#sessions.get(sessionId) : undefined;
+      job.seq = job.session?.seq ?? decoder.newSequence();
+      // At least the last prompt token is run, so there are logits to sample from.
+      job.reused = job.session ? Math.min(commonPrefix(job.session.tokens, ids), ids.length - 1) : 0;
+      job.seq.truncate(job.reused);
+      job.prefilled = job.reused;
+      if (sessionId) {
+        job.session = { seq: job.seq, tokens: ids.slice(0, job.reused), busy: true };
+        this.#sessions.set(sessionId, job.session);
+      }
+      this.#planImages(job);
+      return;
+    }
+    if (await this.#encodeNextTile(job)) return;
+    if (!job.embeds) job.embeds = this.#promptEmbeddings(job);
+    const d = decoder.dims.hiddenSize;
+    const n = Math.min(this.#prefillChunk, ids.length - job.prefilled);
+    const from = job.prefilled - job.reused;
+    const logits = await decoder.forward(job.seq, job.embeds.subarray(from * d, (from + n) * d), n, {
+      ropeSeqLen: ids.length,
+    });
+    job.prefilled += n;
+    if (job.prefilled < ids.length) return;
+    job.embeds = undefined;
+    job.features = [];
+    if (this.#sample(job, logits)) return;
+    decoder.joinBatch(job.seq);
+  }
+
+  /** Which images need features: those with a token after the reused prefix and not in the cache. */
+  #planImages(job: Job): void {
+    const { imgContextId, tokensPerTile } = this.deps;
+    let skippedRows = 0;
+    for (let t = 0; t < job.reused; t++) if (job.request.inputIds[t] === imgContextId) skippedRows++;
+    let start = 0;
+    job.features = job.request.images.map((image) => {
+      const end = start + image.numTiles * tokensPerTile;
+      const needed = end > skippedRows;
+      start = end;
+      return needed ? (this.features.get(image.key) ?? undefined) : new Float32Array(0);
+    });
+  }
+
+  /** Encodes one tile of the next image that still lacks features; false when none is left. */
+  async #encodeNextTile(job: Job): Promise<boolean> {
+    while (job.imageIndex < job.request.images.length && job.features[job.imageIndex] !== undefined) {
+      job.imageIndex++;
+    }
+    if (job.imageIndex >= job.request.images.length) return false;
+    const image = job.request.images[job.imageIndex];
+    if (!image.pixelValues) {
+      throw new InternVLError('BAD_INPUT', `image ${image.key} is not cached and has no pixel values`);
+    }
+    const size = this.deps.tileValues;
+    const tile = image.pixelValues.subarray(job.tileIndex * size, (job.tileIndex + 1) * size);
+    job.tileFeatures.push(await this.deps.encode(tile, 1));
+    job.encodedTiles++;
+    job.tileIndex++;
+    if (job.tileIndex === image.numTiles) {
+      const rows = this.deps.tokensPerTile * this.deps.decoder.dims.hiddenSize;
+      const features = new Float32Array(image.numTiles * rows);
+      job.tileFeatures.forEach((f, i) => features.set(f, i * rows));
+      this.features.set(image.key, features);
+      job.features[job.imageIndex] = features;
+      job.tileFeatures = [];
+      job.tileIndex = 0;
+    }
+    return true;
+  }
+
+  /** Embeddings of the prompt after the reused prefix, with image features in the image-context rows. */
+  #promptEmbeddings(job: Job): Float32Array {
     const { decoder, imgContextId, tokensPerTile } = this.deps;
-    const ids = request.inputIds;
+    const ids = job.request.inputIds;
+    const from = job.reused;
     const d = decoder.dims.hiddenSize;
     const embeds = decoder.embed(ids.slice(from));
-    let skippedRows = 0;
-    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) skippedRows++;
-
-    let encodedTiles = 0;
+    let row = 0;
+    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) row++;
     let imageStart = 0;
-    let row = skippedRows;
     let t = from;
-    for (const image of request.images) {
-      const imageRows = image.numTiles * tokensPerTile;
-      const imageEnd = imageStart + imageRows;
-      if (imageEnd > skippedRows) {
-        let features = this.features.get(image.key);
-        if (!features) {
-          if (!image.pixelValues) {
-            throw new InternVLError('BAD_INPUT', `image ${image.key} is not cached and has no pixel values`);
-          }
-          features = await this.deps.encode(image.pixelValues, image.numTiles);
-          encodedTiles += image.numTiles;
-          this.features.set(image.key, features);
-        }
-        for (; row < imageEnd; row++) {
-          while (ids[t] !== imgContextId) t++;
-          const src = (row - imageStart) * d;
-          embeds.set(features.subarray(src, src + d), (t - from) * d);
-          t++;
-        }
+    job.request.images.forEach((image, i) => {
+      const imageEnd = imageStart + image.numTiles * tokensPerTile;
+      for (; row < imageEnd; row++) {
+        while (ids[t] !== imgContextId) t++;
+        const src = (row - imageStart) * d;
+        embeds.set(job.features[i]!.subarray(src, src + d), (t - from) * d);
+        t++;
       }
       imageStart = imageEnd;
+    });
+    return embeds;
+  }
+
+  async #decodeStep(): Promise<void> {
+    const { decoder } = this.deps;
+    const bySeq = new Map(this.#jobs.filter((j) => j.next !== undefined).map((j) => [j.seq, j]));
+    const members = decoder.batch.map((seq) => bySeq.get(seq)!);
+    let logits: Float32Array;
+    try {
+      logits = await decoder.decodeBatch(members.map((j) => j.next!));
+    } catch (err) {
+      for (const job of members) this.#fail(job, err);
+      return;
     }
-    return { embeds, encodedTiles };
+    const vocab = decoder.dims.vocabSize;
+    members.forEach((job, b) => {
+      job.cached.push(job.next!);
+      if (!job.aborted) this.#sample(job, logits.subarray(b * vocab, (b + 1) * vocab));
+    });
+  }
+
+  /** Samples the next token; true when the job has finished. */
+  #sample(job: Job, logits: Float32Array): boolean {
+    let token: SampledToken;
+    try {
+      token = job.sampler.next(logits, job.history);
+    } catch (err) {
+      this.#fail(job, err);
+      return true;
+    }
+    job.tokens.push(token);
+    job.history.push(token.id);
+    job.onToken(token);
+    if (job.end.has(token.id)) this.#finish(job, 'stop');
+    else if (job.tokens.length >= job.request.maxNewTokens) this.#finish(job, 'length');
+    else {
+      job.next = token.id;
+      return false;
+    }
+    return true;
+  }
+
+  #remove(job: Job): void {
+    const i = this.#jobs.indexOf(job);
+    if (i >= 0) this.#jobs.splice(i, 1);
+    // A session keeps its cache for the next turn; other sequences are dropped.
+    if (job.seq?.slot !== undefined)
+      this.deps.decoder.leaveBatch(job.seq, { keepCache: job.session !== undefined });
+    if (job.session) {
+      job.session.busy = false;
+      job.session.tokens = job.cached.slice(0, job.seq.length);
+    }
+  }
+
+  #finish(job: Job, finishReason: FinishReason): void {
+    this.#remove(job);
+    job.resolve({
+      tokens: job.tokens,
+      finishReason,
+      stats: {
+        promptTokens: job.request.inputIds.length,
+        reusedTokens: job.reused,
+        encodedTiles: job.encodedTiles,
+      },
+    });
+  }
+
+  #fail(job: Job, err: unknown): void {
+    this.#remove(job);
+    if (job.session && job.request.sessionId) this.#sessions.delete(job.request.sessionId);
+    job.reject(err);
   }
 }

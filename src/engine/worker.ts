@@ -39,5 +39,5 @@ serveCalls(
       core = undefined;
     },
   }),
-  { immediate: ['abort'] },
+  { immediate: ['abort', 'generate'] },
 );
