@@ -10,11 +10,21 @@ import type { SampledToken } from '../pipeline/sampler.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
 import { type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
+import { resolvePrecision } from './graph-plan.js';
+import {
+  type LlmPrecisionOptions,
+  llmCacheTag,
+  type VitDtype,
+  vitCacheTag,
+  type WeightDtype,
+} from './precision.js';
 import { VisionEncoder, visionDimsFromConfig } from './vision.js';
 
-export interface EngineOptions {
-  /** Weight precision in the graphs; only 'fp32' for now. */
-  dtype?: 'fp32';
+export interface EngineOptions extends LlmPrecisionOptions {
+  /** Shorthand for llmDtype (kept for compatibility); llmDtype wins when both are given. */
+  dtype?: WeightDtype;
+  /** ViT encoder linear weights: fp32 (default) or int8. */
+  vitDtype?: VitDtype;
   /** Intra-op threads; default: the number of cores. */
   threads?: number;
   /**
@@ -49,6 +59,7 @@ export class EngineCore {
       decoder,
       imgContextId,
       tokensPerTile: numImageTokens(config),
+      tileValues: vision.tileSize,
       encode: (pixelValues, numTiles) => vision.encode(pixelValues, numTiles),
     });
   }
@@ -56,28 +67,29 @@ export class EngineCore {
   private readonly generator: Generator;
 
   static async load(dir: string, options: EngineOptions = {}): Promise<EngineCore> {
-    if (options.dtype && options.dtype !== 'fp32') {
-      throw new InternVLError('UNSUPPORTED', `dtype ${options.dtype} is not supported yet (supported: fp32)`);
-    }
+    const { vitDtype, ...precision } = resolvePrecision(options);
     const config = await loadModelConfig(dir);
     const checkpoint = await Checkpoint.open(dir);
     try {
       const weights = checkpointWeights(checkpoint);
       const threads = options.threads;
       const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-      const cacheFor = (component: string, dims: unknown) =>
+      const cacheFor = (component: string, dims: unknown, tag: Record<string, unknown>) =>
         cacheDir === false
           ? undefined
-          : { dir: cacheDir, key: graphCacheKey(checkpoint.files(), { component, dims, dtype: 'fp32' }) };
+          : { dir: cacheDir, key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }) };
       const visionDims = visionDimsFromConfig(config);
       const vision = await VisionEncoder.create(visionDims, weights, {
         threads,
-        cache: cacheFor('vision', visionDims),
+        vitDtype,
+        cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype)),
       });
       const decoderDims = decoderDimsFromConfig(config);
       const decoder = await DecoderRunner.create(decoderDims, weights, {
         threads,
-        cache: cacheFor('decoder', decoderDims),
+        ...precision,
+        cache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.llmDtype)),
+        prefillCache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
       });
       const imgContextId = await imageContextTokenId(dir);
       return new EngineCore(config, checkpoint, vision, decoder, imgContextId);

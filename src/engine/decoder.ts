@@ -10,6 +10,12 @@ import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
 import { buildInternLM2Graph, INTERNLM2_EMBEDDING } from '../models/internlm2.js';
 import { buildQwen2Graph, QWEN2_EMBEDDING } from '../models/qwen2.js';
 import type { WeightSource } from '../models/weights.js';
+import {
+  decoderGraphQuant,
+  type LlmPrecisionOptions,
+  PREFILL_GRAPH_MIN_TOKENS,
+  resolveLlmPrecision,
+} from './precision.js';
 import { type RopeParams, rotaryTables } from './rope.js';
 import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
@@ -85,6 +91,8 @@ export class Sequence {
   /** ORT views of `keys`/`values` (zero-copy), rebuilt when the buffers are reallocated. */
   pastTensors: { key: ort.Tensor; value: ort.Tensor }[] = [];
   busy = false;
+  /** Index in the runner's decode batch while the sequence is in it (its buffers are then views of the batch pool). */
+  slot: number | undefined;
 
   /** Keeps only the first `length` cached tokens (to reuse a shared prompt prefix); the rest is overwritten later. */
   truncate(length: number): void {
@@ -95,11 +103,13 @@ export class Sequence {
   }
 }
 
-export interface DecoderRunnerOptions {
+export interface DecoderRunnerOptions extends LlmPrecisionOptions {
   /** Intra-op threads; default: the number of cores. */
   threads?: number;
   /** Keep the built graph in this on-disk cache entry. */
   cache?: GraphCacheOptions;
+  /** Cache entry of the prefill graph when prefillDtype differs from llmDtype. */
+  prefillCache?: GraphCacheOptions;
   /** Longest chunk one graph run takes during prefill (default 2048). */
   prefillChunk?: number;
   /** KV capacity grows in multiples of this many tokens (default 256). */
@@ -111,6 +121,11 @@ export interface DecoderRunnerOptions {
 export interface ForwardOptions {
   /** Logits of every position ([numTokens, vocab]) instead of only the last ([vocab]). */
   allLogits?: boolean;
+  /**
+   * Sequence length the dynamic-NTK rope base is computed for; default the length after this call.
+   * A prompt prefilled over several calls passes its full length, as one official forward would see it.
+   */
+  ropeSeqLen?: number;
 }
 
 export interface DecoderInspection {
@@ -172,11 +187,27 @@ export class DecoderRunner {
   /** Token embedding table [vocab, D]. */
   readonly embeddings: Float32Array;
   readonly #session: ort.InferenceSession;
+  /** Graph for long chunks when prefillDtype differs from llmDtype (set by create). */
+  #prefillSession: ort.InferenceSession | undefined;
   readonly #rope: RopeParams;
   readonly #prefillChunk: number;
   readonly #capacityStep: number;
   readonly #hiddenStates: boolean;
   readonly #sequences = new WeakSet<Sequence>();
+  /** The decode batch: members' caches in slots [members.length, kvH, capacity, hd] per layer. */
+  readonly #pool: {
+    capacity: number;
+    slots: number;
+    members: Sequence[];
+    keys: Float32Array[];
+    values: Float32Array[];
+  } = {
+    capacity: 0,
+    slots: 0,
+    members: [],
+    keys: [],
+    values: [],
+  };
   #released = false;
 
   private constructor(
@@ -208,14 +239,23 @@ export class DecoderRunner {
     checkDims(dims);
     positiveIntegerOption('prefillChunk', options.prefillChunk, 1);
     positiveIntegerOption('capacityStep', options.capacityStep, 1);
-    const graphOptions = { hiddenStates: options.hiddenStates };
-    const build = () =>
-      dims.arch === 'qwen2'
+    const precision = resolveLlmPrecision(options);
+    const build = (dtype: typeof precision.llmDtype) => () => {
+      const graphOptions = { hiddenStates: options.hiddenStates, ...decoderGraphQuant(precision, dtype) };
+      return dims.arch === 'qwen2'
         ? buildQwen2Graph(dims, weights, graphOptions)
         : buildInternLM2Graph(dims, weights, graphOptions);
-    const session = await sessionForGraph(build, options);
+    };
+    const session = await sessionForGraph(build(precision.llmDtype), options);
     const embeddings = await weights.float32(dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING);
-    return new DecoderRunner(dims, session, embeddings, options);
+    const runner = new DecoderRunner(dims, session, embeddings, options);
+    if (precision.prefillDtype !== precision.llmDtype) {
+      runner.#prefillSession = await sessionForGraph(build(precision.prefillDtype), {
+        threads: options.threads,
+        cache: options.prefillCache,
+      });
+    }
+    return runner;
   }
 
   /** Token embeddings [ids.length, D]; ids outside [0, vocab) are rejected. */
@@ -245,7 +285,7 @@ export class DecoderRunner {
     const { hiddenSize: d, vocabSize: vocab } = this.dims;
     const allLogits = options.allLogits ?? false;
     // The dynamic-NTK base follows the length after the whole call, as one official forward would see it.
-    const ropeSeqLen = seq.length + numTokens;
+    const ropeSeqLen = options.ropeSeqLen ?? seq.length + numTokens;
     const out = new Float32Array(allLogits ? numTokens * vocab : vocab);
     seq.busy = true;
     try {
@@ -279,10 +319,242 @@ export class DecoderRunner {
     }
   }
 
+  /**
+   * Moves a sequence into the decode batch: its cache is copied into a slot of the shared pool, so
+   * one graph run can decode every sequence of the batch (continuous batching).
+   */
+  joinBatch(seq: Sequence): void {
+    if (!this.#sequences.has(seq))
+      throw new InternVLError('BAD_INPUT', 'the sequence was not created by this runner');
+    if (seq.slot !== undefined) return;
+    const pool = this.#pool;
+    const capacity = Math.max(pool.capacity, this.#roundCapacity(seq.length + 1));
+    if (capacity > pool.capacity || pool.members.length === pool.slots) {
+      this.#resizePool(capacity, Math.max(pool.slots * 2, pool.members.length + 1, 4));
+    }
+    const slot = pool.members.length;
+    pool.members.push(seq);
+    this.#copyCache(
+      seq,
+      seq.keys,
+      seq.values,
+      seq.capacity,
+      pool.keys,
+      pool.values,
+      this.#slotOffset(slot),
+      pool.capacity,
+    );
+    this.#bindSlot(seq, slot);
+  }
+
+  /**
+   * Takes a sequence out of the decode batch. With `keepCache` (default) its cache moves into buffers
+   * of its own; without, the sequence is left empty.
+   */
+  leaveBatch(seq: Sequence, options: { keepCache?: boolean } = {}): void {
+    const pool = this.#pool;
+    const slot = seq.slot;
+    if (slot === undefined) return;
+    const { numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
+    if (options.keepCache ?? true) {
+      const capacity = this.#roundCapacity(Math.max(seq.length, 1));
+      const keys = Array.from({ length: numLayers }, () => new Float32Array(kvH * capacity * hd));
+      const values = Array.from({ length: numLayers }, () => new Float32Array(kvH * capacity * hd));
+      const from = this.#slotOffset(slot);
+      this.#copyCache(seq, pool.keys, pool.values, pool.capacity, keys, values, 0, capacity, from);
+      this.#bindOwn(seq, keys, values, capacity);
+    } else {
+      this.#bindOwn(seq, [], [], 0);
+      seq.length = 0;
+    }
+    // Keep the batch dense: the last member takes the freed slot.
+    const last = pool.members.pop()!;
+    if (last !== seq) {
+      pool.members[slot] = last;
+      const from = this.#slotOffset(last.slot!);
+      const to = this.#slotOffset(slot);
+      const size = this.#slotSize(pool.capacity);
+      for (let i = 0; i < numLayers; i++) {
+        pool.keys[i].copyWithin(to, from, from + size);
+        pool.values[i].copyWithin(to, from, from + size);
+      }
+      this.#bindSlot(last, slot);
+    }
+  }
+
+  /** Sequences currently in the decode batch, in slot order. */
+  get batch(): readonly Sequence[] {
+    return this.#pool.members;
+  }
+
+  /**
+   * One decode step for every sequence in the batch: `ids[b]` is the next token of `batch[b]`.
+   * Appends them to their caches and returns the logits [batch.length, vocab].
+   */
+  async decodeBatch(ids: readonly number[]): Promise<Float32Array> {
+    const pool = this.#pool;
+    const n = pool.members.length;
+    if (n === 0 || ids.length !== n) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        `decodeBatch needs one id per batched sequence (${n}), got ${ids.length}`,
+      );
+    }
+    if (this.#released) throw new InternVLError('BAD_INPUT', 'the decoder runner has been released');
+    const { hiddenSize: d, numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
+    const longest = Math.max(...pool.members.map((s) => s.length));
+    if (longest + 1 > pool.capacity) this.#resizePool(this.#roundCapacity(longest + 1), pool.slots);
+    const half = hd / 2;
+    const cos = new Float32Array(n * half);
+    const sin = new Float32Array(n * half);
+    pool.members.forEach((seq, b) => {
+      const row = rotaryTables(this.#rope, seq.length, 1, seq.length + 1);
+      cos.set(row.cos, b * half);
+      sin.set(row.sin, b * half);
+    });
+    const batchDims = [n, kvH, pool.capacity, hd];
+    const size = n * this.#slotSize(pool.capacity);
+    const feeds: Record<string, ort.Tensor> = {
+      [DECODER_IO.inputsEmbeds]: new ort.Tensor('float32', this.embed(ids), [n, 1, d]),
+      [DECODER_IO.ropeCos]: new ort.Tensor('float32', cos, [n, half]),
+      [DECODER_IO.ropeSin]: new ort.Tensor('float32', sin, [n, half]),
+      [DECODER_IO.ropeIndex]: new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: n }, (_, b) => BigInt(b)),
+        [n, 1],
+      ),
+      [DECODER_IO.seqlensK]: new ort.Tensor(
+        'int32',
+        Int32Array.from(pool.members, (s) => s.length),
+        [n],
+      ),
+      [DECODER_IO.totalSequenceLength]: new ort.Tensor('int32', Int32Array.of(longest + 1), []),
+      [DECODER_IO.logitsRows]: new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: n }, (_, b) => BigInt(b)),
+        [n],
+      ),
+    };
+    const fetches: string[] = [DECODER_IO.logits];
+    for (let i = 0; i < numLayers; i++) {
+      feeds[DECODER_IO.pastKey(i)] = new ort.Tensor('float32', pool.keys[i].subarray(0, size), batchDims);
+      feeds[DECODER_IO.pastValue(i)] = new ort.Tensor('float32', pool.values[i].subarray(0, size), batchDims);
+      fetches.push(DECODER_IO.key(i), DECODER_IO.value(i));
+    }
+    for (const seq of pool.members) seq.busy = true;
+    try {
+      const result = await this.#session.run(feeds, fetches);
+      for (let i = 0; i < numLayers; i++) {
+        const k = result[DECODER_IO.key(i)].data as Float32Array;
+        const v = result[DECODER_IO.value(i)].data as Float32Array;
+        pool.members.forEach((seq, b) => {
+          for (let h = 0; h < kvH; h++) {
+            const src = (b * kvH + h) * hd;
+            const dst = this.#slotOffset(b) + (h * pool.capacity + seq.length) * hd;
+            pool.keys[i].set(k.subarray(src, src + hd), dst);
+            pool.values[i].set(v.subarray(src, src + hd), dst);
+          }
+        });
+      }
+      for (const seq of pool.members) seq.length += 1;
+      return result[DECODER_IO.logits].data as Float32Array;
+    } finally {
+      for (const seq of pool.members) seq.busy = false;
+    }
+  }
+
+  #roundCapacity(needed: number): number {
+    return Math.ceil(needed / this.#capacityStep) * this.#capacityStep;
+  }
+
+  #slotSize(capacity: number): number {
+    return this.dims.numKvHeads * capacity * this.dims.headDim;
+  }
+
+  #slotOffset(slot: number): number {
+    return slot * this.#slotSize(this.#pool.capacity);
+  }
+
+  /** Copies the valid part of a cache (per KV head) between buffers of possibly different capacities. */
+  #copyCache(
+    seq: Sequence,
+    fromKeys: Float32Array[],
+    fromValues: Float32Array[],
+    fromCapacity: number,
+    toKeys: Float32Array[],
+    toValues: Float32Array[],
+    toOffset: number,
+    toCapacity: number,
+    fromOffset = 0,
+  ): void {
+    const { numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
+    const valid = seq.length * hd;
+    for (let i = 0; i < numLayers; i++) {
+      for (let h = 0; h < kvH; h++) {
+        const src = fromOffset + h * fromCapacity * hd;
+        const dst = toOffset + h * toCapacity * hd;
+        toKeys[i].set(fromKeys[i].subarray(src, src + valid), dst);
+        toValues[i].set(fromValues[i].subarray(src, src + valid), dst);
+      }
+    }
+  }
+
+  #resizePool(capacity: number, slots: number): void {
+    const pool = this.#pool;
+    const { numLayers } = this.dims;
+    const size = this.#slotSize(capacity);
+    const keys = Array.from({ length: numLayers }, () => new Float32Array(slots * size));
+    const values = Array.from({ length: numLayers }, () => new Float32Array(slots * size));
+    pool.members.forEach((seq, slot) => {
+      this.#copyCache(
+        seq,
+        pool.keys,
+        pool.values,
+        pool.capacity,
+        keys,
+        values,
+        slot * size,
+        capacity,
+        this.#slotOffset(slot),
+      );
+    });
+    pool.keys = keys;
+    pool.values = values;
+    pool.capacity = capacity;
+    pool.slots = slots;
+    pool.members.forEach((seq, slot) => this.#bindSlot(seq, slot));
+  }
+
+  #bindSlot(seq: Sequence, slot: number): void {
+    const pool = this.#pool;
+    const start = this.#slotOffset(slot);
+    const end = start + this.#slotSize(pool.capacity);
+    this.#bindOwn(
+      seq,
+      pool.keys.map((k) => k.subarray(start, end)),
+      pool.values.map((v) => v.subarray(start, end)),
+      pool.capacity,
+    );
+    seq.slot = slot;
+  }
+
+  #bindOwn(seq: Sequence, keys: Float32Array[], values: Float32Array[], capacity: number): void {
+    const dims = [1, this.dims.numKvHeads, capacity, this.dims.headDim];
+    seq.keys = keys;
+    seq.values = values;
+    seq.capacity = capacity;
+    seq.slot = undefined;
+    seq.pastTensors = keys.map((key, i) => ({
+      key: new ort.Tensor('float32', key, dims),
+      value: new ort.Tensor('float32', values[i], dims),
+    }));
+  }
+
   async release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
     await this.#session.release();
+    await this.#prefillSession?.release();
   }
 
   #checkCall(seq: Sequence, embeds: Float32Array, numTokens: number): void {
@@ -291,6 +563,8 @@ export class DecoderRunner {
       throw new InternVLError('BAD_INPUT', 'the sequence was not created by this decoder runner');
     }
     if (seq.busy) throw new InternVLError('BAD_INPUT', 'the sequence is already running a forward pass');
+    if (seq.slot !== undefined)
+      throw new InternVLError('BAD_INPUT', 'the sequence is in the decode batch (use decodeBatch)');
     if (!Number.isInteger(numTokens) || numTokens < 1) {
       throw new InternVLError('BAD_INPUT', `numTokens must be a positive integer, got ${numTokens}`);
     }
@@ -366,7 +640,10 @@ export class DecoderRunner {
       if (withHidden) fetches.push(DECODER_IO.hidden(i));
     }
     if (withHidden) fetches.push(DECODER_IO.finalNorm);
-    const result = await this.#session.run(feeds, fetches);
+    // Long chunks go to the prefill graph (int8 DynamicQuantizeMatMul) when there is one.
+    const session =
+      n >= PREFILL_GRAPH_MIN_TOKENS && this.#prefillSession ? this.#prefillSession : this.#session;
+    const result = await session.run(feeds, fetches);
 
     // New keys/values come as [1, n, kvH·hd] (BSNH); the buffers are BNSH.
     for (let i = 0; i < numLayers; i++) {

@@ -15,6 +15,7 @@ import type { ModelConfig } from '../config/model-config.js';
 import type { RopeScaling } from '../engine/rope.js';
 import { InternVLError } from '../errors.js';
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
+import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
 import { transposeMatrix } from './weights.js';
 
 export type { RopeScaling } from '../engine/rope.js';
@@ -99,6 +100,10 @@ export const DECODER_IO = {
 export interface DecoderGraphOptions {
   /** Also output every layer's hidden states and the final norm (for localising errors). */
   hiddenStates?: boolean;
+  /** Storage of the layers' linear weights (default fp32). */
+  linearQuant?: LinearQuant;
+  /** Storage of lm_head (default: as linearQuant). */
+  lmHeadQuant?: LinearQuant;
 }
 
 /** The graph under construction plus the values every layer reads. */
@@ -137,7 +142,10 @@ export function startDecoderGraph(
   };
 }
 
-/** y = x·Wᵀ (+ b) for a torch Linear weight W [out, in]; the initializer is stored as [in, out]. */
+/**
+ * y = x·Wᵀ (+ b) for a torch Linear weight W [out, in]: in fp32 the initializer is stored as [in, out];
+ * int8/int4 go through quantizedMatMul.
+ */
 export function linear(
   ctx: DecoderGraphContext,
   x: string,
@@ -146,8 +154,13 @@ export function linear(
   outFeatures: number,
   inFeatures: number,
   bias?: { name: string; data: Float32Array },
+  quant: LinearQuant | undefined = ctx.options.linearQuant,
 ): string {
   const { g } = ctx;
+  if (quant && quant.dtype !== 'fp32') {
+    const y = quantizedMatMul(g, x, name, weight, outFeatures, inFeatures, quant);
+    return bias ? g.add(y, g.initializer(bias.name, 'float32', [outFeatures], bias.data)) : y;
+  }
   const w = g.initializer(
     name,
     'float32',
@@ -235,7 +248,17 @@ export function finishDecoderGraph(
   const rows = g.gather(g.reshape(x, [-1, dims.hiddenSize]), ctx.logitsRows, 0);
   const normed = rmsNorm(ctx, rows, finalNorm.name, finalNorm.data);
   if (ctx.options.hiddenStates) g.output(normed, DECODER_IO.finalNorm, 'float32', ['rows', dims.hiddenSize]);
-  const logits = linear(ctx, normed, lmHead.name, lmHead.data, dims.vocabSize, dims.hiddenSize);
+  const lmHeadQuant = ctx.options.lmHeadQuant ?? ctx.options.linearQuant;
+  const logits = linear(
+    ctx,
+    normed,
+    lmHead.name,
+    lmHead.data,
+    dims.vocabSize,
+    dims.hiddenSize,
+    undefined,
+    lmHeadQuant,
+  );
   g.output(logits, DECODER_IO.logits, 'float32', ['rows', dims.vocabSize]);
   return g.graph;
 }

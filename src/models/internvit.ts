@@ -8,6 +8,7 @@
 import type { VisionConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { type GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
+import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
 import { bicubicResize } from './torch-bicubic.js';
 import { type TensorSpec, transposeMatrix, type WeightSource } from './weights.js';
 
@@ -144,6 +145,22 @@ export async function linearWeight(
   );
 }
 
+/** x · Wᵀ for the torch Linear weight `name` [out, in], in fp32 or stored as `quant` says. */
+async function linearMatMul(
+  g: GraphBuilder,
+  weights: WeightSource,
+  x: string,
+  name: string,
+  outDim: number,
+  inDim: number,
+  quant?: LinearQuant,
+): Promise<string> {
+  if (quant && quant.dtype !== 'fp32') {
+    return quantizedMatMul(g, x, name, await weights.float32(name), outDim, inDim, quant);
+  }
+  return g.matMul(x, await linearWeight(g, weights, name, outDim, inDim));
+}
+
 /** torch Linear `prefix` (weight [out, in], bias [out]) applied to the last axis of `x`. */
 export async function linear(
   g: GraphBuilder,
@@ -152,10 +169,11 @@ export async function linear(
   prefix: string,
   outDim: number,
   inDim: number,
+  quant?: LinearQuant,
 ): Promise<string> {
-  const w = await linearWeight(g, weights, `${prefix}.weight`, outDim, inDim);
+  const y = await linearMatMul(g, weights, x, `${prefix}.weight`, outDim, inDim, quant);
   const b = await initializerFrom(g, weights, `${prefix}.bias`, [outDim]);
-  return g.add(g.matMul(x, w), b);
+  return g.add(y, b);
 }
 
 /** torch LayerNorm `prefix` (weight and bias) over the last axis. */
@@ -227,7 +245,7 @@ export async function buildInternVit(
   dims: InternVitDims,
   weights: WeightSource,
   pixels: string,
-  options: { imageSize: number; layers: number },
+  options: { imageSize: number; layers: number; linearQuant?: LinearQuant },
 ): Promise<InternVitOutputs> {
   const C = dims.hiddenSize;
   const p = dims.patchSize;
@@ -268,7 +286,9 @@ export async function buildInternVit(
   const layers: string[] = [];
   let h = embeddings;
   for (let i = 0; i < options.layers; i++) {
-    h = await within(g, `layers.${i}`, () => encoderLayer(g, dims, weights, h, layerPrefix(i)));
+    h = await within(g, `layers.${i}`, () =>
+      encoderLayer(g, dims, weights, h, layerPrefix(i), options.linearQuant),
+    );
     layers.push(h);
   }
   return { embeddings, layers };
@@ -292,6 +312,7 @@ async function encoderLayer(
   weights: WeightSource,
   h: string,
   prefix: string,
+  quant?: LinearQuant,
 ): Promise<string> {
   const C = dims.hiddenSize;
   const I = dims.intermediateSize;
@@ -301,13 +322,14 @@ async function encoderLayer(
     weights,
     await norm(g, dims, weights, h, `${prefix}.norm1`),
     prefix,
+    quant,
   );
   const ls1 = await initializerFrom(g, weights, `${prefix}.ls1`, [C]);
   const h1 = g.add(h, g.mul(attended, ls1));
 
   const x = await norm(g, dims, weights, h1, `${prefix}.norm2`);
-  const up = g.gelu(await linear(g, weights, x, `${prefix}.mlp.fc1`, I, C));
-  const down = await linear(g, weights, up, `${prefix}.mlp.fc2`, C, I);
+  const up = g.gelu(await linear(g, weights, x, `${prefix}.mlp.fc1`, I, C, quant));
+  const down = await linear(g, weights, up, `${prefix}.mlp.fc2`, C, I, quant);
   const ls2 = await initializerFrom(g, weights, `${prefix}.ls2`, [C]);
   return g.add(h1, g.mul(down, ls2));
 }
@@ -319,25 +341,33 @@ async function attention(
   weights: WeightSource,
   x: string,
   prefix: string,
+  quant?: LinearQuant,
 ): Promise<string> {
   const C = dims.hiddenSize;
   const numHeads = { int: dims.numHeads };
-  const qkvW = await linearWeight(g, weights, `${prefix}.attn.qkv.weight`, 3 * C, C);
+  const quantized = quant !== undefined && quant.dtype !== 'fp32';
+  const qkvName = `${prefix}.attn.qkv.weight`;
   const qkvB = dims.qkvBias
     ? await initializerFrom(g, weights, `${prefix}.attn.qkv.bias`, [3 * C])
     : undefined;
   let heads: string;
-  if (!dims.qkNormalization) {
+  if (!dims.qkNormalization && !quantized) {
     // The fused op takes the [q | k | v] head-major projection as is.
+    const qkvW = await linearWeight(g, weights, qkvName, 3 * C, C);
     const bias = qkvB ?? g.constF32(new Float32Array(3 * C));
     heads = g.op('Attention', [x, qkvW, bias], { num_heads: numHeads }, MS_DOMAIN);
   } else {
-    const qkv = qkvB ? g.add(g.matMul(x, qkvW), qkvB) : g.matMul(x, qkvW);
+    const projected = await linearMatMul(g, weights, x, qkvName, 3 * C, C, quant);
+    const qkv = qkvB ? g.add(projected, qkvB) : projected;
     const [q, k, v] = g.node('Split', [qkv], { axis: { int: -1 }, num_outputs: { int: 3 } }, { outputs: 3 });
-    // q_norm / k_norm span all heads together (width C), before the head split.
-    const qn = await rmsNorm(g, weights, q, `${prefix}.attn.q_norm`, C, dims.layerNormEps);
-    const kn = await rmsNorm(g, weights, k, `${prefix}.attn.k_norm`, C, dims.layerNormEps);
-    heads = g.op('MultiHeadAttention', [qn, kn, v], { num_heads: numHeads }, MS_DOMAIN);
+    if (dims.qkNormalization) {
+      // q_norm / k_norm span all heads together (width C), before the head split.
+      const qn = await rmsNorm(g, weights, q, `${prefix}.attn.q_norm`, C, dims.layerNormEps);
+      const kn = await rmsNorm(g, weights, k, `${prefix}.attn.k_norm`, C, dims.layerNormEps);
+      heads = g.op('MultiHeadAttention', [qn, kn, v], { num_heads: numHeads }, MS_DOMAIN);
+    } else {
+      heads = g.op('MultiHeadAttention', [q, k, v], { num_heads: numHeads }, MS_DOMAIN);
+    }
   }
-  return linear(g, weights, heads, `${prefix}.attn.proj`, C, C);
+  return linear(g, weights, heads, `${prefix}.attn.proj`, C, C, quant);
 }

@@ -1,0 +1,440 @@
+/**
+ * `internvl bench` / `npm run bench`: engine speed on a random-weight checkpoint at a real shape,
+ * next to this machine's limits measured through ORT in the same run (fp32 GEMM roofline, weight-
+ * streaming bandwidth). Load time, time to first token and peak RSS come from child processes that
+ * load the model as a user would (cold: an empty graph cache; cached: the graphs just written), so
+ * the peak RSS is that of a process holding only the model.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
+import { checkpointWeights } from '../engine/core.js';
+import { argmax, DecoderRunner, decoderDimsFromConfig, scatterImageEmbeddings } from '../engine/decoder.js';
+import { defaultGraphCacheDir } from '../engine/graph-cache.js';
+import { engineGraphKey, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
+import { llmCacheTag, vitCacheTag, type WeightDtype } from '../engine/precision.js';
+import { createSession, defaultThreads } from '../engine/session.js';
+import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
+import { Checkpoint } from '../io/safetensors.js';
+import type { DecoderDims } from '../models/decoder.js';
+import { GraphBuilder } from '../onnx/graph.js';
+import { createRandomCheckpoint } from '../tools/random-checkpoint.js';
+import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
+import { evalTokenIds, syntheticTile } from './eval-quant.js';
+
+const USAGE = `Usage: internvl bench [--shape InternVL2_5-1B] [--model DIR] [--llm-dtype int4]
+                      [--prefill-dtype int4] [--vit-dtype fp32] [--block-size 32] [--accuracy-level 4]
+                      [--threads N] [--reps 3] [--json FILE]
+
+Measures in one run: the fp32 GEMM roofline and weight-streaming bandwidth through ORT; ViT s/tile
+(batches of 1 and 7; fp32 and int8); prefill tok/s at 300 and 1800 tokens (fp32, int8 and the chosen
+LLM precision); decode tok/s at past 300 and 1500; and, in child processes, load time (cold and from
+the graph cache), time to first token for one image of 6 tiles + thumbnail, and peak RSS. Without
+--model a random checkpoint of --shape is created once under the cache folder. Prints JSON.
+`;
+
+const seconds = (t0: number) => (performance.now() - t0) / 1000;
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const round = (x: number, digits: number) => Number(x.toFixed(digits));
+
+/** Pseudo-random weights, cheap to make. */
+function fill(length: number, seed: number): Float32Array {
+  const out = new Float32Array(length);
+  for (let i = 0; i < length; i++) out[i] = Math.sin(i * 0.618 + seed) * 0.05;
+  return out;
+}
+
+async function timeRuns(reps: number, run: () => Promise<unknown>): Promise<number> {
+  await run();
+  const times: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    await run();
+    times.push(seconds(t0));
+  }
+  return median(times);
+}
+
+/** fp32 GFLOP/s of one large MatMul (M 1024, K 1024, N 4096) with the weight as an initializer. */
+export async function measureGemm(threads: number, reps: number): Promise<number> {
+  const [m, k, n] = [1024, 1024, 4096];
+  const g = new GraphBuilder('gemm');
+  const x = g.input('x', 'float32', [m, k]);
+  g.output(g.matMul(x, g.initializer('w', 'float32', [k, n], fill(k * n, 1))), 'y', 'float32', [m, n]);
+  const session = await createSession(g.graph, { threads });
+  const feeds = { x: new ort.Tensor('float32', fill(m * k, 2), [m, k]) };
+  const t = await timeRuns(reps * 4, () => session.run(feeds));
+  await session.release();
+  return (2 * m * k * n) / t / 1e9;
+}
+
+/** GB/s of fp32 weights streamed from DRAM by M = 1 MatMuls (24 distinct [896, 4864] weights, 418 MB). */
+export async function measureStream(threads: number, reps: number): Promise<number> {
+  const [k, n, count] = [896, 4864, 24];
+  const g = new GraphBuilder('stream');
+  const x = g.input('x', 'float32', [1, k]);
+  const outs = Array.from({ length: count }, (_, i) =>
+    g.matMul(x, g.initializer(`w${i}`, 'float32', [k, n], fill(k * n, i))),
+  );
+  g.output(g.op('Sum', outs), 'y', 'float32', [1, n]);
+  const session = await createSession(g.graph, { threads });
+  const feeds = { x: new ort.Tensor('float32', fill(k, 3), [1, k]) };
+  const t = await timeRuns(reps * 5, () => session.run(feeds));
+  await session.release();
+  return (count * k * n * 4) / t / 1e9;
+}
+
+/** Multiply-add FLOPs of one tile through InternViT (select_layer −1) and mlp1. */
+export function vitFlopsPerTile(config: ModelConfig): number {
+  const dims = visionDimsFromConfig(config);
+  const v = dims.vit;
+  const grid = dims.imageSize / v.patchSize;
+  const t = grid * grid + 1;
+  const c = v.hiddenSize;
+  const perLayer = 2 * t * c * 3 * c + 4 * t * t * c + 2 * t * c * c + 4 * t * c * v.intermediateSize;
+  const conv = 2 * grid * grid * v.numChannels * v.patchSize ** 2 * c;
+  const k2 = Math.round(1 / dims.downsampleRatio) ** 2;
+  const tokens = (grid * grid) / k2;
+  const mlp1 = 2 * tokens * (k2 * c * dims.llmHiddenSize + dims.llmHiddenSize ** 2);
+  return perLayer * v.numLayers + conv + mlp1;
+}
+
+/** Bytes of one linear weight [n, k] as stored for `dtype`. */
+export function linearWeightBytes(dtype: WeightDtype, n: number, k: number, blockSize: number): number {
+  if (dtype === 'fp32') return 4 * n * k;
+  if (dtype === 'int8') return n * k + 4 * n;
+  const blocks = Math.ceil(k / blockSize);
+  return n * blocks * (blockSize / 2) + 4 * n * blocks + n * Math.ceil(blocks / 2);
+}
+
+/** Weight bytes a decode step reads (all linear layers and lm_head; norms and biases are negligible). */
+export function decodeWeightBytes(dims: DecoderDims, precision: ResolvedPrecision): number {
+  const { hiddenSize: d, headDim, numHeads, numKvHeads, intermediateSize: ff, vocabSize } = dims;
+  const bytes = (n: number, k: number, dtype: WeightDtype = precision.llmDtype) =>
+    linearWeightBytes(dtype, n, k, precision.blockSize);
+  const perLayer =
+    bytes(numHeads * headDim, d) +
+    2 * bytes(numKvHeads * headDim, d) +
+    bytes(d, numHeads * headDim) +
+    2 * bytes(ff, d) +
+    bytes(d, ff);
+  const lmHead =
+    precision.lmHeadDtype === 'auto'
+      ? precision.llmDtype === 'fp32'
+        ? 'fp32'
+        : 'int4'
+      : precision.lmHeadDtype;
+  return perLayer * dims.numLayers + bytes(vocabSize, d, lmHead);
+}
+
+interface ChildResult {
+  load_s: number;
+  ttft_s: number;
+  ttft_tokens: number;
+  peak_rss_mb: number;
+}
+
+/** Loads the model as EngineCore does and times one image (6 tiles + thumbnail) to its first token. */
+async function childLoad(modelDir: string, cacheDir: string, precision: ResolvedPrecision, threads: number) {
+  const t0 = performance.now();
+  const config = await loadModelConfig(modelDir);
+  const checkpoint = await Checkpoint.open(modelDir);
+  const weights = checkpointWeights(checkpoint);
+  const visionDims = visionDimsFromConfig(config);
+  const decoderDims = decoderDimsFromConfig(config);
+  const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) => ({
+    dir: cacheDir,
+    key: engineGraphKey(checkpoint, component, dims, tag),
+  });
+  const vision = await VisionEncoder.create(visionDims, weights, {
+    threads,
+    vitDtype: precision.vitDtype,
+    cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype)),
+  });
+  const decoder = await DecoderRunner.create(decoderDims, weights, {
+    threads,
+    ...precision,
+    cache: cache('decoder', decoderDims, llmCacheTag(precision, precision.llmDtype)),
+    prefillCache: cache('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
+  });
+  const loadSeconds = seconds(t0);
+
+  const tiles = 7;
+  const tile = syntheticTile(vision.geometry.imageSize);
+  const pixels = new Float32Array(tile.length * tiles);
+  for (let i = 0; i < tiles; i++) pixels.set(tile, i * tile.length);
+  const imageTokens = tiles * vision.geometry.tokensPerTile;
+  const contextId = 1000;
+  const text = evalTokenIds(40, 999);
+  const ids = [...text.slice(0, 20), ...new Array(imageTokens).fill(contextId), ...text.slice(20)];
+  const t1 = performance.now();
+  const features = await vision.encode(pixels, tiles);
+  const embeds = scatterImageEmbeddings(decoder.embed(ids), ids, contextId, features);
+  argmax(await decoder.forward(decoder.newSequence(), embeds, ids.length));
+  const ttft = seconds(t1);
+  const result: ChildResult = {
+    load_s: round(loadSeconds, 2),
+    ttft_s: round(ttft, 2),
+    ttft_tokens: ids.length,
+    peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+  };
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  await vision.release();
+  await decoder.release();
+  await checkpoint.close();
+}
+
+async function runChild(args: Record<string, unknown>): Promise<ChildResult> {
+  const self = fileURLToPath(import.meta.url);
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [...process.execArgv, self, '--bench-child', JSON.stringify(args)],
+    { maxBuffer: 1 << 20 },
+  );
+  const last = stdout.trim().split('\n').pop() ?? '';
+  return JSON.parse(last) as ChildResult;
+}
+
+interface DecoderTimes {
+  prefill300: number;
+  prefill1800: number;
+  decode300?: number;
+  decode1500?: number;
+}
+
+async function benchDecoder(
+  decoder: DecoderRunner,
+  reps: number,
+  withDecode: boolean,
+  decodeSteps: number,
+): Promise<DecoderTimes> {
+  const vocab = Math.min(decoder.dims.vocabSize, 150000);
+  const prefill = async (n: number) => {
+    const ids = evalTokenIds(n, vocab, n);
+    const embeds = decoder.embed(ids);
+    const t = await timeRuns(reps, () => decoder.forward(decoder.newSequence(), embeds, n));
+    return n / t;
+  };
+  const decode = async (past: number) => {
+    const rates: number[] = [];
+    for (let r = 0; r < reps; r++) {
+      const seq = decoder.newSequence();
+      await decoder.forward(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
+      await decoder.forward(seq, decoder.embed([1]), 1);
+      const t0 = performance.now();
+      for (let i = 0; i < decodeSteps; i++) await decoder.forward(seq, decoder.embed([(i * 31) % vocab]), 1);
+      rates.push(decodeSteps / seconds(t0));
+    }
+    return median(rates);
+  };
+  const out: DecoderTimes = { prefill300: await prefill(300), prefill1800: await prefill(1800) };
+  if (withDecode) {
+    out.decode300 = await decode(300);
+    out.decode1500 = await decode(1500);
+  }
+  return out;
+}
+
+export interface BenchOptions {
+  shape?: string;
+  model?: string;
+  threads?: number;
+  reps?: number;
+  precision: ResolvedPrecision;
+  log?: (line: string) => void;
+}
+
+export async function runBench(options: BenchOptions): Promise<Record<string, unknown>> {
+  const log = options.log ?? (() => {});
+  const shape = options.shape ?? 'InternVL2_5-1B';
+  const reps = options.reps ?? 3;
+  const threads = options.threads ?? defaultThreads();
+  const precision = options.precision;
+  const cacheDir = defaultGraphCacheDir();
+  const modelDir = options.model ?? path.join(path.dirname(cacheDir), 'random-models', `${shape}-seed0`);
+  if (!options.model && !existsSync(path.join(modelDir, 'model.safetensors'))) {
+    log(`creating random ${shape} checkpoint in ${modelDir}`);
+    await createRandomCheckpoint({ shape, out: modelDir, seed: 0 });
+  }
+
+  log('machine limits');
+  const gemm = await measureGemm(threads, reps);
+  const stream = await measureStream(threads, reps);
+
+  log('cold load (empty graph cache) and cached load, in child processes');
+  const coldCache = mkdtempSync(path.join(os.tmpdir(), 'internvl-bench-'));
+  let cold: ChildResult;
+  let cached: ChildResult;
+  try {
+    const childArgs = { model: modelDir, cacheDir: coldCache, precision, threads };
+    cold = await runChild(childArgs);
+    cached = await runChild(childArgs);
+  } finally {
+    rmSync(coldCache, { recursive: true, force: true });
+  }
+
+  const config = await loadModelConfig(modelDir);
+  const checkpoint = await Checkpoint.open(modelDir);
+  const weights = checkpointWeights(checkpoint);
+  const result: Record<string, unknown> = {};
+  try {
+    const visionDims = visionDimsFromConfig(config);
+    const vit = async (dtype: 'fp32' | 'int8', tilesPerRun: number) => {
+      log(`ViT ${dtype}, ${tilesPerRun} tile(s) per run`);
+      const encoder = await VisionEncoder.create(visionDims, weights, {
+        threads,
+        vitDtype: dtype,
+        tilesPerRun,
+        cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag(dtype)) },
+      });
+      const tile = syntheticTile(encoder.geometry.imageSize);
+      const pixels = new Float32Array(tile.length * tilesPerRun);
+      for (let i = 0; i < tilesPerRun; i++) pixels.set(tile, i * tile.length);
+      const t = await timeRuns(tilesPerRun === 1 ? reps : 1, () => encoder.encode(pixels, tilesPerRun));
+      await encoder.release();
+      return t / tilesPerRun;
+    };
+    const vitFp32 = await vit('fp32', 1);
+    const vitFp32Batch7 = await vit('fp32', 7);
+    const vitInt8 = await vit('int8', 1);
+    const vitFlops = vitFlopsPerTile(config);
+
+    const dims = decoderDimsFromConfig(config);
+    const llm = async (llmDtype: WeightDtype, prefillDtype: WeightDtype, withDecode: boolean) => {
+      log(`LLM ${llmDtype}${prefillDtype !== llmDtype ? ` (prefill ${prefillDtype})` : ''}`);
+      const p = { ...precision, llmDtype, prefillDtype };
+      const decoder = await DecoderRunner.create(dims, weights, {
+        threads,
+        ...p,
+        cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(p, llmDtype)) },
+        prefillCache: {
+          dir: cacheDir,
+          key: engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(p, prefillDtype)),
+        },
+      });
+      try {
+        return await benchDecoder(decoder, reps, withDecode, 32);
+      } finally {
+        await decoder.release();
+      }
+    };
+    const fp32 = await llm('fp32', 'fp32', false);
+    const int8 = await llm('int8', 'int8', false);
+    const chosen = await llm(precision.llmDtype, precision.prefillDtype, true);
+    const weightBytes = decodeWeightBytes(dims, precision);
+    const decodeBound = (stream * 1e9) / weightBytes;
+
+    const vitDtypeTime = precision.vitDtype === 'int8' ? vitInt8 : vitFp32;
+    Object.assign(result, {
+      shape: options.model ? path.basename(modelDir) : shape,
+      llm_dtype: precision.llmDtype,
+      prefill_dtype: precision.prefillDtype,
+      vit_dtype: precision.vitDtype,
+      block_size: precision.blockSize,
+      accuracy_level: precision.accuracyLevel,
+      gemm_gflops: round(gemm, 1),
+      stream_gbps: round(stream, 1),
+      vit_s_per_tile: round(vitDtypeTime, 3),
+      vit_s_per_tile_batch7: round(vitFp32Batch7, 3),
+      vit_fp32_s_per_tile: round(vitFp32, 3),
+      vit_int8_s_per_tile: round(vitInt8, 3),
+      vit_int8_speedup: round(vitFp32 / vitInt8, 2),
+      vit_gflop_per_tile: round(vitFlops / 1e9, 1),
+      vit_roofline_ratio: round(vitFp32 / (vitFlops / (gemm * 1e9)), 3),
+      prefill_tok_s: round(chosen.prefill300, 1),
+      prefill_tok_s_1800: round(chosen.prefill1800, 1),
+      prefill_tok_s_fp32: round(fp32.prefill300, 1),
+      prefill_tok_s_fp32_1800: round(fp32.prefill1800, 1),
+      prefill_tok_s_int8: round(int8.prefill300, 1),
+      prefill_tok_s_int8_1800: round(int8.prefill1800, 1),
+      prefill_int8_speedup: round(int8.prefill300 / fp32.prefill300, 2),
+      decode_tok_s: round(chosen.decode300 ?? 0, 2),
+      decode_tok_s_past1500: round(chosen.decode1500 ?? 0, 2),
+      decode_past1500_ratio: round((chosen.decode1500 ?? 0) / (chosen.decode300 ?? 1), 3),
+      decode_weight_mb_per_token: round(weightBytes / 1e6, 1),
+      decode_bound_ratio: round((chosen.decode300 ?? 0) / decodeBound, 3),
+      ttft_s: cached.ttft_s,
+      ttft_tokens: cached.ttft_tokens,
+      peak_rss_mb: cached.peak_rss_mb,
+      peak_rss_mb_cold: cold.peak_rss_mb,
+      load_s_cold: cold.load_s,
+      load_s_cached: cached.load_s,
+      threads,
+      cpus: os.availableParallelism(),
+      cpu: os.cpus()[0]?.model ?? 'unknown',
+      versions: { onnxruntime: ort.env.versions.node, node: process.version },
+    });
+  } finally {
+    await checkpoint.close();
+  }
+  return result;
+}
+
+export async function benchCommand(argv: string[]): Promise<number> {
+  const parse = () =>
+    parseArgs({
+      args: argv,
+      options: {
+        ...PRECISION_FLAGS,
+        shape: { type: 'string' },
+        model: { type: 'string' },
+        threads: { type: 'string' },
+        reps: { type: 'string' },
+        json: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    });
+  let values: ReturnType<typeof parse>['values'];
+  try {
+    ({ values } = parse());
+  } catch (err) {
+    process.stderr.write(`internvl bench: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const flags = precisionFromFlags(values);
+  const precision = resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' });
+  const positive = (v: string | undefined, name: string) => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${v}'`);
+    return n;
+  };
+  const result = await runBench({
+    shape: values.shape,
+    model: values.model,
+    threads: positive(values.threads, 'threads'),
+    reps: positive(values.reps, 'reps'),
+    precision,
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+  const text = JSON.stringify(result, null, 2);
+  process.stdout.write(`${text}\n`);
+  if (values.json) await writeFile(values.json, `${text}\n`);
+  return 0;
+}
+
+// Child mode: `node bench.js --bench-child JSON` loads the model and reports load time, TTFT and peak RSS.
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === '--bench-child') {
+  const args = JSON.parse(process.argv[3]) as {
+    model: string;
+    cacheDir: string;
+    precision: ResolvedPrecision;
+    threads: number;
+  };
+  await childLoad(args.model, args.cacheDir, args.precision, args.threads);
+}

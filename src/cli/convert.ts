@@ -1,0 +1,144 @@
+/**
+ * `internvl convert`: builds a checkpoint's engine graphs at the chosen precision ahead of time, into
+ * the graph cache (where `InternVLModel.load` with the same options finds them) or into a folder.
+ */
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadModelConfig } from '../config/model-config.js';
+import { checkpointWeights } from '../engine/core.js';
+import { cachedGraph, defaultGraphCacheDir, writeGraphDir } from '../engine/graph-cache.js';
+import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
+import { Checkpoint } from '../io/safetensors.js';
+import { checkWeightDtype } from '../onnx/quantize.js';
+
+const USAGE = `Usage: internvl convert MODEL [--llm-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
+                        [--prefill-dtype fp32|int8|int4] [--lm-head-dtype auto|fp32|int8|int4]
+                        [--block-size 32|128] [--accuracy-level 0-4] [--out DIR] [--cache-dir DIR]
+
+Builds the vision and decoder graphs of the checkpoint folder MODEL (and a prefill graph when
+--prefill-dtype differs from --llm-dtype). Without --out they go to the graph cache
+(default $INTERNVL_CACHE/graphs or ~/.cache/internvl-ts/graphs), where loading the model with the same
+options finds them; with --out each graph is written to DIR/<role>/model.onnx + weights.bin.
+`;
+
+export interface ConvertOptions extends PrecisionOptions {
+  /** Write graphs here (DIR/<role>/) instead of the cache. */
+  out?: string;
+  /** Graph cache folder (default: the engine's). */
+  cacheDir?: string;
+}
+
+export interface ConvertedGraph {
+  role: string;
+  dtype: string;
+  path: string;
+  /** Already in the cache; nothing was built. */
+  cached: boolean;
+}
+
+/** Builds (or finds in the cache) every graph the precision choices need; returns where they are. */
+export async function convertModel(
+  modelDir: string,
+  options: ConvertOptions = {},
+): Promise<ConvertedGraph[]> {
+  const precision = resolvePrecision(options);
+  const config = await loadModelConfig(modelDir);
+  const checkpoint = await Checkpoint.open(modelDir);
+  try {
+    const plan = planEngineGraphs(config, checkpoint, checkpointWeights(checkpoint), precision);
+    const done: ConvertedGraph[] = [];
+    for (const graph of plan) {
+      if (options.out) {
+        const file = writeGraphDir(await graph.build(), path.join(options.out, graph.role));
+        done.push({ role: graph.role, dtype: graph.dtype, path: file, cached: false });
+      } else {
+        const { modelPath, hit } = await cachedGraph(
+          options.cacheDir ?? defaultGraphCacheDir(),
+          graph.key,
+          graph.build,
+        );
+        done.push({ role: graph.role, dtype: graph.dtype, path: modelPath, cached: hit });
+      }
+    }
+    return done;
+  } finally {
+    await checkpoint.close();
+  }
+}
+
+/** Precision flags shared by convert, eval-quant and bench. */
+export const PRECISION_FLAGS = {
+  'llm-dtype': { type: 'string' },
+  'vit-dtype': { type: 'string' },
+  'prefill-dtype': { type: 'string' },
+  'lm-head-dtype': { type: 'string' },
+  'block-size': { type: 'string' },
+  'accuracy-level': { type: 'string' },
+} as const;
+
+/** PrecisionOptions from parsed precision flags (validated later by resolvePrecision). */
+export function precisionFromFlags(
+  values: Partial<Record<keyof typeof PRECISION_FLAGS, string>>,
+): PrecisionOptions {
+  const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  return {
+    llmDtype:
+      values['llm-dtype'] === undefined ? undefined : checkWeightDtype('--llm-dtype', values['llm-dtype']),
+    vitDtype:
+      values['vit-dtype'] === undefined
+        ? undefined
+        : (checkWeightDtype('--vit-dtype', values['vit-dtype'], ['fp32', 'int8']) as 'fp32' | 'int8'),
+    prefillDtype:
+      values['prefill-dtype'] === undefined
+        ? undefined
+        : checkWeightDtype('--prefill-dtype', values['prefill-dtype']),
+    lmHeadDtype:
+      values['lm-head-dtype'] === undefined || values['lm-head-dtype'] === 'auto'
+        ? undefined
+        : checkWeightDtype('--lm-head-dtype', values['lm-head-dtype']),
+    blockSize: num(values['block-size']),
+    accuracyLevel: num(values['accuracy-level']),
+  };
+}
+
+export async function convertCommand(argv: string[]): Promise<number> {
+  let parsed: ReturnType<typeof parse>;
+  const parse = () =>
+    parseArgs({
+      args: argv,
+      options: {
+        ...PRECISION_FLAGS,
+        out: { type: 'string' },
+        'cache-dir': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+  try {
+    parsed = parse();
+  } catch (err) {
+    process.stderr.write(`internvl convert: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) {
+    process.stderr.write(`internvl convert: expected one MODEL folder\n${USAGE}`);
+    return 2;
+  }
+  const t0 = performance.now();
+  const graphs = await convertModel(positionals[0], {
+    ...precisionFromFlags(values),
+    out: values.out,
+    cacheDir: values['cache-dir'],
+  });
+  for (const g of graphs) {
+    process.stdout.write(`${g.role} (${g.dtype})${g.cached ? ' [cached]' : ''}: ${g.path}\n`);
+  }
+  process.stderr.write(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+  return 0;
+}

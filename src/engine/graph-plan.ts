@@ -1,0 +1,101 @@
+/**
+ * The graphs a checkpoint needs for one set of precision choices, with their cache keys: what
+ * `internvl convert` writes ahead of time and what EngineCore.load then finds in the cache.
+ */
+import type { ModelConfig } from '../config/model-config.js';
+import type { Checkpoint } from '../io/safetensors.js';
+import { type DecoderDims, decoderDimsFromConfig } from '../models/decoder.js';
+import { buildInternLM2Graph } from '../models/internlm2.js';
+import { buildQwen2Graph } from '../models/qwen2.js';
+import type { WeightSource } from '../models/weights.js';
+import type { Graph } from '../onnx/graph.js';
+import { checkWeightDtype } from '../onnx/quantize.js';
+import { graphCacheKey } from './graph-cache.js';
+import {
+  decoderGraphQuant,
+  type LlmPrecision,
+  type LlmPrecisionOptions,
+  llmCacheTag,
+  resolveLlmPrecision,
+  type VitDtype,
+  vitCacheTag,
+  type WeightDtype,
+} from './precision.js';
+import { buildVisionGraph, visionDimsFromConfig } from './vision.js';
+
+export interface PrecisionOptions extends LlmPrecisionOptions {
+  /** Shorthand for llmDtype; llmDtype wins when both are given. */
+  dtype?: WeightDtype;
+  vitDtype?: VitDtype;
+}
+
+export interface ResolvedPrecision extends LlmPrecision {
+  vitDtype: VitDtype;
+}
+
+export function resolvePrecision(options: PrecisionOptions): ResolvedPrecision {
+  return {
+    ...resolveLlmPrecision({ ...options, llmDtype: options.llmDtype ?? options.dtype }),
+    vitDtype: checkWeightDtype('vitDtype', options.vitDtype ?? 'fp32', ['fp32', 'int8']) as VitDtype,
+  };
+}
+
+/** The cache key of one engine graph (the same formula EngineCore.load uses). */
+export function engineGraphKey(
+  checkpoint: Checkpoint,
+  component: 'vision' | 'decoder',
+  dims: unknown,
+  tag: Record<string, unknown>,
+): string {
+  return graphCacheKey(checkpoint.files(), { component, dims, ...tag });
+}
+
+export function buildDecoderGraph(
+  dims: DecoderDims,
+  weights: WeightSource,
+  precision: LlmPrecision,
+  dtype: WeightDtype,
+): Promise<Graph> {
+  const options = decoderGraphQuant(precision, dtype);
+  return dims.arch === 'qwen2'
+    ? buildQwen2Graph(dims, weights, options)
+    : buildInternLM2Graph(dims, weights, options);
+}
+
+export interface PlannedGraph {
+  /** 'vision', 'decoder' or 'decoder-prefill'. */
+  role: string;
+  dtype: string;
+  key: string;
+  build: () => Promise<Graph>;
+}
+
+/** Vision, decoder and (when prefillDtype differs) prefill graphs for `precision`. */
+export function planEngineGraphs(
+  config: ModelConfig,
+  checkpoint: Checkpoint,
+  weights: WeightSource,
+  precision: ResolvedPrecision,
+): PlannedGraph[] {
+  const visionDims = visionDimsFromConfig(config);
+  const decoderDims = decoderDimsFromConfig(config);
+  const plan: PlannedGraph[] = [
+    {
+      role: 'vision',
+      dtype: precision.vitDtype,
+      key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag(precision.vitDtype)),
+      build: () => buildVisionGraph(visionDims, weights, { vitDtype: precision.vitDtype }),
+    },
+  ];
+  const decoderGraph = (role: string, dtype: WeightDtype): PlannedGraph => ({
+    role,
+    dtype,
+    key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, dtype)),
+    build: () => buildDecoderGraph(decoderDims, weights, precision, dtype),
+  });
+  plan.push(decoderGraph('decoder', precision.llmDtype));
+  if (precision.prefillDtype !== precision.llmDtype) {
+    plan.push(decoderGraph('decoder-prefill', precision.prefillDtype));
+  }
+  return plan;
+}
