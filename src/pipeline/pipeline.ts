@@ -3,20 +3,18 @@
  * `stream` yields the answer as it is generated, `chat` keeps a multi-turn session whose KV cache and
  * image features are reused between turns.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { type GenerationConfigFile, loadGenerationConfig } from '../config/generation-config.js';
 import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import type { GenerateRequest, ImageRef } from '../engine/generate.js';
 import { InternVLModel } from '../engine/model.js';
+import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
 import { type ResolveModelOptions, resolveModel } from '../io/hub.js';
 import { loadImage } from '../io/image.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { loadVideo } from '../io/video.js';
 import type { RgbImage } from '../preprocess/image.js';
-import { toPixelValues } from '../preprocess/pixels.js';
-import { dynamicPreprocess } from '../preprocess/tiles.js';
-import { videoToTiles } from '../preprocess/video.js';
 import { expandImagePlaceholders } from '../text/prompt.js';
 import { StreamDecoder } from '../text/stream-decoder.js';
 import { getTemplate, renderConversation, type Template } from '../text/templates.js';
@@ -38,6 +36,7 @@ import {
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from './generation-config.js';
+import type { ImageTiling } from './media-prep.js';
 import type { SampledToken } from './sampler.js';
 import { StopStringMatcher } from './stop.js';
 
@@ -146,13 +145,14 @@ function rgbLike(x: ImageLike): x is RgbImage {
   return typeof x === 'object' && !(x instanceof URL) && !(x instanceof Uint8Array) && 'data' in x;
 }
 
-function contentKey(tiles: RgbImage[]): string {
-  const h = createHash('sha256');
-  for (const t of tiles) {
-    h.update(`${t.width}x${t.height};`);
-    h.update(t.data);
-  }
-  return h.digest('hex');
+/** Buffers that belong wholly to these images, so they can move to a worker without copying. */
+function ownedBuffers(images: RgbImage[]): ArrayBuffer[] {
+  return images
+    .map((i) => i.data)
+    .filter(
+      (d) => d.buffer instanceof ArrayBuffer && d.byteOffset === 0 && d.byteLength === d.buffer.byteLength,
+    )
+    .map((d) => d.buffer as ArrayBuffer);
 }
 
 /** An async queue bridging token callbacks to an async iterator. */
@@ -195,8 +195,15 @@ class ChunkQueue<T> implements AsyncIterable<T> {
   }
 }
 
+// Under tsx (tests, development) this module is a .ts file and so is the worker beside it.
+const mediaWorkerUrl = new URL(
+  import.meta.url.endsWith('.ts') ? './media-worker.ts' : './media-worker.js',
+  import.meta.url,
+);
+
 export class Pipeline {
   readonly #prepared = new WeakMap<Media, Promise<PreparedMedia>>();
+  #media: WorkerClient | undefined;
 
   private constructor(
     readonly model: InternVLModel,
@@ -305,6 +312,8 @@ export class Pipeline {
   }
 
   async close(): Promise<void> {
+    await this.#media?.terminate();
+    this.#media = undefined;
     await this.model.close();
   }
 
@@ -319,16 +328,28 @@ export class Pipeline {
     return this.options.splitTileBudget ? Math.max(1, Math.floor(base / imagesInTurn)) : base;
   }
 
+  /** The media worker, started on first use. */
+  #mediaWorker(): WorkerClient {
+    this.#media ??= new WorkerClient(mediaWorkerUrl, {});
+    return this.#media;
+  }
+
   async #prepareImage(media: Media & { kind: 'image' }, maxTiles: number): Promise<PreparedMedia> {
-    const image = rgbLike(media.source) ? media.source : await loadImage(media.source);
+    const given = rgbLike(media.source);
+    const image = given
+      ? (media.source as RgbImage)
+      : await loadImage(media.source as string | URL | Uint8Array);
     const dynamic = this.config.dynamic_image_size;
-    const { tiles } = dynamicPreprocess(image, {
+    const tiling: ImageTiling = {
       minTiles: dynamic ? this.config.min_dynamic_patch : 1,
       maxTiles: dynamic ? maxTiles : 1,
       useThumbnail: this.config.use_thumbnail,
       tileSize: this.#tileSize(),
-    });
-    return { refs: [{ key: contentKey(tiles), numTiles: tiles.length, pixelValues: toPixelValues(tiles) }] };
+    };
+    // A decoded image of our own moves to the worker; a caller's pixels are copied.
+    const transfer = given ? [] : ownedBuffers([image]);
+    const ref = await this.#mediaWorker().call<ImageRef>('prepareImage', [image, tiling], { transfer });
+    return { refs: [ref] };
   }
 
   async #prepareVideo(media: MediaVideo): Promise<PreparedMedia> {
@@ -336,14 +357,15 @@ export class Pipeline {
       numSegments: media.video.numSegments ?? 8,
       bound: media.video.bound,
     });
-    const tiles = videoToTiles(video.frames, this.#tileSize());
-    return {
-      refs: tiles.map((tile) => ({
-        key: contentKey([tile]),
-        numTiles: 1,
-        pixelValues: toPixelValues([tile]),
-      })),
-    };
+    const transfer = ownedBuffers(video.frames);
+    const refs = await this.#mediaWorker().call<ImageRef[]>(
+      'prepareFrames',
+      [video.frames, this.#tileSize()],
+      {
+        transfer,
+      },
+    );
+    return { refs };
   }
 
   #tileSize(): number {
