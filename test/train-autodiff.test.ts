@@ -54,7 +54,8 @@ async function checkGradients(
     inputs.forEach((i, k) => {
       f[i.name] = new ort.Tensor('float32', vals[k], i.shape);
     });
-    for (const i of options.ints ?? []) f[i.name] = new ort.Tensor('int64', BigInt64Array.from(i.data.map(BigInt)), i.shape);
+    for (const i of options.ints ?? [])
+      f[i.name] = new ort.Tensor('int64', BigInt64Array.from(i.data.map(BigInt)), i.shape);
     return f;
   };
   const lossOf = async (vals: Float32Array[]) => {
@@ -70,7 +71,12 @@ async function checkGradients(
   for (let k = 0; k < inputs.length; k++) {
     const grad = analytic[`${GRAD_PREFIX}${inputs[k].name}`].data as Float32Array;
     assert.equal(grad.length, values[k].length, `${inputs[k].name} gradient size`);
-    const picks = new Set<number>([0, values[k].length - 1, Math.floor(values[k].length / 2), Math.floor(values[k].length / 3)]);
+    const picks = new Set<number>([
+      0,
+      values[k].length - 1,
+      Math.floor(values[k].length / 2),
+      Math.floor(values[k].length / 3),
+    ]);
     for (const idx of picks) {
       const plus = values.map((v) => v.slice());
       const minus = values.map((v) => v.slice());
@@ -147,7 +153,10 @@ describe('gradient rules vs finite differences', () => {
 
   it('Erf (exact GELU), Sigmoid (SiLU), Tanh, Cast', async () => {
     await checkGradients([{ name: 'x', shape: [4, 5] }], (g, [x]) => {
-      const gelu = g.mul(g.mul(x, g.scalarF32(0.5)), g.add(g.scalarF32(1), g.op('Erf', [g.mul(x, g.scalarF32(Math.SQRT1_2))])));
+      const gelu = g.mul(
+        g.mul(x, g.scalarF32(0.5)),
+        g.add(g.scalarF32(1), g.op('Erf', [g.mul(x, g.scalarF32(Math.SQRT1_2))])),
+      );
       const silu = g.mul(x, g.sigmoid(x));
       return g.add(g.add(gelu, silu), g.cast(g.op('Tanh', [x]), 'float32'));
     });
@@ -180,9 +189,13 @@ describe('gradient rules vs finite differences', () => {
       (g, [table, img, z]) => {
         const rows = g.gather(table, 'ids'); // [4,3]
         const scattered = g.op('ScatterND', [rows, 'pos', img]);
-        const picked = g.op('GatherElements', [g.op('LogSoftmax', [scattered], { axis: { int: 1 } }), 'pick'], {
-          axis: { int: 1 },
-        }); // [4,1]
+        const picked = g.op(
+          'GatherElements',
+          [g.op('LogSoftmax', [scattered], { axis: { int: 1 } }), 'pick'],
+          {
+            axis: { int: 1 },
+          },
+        ); // [4,1]
         const masked = g.op('Where', [g.op('Greater', [z, g.scalarF32(0)]), scattered, z]);
         return g.add(masked, picked);
       },

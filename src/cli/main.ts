@@ -7,6 +7,7 @@ Commands:
   version     print the version
   chat        chat with a model about images or a video (one prompt, or interactive)
   data        training data: stats, filter, pack
+  train       train a checkpoint on packed shards (stage 1, 1.5 or 2)
   create-random  a random-weight checkpoint at a real InternVL 2.5 shape
   convert     build int8/int4/fp32 engine graphs ahead of time
   eval-quant  logits and greedy-token agreement of a quantised model against fp32
@@ -41,6 +42,8 @@ export async function main(argv: string[]): Promise<number> {
       return (await import('./chat.js')).chatCommand(rest);
     case 'data':
       return (await import('./data.js')).dataCommand(rest);
+    case 'train':
+      return (await import('./train.js')).trainCommand(rest);
     case 'create-random':
       return (await import('./create-random.js')).createRandomCommand(rest);
     case 'convert':

@@ -38,9 +38,13 @@ export function appendBackward(forward: Graph, options: BackwardOptions): Graph 
   else g.graph.outputs.push(...forward.outputs.filter((o) => o.name === loss));
 
   const shapes = inferShapes(forward);
-  const known = new Set<string>([...forward.inputs.map((v) => v.name), ...forward.initializers.map((i) => i.name)]);
+  const known = new Set<string>([
+    ...forward.inputs.map((v) => v.name),
+    ...forward.initializers.map((i) => i.name),
+  ]);
   for (const w of options.wrt) {
-    if (!known.has(w)) throw new InternVLError('BAD_INPUT', `${w} is not an input or initializer of graph ${forward.name}`);
+    if (!known.has(w))
+      throw new InternVLError('BAD_INPUT', `${w} is not an input or initializer of graph ${forward.name}`);
   }
   const lossShape = shapes.get(loss);
   if (!lossShape) throw new InternVLError('INTERNAL', `shape of the loss ${loss} is unknown`);
@@ -109,7 +113,10 @@ export function appendBackward(forward: Graph, options: BackwardOptions): Graph 
     if (outGradsMaybe.every((d) => d === undefined)) continue;
     const rule = GRAD_RULES[node.opType];
     if (!rule) {
-      throw new InternVLError('UNSUPPORTED', `autodiff: no gradient rule for ${node.opType} (node ${node.name})`);
+      throw new InternVLError(
+        'UNSUPPORTED',
+        `autodiff: no gradient rule for ${node.opType} (node ${node.name})`,
+      );
     }
     const outGrads = outGradsMaybe.map((d, i) => d ?? ctx.zeros(ctx.shape(node.outputs[i])));
     const inGrads = g.within(node.name, () => rule(ctx, node, outGrads, needs));
@@ -137,6 +144,7 @@ function unbroadcast(g: GraphBuilder, grad: string, target: Shape, from: Shape):
   for (let i = 0; i < from.length; i++) {
     if (i < lead || (target[i - lead] === 1 && from[i] !== 1)) axes.push(i);
   }
-  const summed = axes.length > 0 ? g.op('ReduceSum', [grad, g.constI64(axes)], { keepdims: { int: 1 } }) : grad;
+  const summed =
+    axes.length > 0 ? g.op('ReduceSum', [grad, g.constI64(axes)], { keepdims: { int: 1 } }) : grad;
   return g.reshape(summed, target);
 }

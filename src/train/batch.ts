@@ -52,12 +52,18 @@ export interface PrepareBatchOptions {
   padSeqTo?: number;
   /** Round the supervised rows up to a multiple of this with zero-weight rows. */
   padRowsTo?: number;
+  /** Build the loss rows (default true); false for a logits-only forward. */
+  loss?: boolean;
 }
 
 const toNumbers = (a: IntArray): number[] => Array.from(a as ArrayLike<number | bigint>, Number);
 const roundUp = (n: number, m: number) => Math.ceil(n / m) * m;
 
-export function prepareBatch(config: ModelConfig, batch: TrainBatch, options: PrepareBatchOptions): PreparedBatch {
+export function prepareBatch(
+  config: ModelConfig,
+  batch: TrainBatch,
+  options: PrepareBatchOptions,
+): PreparedBatch {
   const ids = toNumbers(batch.inputIds);
   const labels = toNumbers(batch.labels);
   const cu = toNumbers(batch.cuSeqlens);
@@ -71,11 +77,17 @@ export function prepareBatch(config: ModelConfig, batch: TrainBatch, options: Pr
     );
   }
   if (cu.length < 2 || cu[0] !== 0 || cu[cu.length - 1] !== T0 || cu.some((c, i) => i > 0 && c < cu[i - 1])) {
-    throw new InternVLError('BAD_INPUT', `batch cuSeqlens [${cu.join(',')}] must rise from 0 to the sequence length ${T0}`);
+    throw new InternVLError(
+      'BAD_INPUT',
+      `batch cuSeqlens [${cu.join(',')}] must rise from 0 to the sequence length ${T0}`,
+    );
   }
   for (let t = 0; t < T0; t++) {
     if (!Number.isInteger(ids[t]) || ids[t] < 0 || ids[t] >= vocab) {
-      throw new InternVLError('BAD_INPUT', `batch inputIds[${t}] = ${ids[t]} is outside the vocabulary (0..${vocab - 1})`);
+      throw new InternVLError(
+        'BAD_INPUT',
+        `batch inputIds[${t}] = ${ids[t]} is outside the vocabulary (0..${vocab - 1})`,
+      );
     }
   }
 
@@ -134,8 +146,10 @@ export function prepareBatch(config: ModelConfig, batch: TrainBatch, options: Pr
 
   // Logits at t predict label t+1.
   const rows: number[] = [];
-  for (let t = 0; t + 1 < T0; t++) if (labels[t + 1] !== IGNORE_TOKEN_ID) rows.push(t);
-  if (rows.length === 0) throw new InternVLError('BAD_INPUT', 'batch has no supervised labels (all are -100)');
+  const withLoss = options.loss ?? true;
+  if (withLoss) for (let t = 0; t + 1 < T0; t++) if (labels[t + 1] !== IGNORE_TOKEN_ID) rows.push(t);
+  if (withLoss && rows.length === 0)
+    throw new InternVLError('BAD_INPUT', 'batch has no supervised labels (all are -100)');
   const K = roundUp(rows.length, options.padRowsTo ?? 1);
   const lossRows = new BigInt64Array(K);
   const lossTargets = new BigInt64Array(K);
@@ -143,7 +157,10 @@ export function prepareBatch(config: ModelConfig, batch: TrainBatch, options: Pr
   rows.forEach((t, i) => {
     const label = labels[t + 1];
     if (!Number.isInteger(label) || label < 0 || label >= vocab) {
-      throw new InternVLError('BAD_INPUT', `batch labels[${t + 1}] = ${label} is outside the vocabulary (0..${vocab - 1})`);
+      throw new InternVLError(
+        'BAD_INPUT',
+        `batch labels[${t + 1}] = ${label} is outside the vocabulary (0..${vocab - 1})`,
+      );
     }
     lossRows[i] = BigInt(t);
     lossTargets[i] = BigInt(label);
@@ -151,7 +168,8 @@ export function prepareBatch(config: ModelConfig, batch: TrainBatch, options: Pr
   });
   let weightSum = 0;
   for (const w of lossWeights) weightSum += w;
-  if (!(weightSum > 0)) throw new InternVLError('BAD_INPUT', 'batch lossWeight is zero on every supervised label');
+  if (withLoss && !(weightSum > 0))
+    throw new InternVLError('BAD_INPUT', 'batch lossWeight is zero on every supervised label');
 
   return {
     seqLen: T,

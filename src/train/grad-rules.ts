@@ -146,7 +146,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const y = n.outputs[0];
     return [g.mul(dy, g.sub(g.scalarF32(1), g.mul(y, y)))];
   },
-  Cast: (ctx, n, [dy]) => [ctx.g.cast(dy, 'float32')],
+  Cast: (ctx, _n, [dy]) => [ctx.g.cast(dy, 'float32')],
   Softmax: (ctx, n, [dy]) => {
     const g = ctx.g;
     const y = n.outputs[0];
@@ -260,7 +260,12 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const rank = shapeOfOutput(ctx, n).length;
     const axis = normalizeAxis(attrInt(n, 'axis', 0), rank);
     const sizes = n.inputs.map((i) => ctx.shape(i)[axis]);
-    const parts = ctx.g.node('Split', [dy, ctx.g.constI64(sizes)], { axis: { int: axis } }, { outputs: sizes.length });
+    const parts = ctx.g.node(
+      'Split',
+      [dy, ctx.g.constI64(sizes)],
+      { axis: { int: axis } },
+      { outputs: sizes.length },
+    );
     return parts.map((p, i) => (needs[i] ? p : undefined));
   },
   Split: (ctx, n, outGrads) => {
@@ -290,7 +295,9 @@ export const GRAD_RULES: Record<string, GradRule> = {
 function reduceGrad(ctx: GradContext, n: OnnxNode, dy: string, mean: boolean): string {
   const g = ctx.g;
   const sx = shapeOfInput(ctx, n, 0);
-  const axes = n.inputs[1] ? ctx.ints(n.inputs[1]).map((a) => normalizeAxis(a, sx.length)) : sx.map((_, i) => i);
+  const axes = n.inputs[1]
+    ? ctx.ints(n.inputs[1]).map((a) => normalizeAxis(a, sx.length))
+    : sx.map((_, i) => i);
   const kept = sx.map((d, i) => (axes.includes(i) ? 1 : d));
   let grad = g.op('Expand', [reshapeTo(g, dy, kept), g.constI64(sx)]);
   if (mean) {

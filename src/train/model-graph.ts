@@ -116,11 +116,12 @@ export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
   const g = m.g;
   const { config, seqLen: T, numTiles: N } = spec;
   const llm = config.llm_config;
-  const D = llm.hidden_size;
 
   const inputIds = g.input(BATCH_INPUTS.inputIds, 'int64', [T]);
   const embedName =
-    llm.model_type === 'qwen2' ? 'language_model.model.embed_tokens.weight' : 'language_model.model.tok_embeddings.weight';
+    llm.model_type === 'qwen2'
+      ? 'language_model.model.embed_tokens.weight'
+      : 'language_model.model.tok_embeddings.weight';
   let hidden = g.gather(m.param(embedName), inputIds);
   if (N > 0) {
     const imageEmbeds = visionTower(m, config, N);
@@ -152,7 +153,9 @@ function lmHeadName(m: ModelGraph, config: ModelConfig): string {
   const head = llm.model_type === 'qwen2' ? 'language_model.lm_head.weight' : 'language_model.output.weight';
   if (m.has(head)) return head;
   if (llm.tie_word_embeddings || config.tie_word_embeddings) {
-    return llm.model_type === 'qwen2' ? 'language_model.model.embed_tokens.weight' : 'language_model.model.tok_embeddings.weight';
+    return llm.model_type === 'qwen2'
+      ? 'language_model.model.embed_tokens.weight'
+      : 'language_model.model.tok_embeddings.weight';
   }
   throw new InternVLError('BAD_CHECKPOINT', `${head}: missing from the checkpoint`);
 }
@@ -171,7 +174,8 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
       `training at image size ${S} needs a position embedding for ${G}x${G} patches; the checkpoint's is ${Math.floor(v.image_size / P)}x${Math.floor(v.image_size / P)} (resize it first)`,
     );
   }
-  const layers = config.select_layer < 0 ? v.num_hidden_layers + 1 + config.select_layer : config.select_layer;
+  const layers =
+    config.select_layer < 0 ? v.num_hidden_layers + 1 + config.select_layer : config.select_layer;
   const E = 'vision_model.embeddings';
 
   // Patch embedding as reshape + MatMul: each patch's (channel, row, col) values against the conv kernel.
@@ -181,7 +185,10 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
     [N, G * G, v.num_channels * P * P],
   );
   const kernel = g.reshape(m.param(`${E}.patch_embedding.weight`), [C, v.num_channels * P * P]);
-  const embedded = g.add(g.matMul(patches, g.transpose(kernel, [1, 0])), m.param(`${E}.patch_embedding.bias`));
+  const embedded = g.add(
+    g.matMul(patches, g.transpose(kernel, [1, 0])),
+    m.param(`${E}.patch_embedding.bias`),
+  );
   const cls = g.op('Expand', [m.param(`${E}.class_embedding`), g.constI64([N, 1, C])]);
   let x = g.add(g.concat([cls, embedded], 1), m.param(`${E}.position_embedding`));
 
@@ -211,7 +218,11 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
       const out = m.linear(merged, `${p}.attn.proj.weight`, `${p}.attn.proj.bias`);
       x = g.add(x, g.mul(out, m.param(`${p}.ls1`)));
       const h2 = norm(x, `${p}.norm2`);
-      const mlp = m.linear(m.gelu(m.linear(h2, `${p}.mlp.fc1.weight`, `${p}.mlp.fc1.bias`)), `${p}.mlp.fc2.weight`, `${p}.mlp.fc2.bias`);
+      const mlp = m.linear(
+        m.gelu(m.linear(h2, `${p}.mlp.fc1.weight`, `${p}.mlp.fc1.bias`)),
+        `${p}.mlp.fc2.weight`,
+        `${p}.mlp.fc2.bias`,
+      );
       x = g.add(x, g.mul(mlp, m.param(`${p}.ls2`)));
     });
   }
@@ -222,7 +233,11 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
   const grid = g.reshape(g.slice(x, [1], [Lt], [1]), [N, Go, f, Go, f, C]);
   const perm = config.ps_version === 'v2' ? [0, 1, 3, 2, 4, 5] : [0, 3, 1, 2, 4, 5];
   const shuffled = g.reshape(g.transpose(grid, perm), [N, Go * Go, f * f * C]);
-  const projected = m.linear(m.gelu(m.linear(m.layerNorm(shuffled, 'mlp1.0', 1e-5), 'mlp1.1.weight', 'mlp1.1.bias')), 'mlp1.3.weight', 'mlp1.3.bias');
+  const projected = m.linear(
+    m.gelu(m.linear(m.layerNorm(shuffled, 'mlp1.0', 1e-5), 'mlp1.1.weight', 'mlp1.1.bias')),
+    'mlp1.3.weight',
+    'mlp1.3.bias',
+  );
   return g.reshape(projected, [N * Go * Go, config.llm_config.hidden_size]);
 }
 
@@ -276,7 +291,12 @@ function decoder(m: ModelGraph, config: ModelConfig, input: string, T: number): 
         const p = `language_model.model.layers.${i}`;
         h = m.rmsNorm(x, `${p}.attention_norm.weight`, eps);
         // wqkv rows per KV head g: [q heads g·rep … g·rep+rep−1 | k | v].
-        const qkv = g.reshape(m.linear(h, `${p}.attention.wqkv.weight`, `${p}.attention.wqkv.bias`), [T, KV, rep + 2, d]);
+        const qkv = g.reshape(m.linear(h, `${p}.attention.wqkv.weight`, `${p}.attention.wqkv.bias`), [
+          T,
+          KV,
+          rep + 2,
+          d,
+        ]);
         q = g.transpose(g.slice(qkv, [0], [rep], [2]), [1, 2, 0, 3]);
         k = g.transpose(g.slice(qkv, [rep], [rep + 1], [2]), [1, 2, 0, 3]);
         v = g.transpose(g.slice(qkv, [rep + 1], [rep + 2], [2]), [1, 2, 0, 3]);
@@ -285,17 +305,26 @@ function decoder(m: ModelGraph, config: ModelConfig, input: string, T: number): 
       const scores = g.matMul(rope(q), g.transpose(rope(k), [0, 1, 3, 2]));
       const probs = g.softmax(g.add(g.mul(scores, g.scalarF32(d ** -0.5)), mask), -1);
       const attn = g.reshape(g.transpose(g.matMul(probs, v), [2, 0, 1, 3]), [T, H * d]);
-      x = g.add(x, m.linear(attn, o, llm.model_type === 'qwen2' ? undefined : `${o.slice(0, -'.weight'.length)}.bias`));
+      x = g.add(
+        x,
+        m.linear(attn, o, llm.model_type === 'qwen2' ? undefined : `${o.slice(0, -'.weight'.length)}.bias`),
+      );
       if (llm.model_type === 'qwen2') {
         const p = `language_model.model.layers.${i}`;
         const h2 = m.rmsNorm(x, `${p}.post_attention_layernorm.weight`, eps);
         const gate = m.silu(m.linear(h2, `${p}.mlp.gate_proj.weight`));
-        x = g.add(x, m.linear(g.mul(gate, m.linear(h2, `${p}.mlp.up_proj.weight`)), `${p}.mlp.down_proj.weight`));
+        x = g.add(
+          x,
+          m.linear(g.mul(gate, m.linear(h2, `${p}.mlp.up_proj.weight`)), `${p}.mlp.down_proj.weight`),
+        );
       } else {
         const p = `language_model.model.layers.${i}`;
         const h2 = m.rmsNorm(x, `${p}.ffn_norm.weight`, eps);
         const gate = m.silu(m.linear(h2, `${p}.feed_forward.w1.weight`));
-        x = g.add(x, m.linear(g.mul(gate, m.linear(h2, `${p}.feed_forward.w3.weight`)), `${p}.feed_forward.w2.weight`));
+        x = g.add(
+          x,
+          m.linear(g.mul(gate, m.linear(h2, `${p}.feed_forward.w3.weight`)), `${p}.feed_forward.w2.weight`),
+        );
       }
     });
   }

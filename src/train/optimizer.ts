@@ -41,15 +41,22 @@ export function resolveOptimizer(o: OptimizerOptions): ResolvedOptimizer {
   };
   const bad = (field: string, what: string) => new InternVLError('BAD_INPUT', `optimizer.${field}: ${what}`);
   if (!(r.lr >= 0) || !Number.isFinite(r.lr)) throw bad('lr', `expected a non-negative number, got ${o.lr}`);
-  if (r.betas.some((b) => !(b >= 0 && b < 1))) throw bad('betas', `expected two numbers in [0, 1), got [${r.betas}]`);
+  if (r.betas.some((b) => !(b >= 0 && b < 1)))
+    throw bad('betas', `expected two numbers in [0, 1), got [${r.betas}]`);
   if (!(r.eps > 0)) throw bad('eps', `expected a positive number, got ${r.eps}`);
   if (!(r.weightDecay >= 0)) throw bad('weightDecay', `expected a non-negative number, got ${r.weightDecay}`);
-  if (r.schedule !== 'constant' && r.schedule !== 'cosine') throw bad('schedule', `expected 'constant' or 'cosine', got ${JSON.stringify(r.schedule)}`);
-  if (!Number.isInteger(r.warmupSteps) || r.warmupSteps < 0) throw bad('warmupSteps', `expected a non-negative integer, got ${r.warmupSteps}`);
+  if (r.schedule !== 'constant' && r.schedule !== 'cosine')
+    throw bad('schedule', `expected 'constant' or 'cosine', got ${JSON.stringify(r.schedule)}`);
+  if (!Number.isInteger(r.warmupSteps) || r.warmupSteps < 0)
+    throw bad('warmupSteps', `expected a non-negative integer, got ${r.warmupSteps}`);
   if (r.schedule === 'cosine' && !(Number.isInteger(r.totalSteps) && (r.totalSteps as number) > 0)) {
-    throw bad('totalSteps', `the cosine schedule needs a positive integer number of steps, got ${r.totalSteps}`);
+    throw bad(
+      'totalSteps',
+      `the cosine schedule needs a positive integer number of steps, got ${r.totalSteps}`,
+    );
   }
-  if (r.maxGradNorm !== undefined && !(r.maxGradNorm > 0)) throw bad('maxGradNorm', `expected a positive number, got ${r.maxGradNorm}`);
+  if (r.maxGradNorm !== undefined && !(r.maxGradNorm > 0))
+    throw bad('maxGradNorm', `expected a positive number, got ${r.maxGradNorm}`);
   return r;
 }
 

@@ -39,7 +39,10 @@ export function broadcastShapes(...shapes: Shape[]): Shape {
       const sd = k < 0 ? 1 : s[k];
       if (sd === 1) continue;
       if (d !== 1 && d !== sd) {
-        throw new InternVLError('INTERNAL', `shapes [${shapes.map((x) => x.join(',')).join('] [')}] do not broadcast`);
+        throw new InternVLError(
+          'INTERNAL',
+          `shapes [${shapes.map((x) => x.join(',')).join('] [')}] do not broadcast`,
+        );
       }
       d = sd;
     }
@@ -122,7 +125,8 @@ export function inferNode(node: OnnxNode, shapes: Map<string, Shape>, consts: Ma
     case 'MatMul': {
       const a = x;
       const b = ins[1] as Shape;
-      if (a.length < 2 || b.length < 2) throw new InternVLError('INTERNAL', `${node.name}: MatMul needs rank >= 2`);
+      if (a.length < 2 || b.length < 2)
+        throw new InternVLError('INTERNAL', `${node.name}: MatMul needs rank >= 2`);
       const batch = broadcastShapes(a.slice(0, -2), b.slice(0, -2));
       set(0, [...batch, a[a.length - 2], b[b.length - 1]]);
       return;
@@ -157,7 +161,9 @@ export function inferNode(node: OnnxNode, shapes: Map<string, Shape>, consts: Ma
       return;
     }
     case 'Squeeze': {
-      const axes = node.inputs[1] ? constOf(consts, node.inputs[1], node).map((a) => normalizeAxis(a, x.length)) : undefined;
+      const axes = node.inputs[1]
+        ? constOf(consts, node.inputs[1], node).map((a) => normalizeAxis(a, x.length))
+        : undefined;
       set(
         0,
         x.filter((d, i) => (axes ? !axes.includes(i) : d !== 1)),

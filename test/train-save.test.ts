@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { InternVLModel } from '../src/engine/model.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import { type TrainBatch, Trainer } from '../src/train/trainer.js';
+import { GOLDEN_DIR, goldenModelDir } from './helpers.js';
+
+const MODEL = 'tiny-internvl2_5-qwen2';
+const OPTIMIZER = { lr: 1e-3, weightDecay: 0.05 };
+
+async function goldenBatch(): Promise<TrainBatch> {
+  const file = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/train', `${MODEL}.pack2.safetensors`));
+  const pixels = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/_inputs/img1.safetensors'));
+  try {
+    return {
+      inputIds: await file.readInt64('input_ids'),
+      labels: await file.readInt64('labels'),
+      lossWeight: await file.readFloat32('loss_weight'),
+      cuSeqlens: await file.readInt32('cu_seqlens'),
+      pixelValues: await pixels.readFloat32('pixel_values'),
+      numTiles: 1,
+    };
+  } finally {
+    await file.close();
+    await pixels.close();
+  }
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+describe('trainer checkpoints', () => {
+  let dir: string;
+  let batch: TrainBatch;
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-train-'));
+    batch = await goldenBatch();
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a saved checkpoint reloads in the engine with the trainer’s logits', async () => {
+    const trainer = await Trainer.create({ model: goldenModelDir(MODEL), stage: 2, optimizer: OPTIMIZER });
+    const out = path.join(dir, 'step1');
+    try {
+      await trainer.step(batch);
+      await trainer.save(out);
+      const files = await readdir(out);
+      for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) {
+        assert.ok(files.includes(f), `${f} written`);
+      }
+      // Sample 1 of the pack (one image tile) as a sequence of its own.
+      const T = 489;
+      const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);
+      const single = { inputIds: ids, cuSeqlens: [0, T], pixelValues: batch.pixelValues, numTiles: 1 };
+      const trainerLogits = await trainer.logits(single);
+      const engine = await InternVLModel.load(out);
+      try {
+        const engineLogits = await engine.forwardLogits(ids, { pixelValues: batch.pixelValues, numTiles: 1 });
+        // The engine runs on the bf16-rounded weights, the trainer on fp32 masters: allow bf16 rounding.
+        assert.ok(maxAbsDiff(engineLogits, trainerLogits) <= 5e-2, 'fp32 masters vs saved bf16');
+        // A trainer on the saved (bf16) weights computes the engine's logits to fp32 accuracy.
+        const reloaded = await Trainer.create({ model: out, stage: 2, optimizer: OPTIMIZER });
+        try {
+          const err = maxAbsDiff(await reloaded.logits(single), engineLogits);
+          assert.ok(err <= 2e-4, `reloaded trainer vs engine: ${err}`);
+        } finally {
+          await reloaded.close();
+        }
+      } finally {
+        await engine.close();
+      }
+    } finally {
+      await trainer.close();
+    }
+  });
+
+  it('resuming from a saved state continues the same run', async () => {
+    const straight = await Trainer.create({ model: goldenModelDir(MODEL), stage: 1, optimizer: OPTIMIZER });
+    const first = await Trainer.create({ model: goldenModelDir(MODEL), stage: 1, optimizer: OPTIMIZER });
+    const out = path.join(dir, 'resume');
+    try {
+      const losses: number[] = [];
+      for (let i = 0; i < 3; i++) losses.push((await straight.step(batch)).loss);
+      await first.step(batch);
+      await first.save(out);
+      const resumed = await Trainer.create({ model: out, stage: 1, optimizer: OPTIMIZER, resume: true });
+      try {
+        assert.equal(resumed.stepCount, 1);
+        const again = [losses[0]];
+        for (let i = 0; i < 2; i++) again.push((await resumed.step(batch)).loss);
+        assert.deepEqual(again, losses);
+        assert.deepEqual(resumed.parameter('mlp1.1.weight'), straight.parameter('mlp1.1.weight'));
+      } finally {
+        await resumed.close();
+      }
+    } finally {
+      await straight.close();
+      await first.close();
+    }
+  });
+});
