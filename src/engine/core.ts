@@ -44,6 +44,11 @@ export function checkpointWeights(checkpoint: Checkpoint): WeightSource {
     has: (name) => checkpoint.has(name),
     shape: (name) => checkpoint.info(name).shape,
     float32: (name) => checkpoint.readFloat32(name),
+    bfloat16: async (name) => {
+      if (checkpoint.info(name).dtype !== 'BF16') return undefined;
+      const bytes = await checkpoint.readBytes(name);
+      return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+    },
   };
 }
 

@@ -21,10 +21,18 @@ import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
 export { type DecoderDims, decoderDimsFromConfig } from '../models/decoder.js';
 
-/** Token embeddings [ids.length, D] looked up from a [vocab, D] table. */
-export function embedTokens(table: Float32Array, hiddenSize: number, ids: ArrayLike<number>): Float32Array {
+/**
+ * Token embeddings [ids.length, D] looked up from a [vocab, D] table, stored as float32 or as bf16 bit
+ * patterns (a bf16 checkpoint's table kept at half the memory; widening a bf16 value is exact).
+ */
+export function embedTokens(
+  table: Float32Array | Uint16Array,
+  hiddenSize: number,
+  ids: ArrayLike<number>,
+): Float32Array {
   const vocab = table.length / hiddenSize;
   const out = new Float32Array(ids.length * hiddenSize);
+  const outBits = new Uint32Array(out.buffer);
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i];
     if (!Number.isInteger(id) || id < 0 || id >= vocab) {
@@ -33,7 +41,13 @@ export function embedTokens(table: Float32Array, hiddenSize: number, ids: ArrayL
         `token id ${id} at position ${i} is outside the vocabulary [0, ${vocab})`,
       );
     }
-    out.set(table.subarray(id * hiddenSize, (id + 1) * hiddenSize), i * hiddenSize);
+    if (table instanceof Float32Array) {
+      out.set(table.subarray(id * hiddenSize, (id + 1) * hiddenSize), i * hiddenSize);
+    } else {
+      const src = id * hiddenSize;
+      const dst = i * hiddenSize;
+      for (let j = 0; j < hiddenSize; j++) outBits[dst + j] = table[src + j] << 16;
+    }
   }
   return out;
 }
@@ -185,7 +199,7 @@ interface RunResult {
 export class DecoderRunner {
   readonly dims: DecoderDims;
   /** Token embedding table [vocab, D]. */
-  readonly embeddings: Float32Array;
+  readonly embeddings: Float32Array | Uint16Array;
   readonly #session: ort.InferenceSession;
   /** Graph for long chunks when prefillDtype differs from llmDtype (set by create). */
   #prefillSession: ort.InferenceSession | undefined;
@@ -213,7 +227,7 @@ export class DecoderRunner {
   private constructor(
     dims: DecoderDims,
     session: ort.InferenceSession,
-    embeddings: Float32Array,
+    embeddings: Float32Array | Uint16Array,
     options: DecoderRunnerOptions,
   ) {
     this.dims = dims;
@@ -247,7 +261,8 @@ export class DecoderRunner {
         : buildInternLM2Graph(dims, weights, graphOptions);
     };
     const session = await sessionForGraph(build(precision.llmDtype), options);
-    const embeddings = await weights.float32(dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING);
+    const embeddingName = dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING;
+    const embeddings = (await weights.bfloat16?.(embeddingName)) ?? (await weights.float32(embeddingName));
     const runner = new DecoderRunner(dims, session, embeddings, options);
     if (precision.prefillDtype !== precision.llmDtype) {
       runner.#prefillSession = await sessionForGraph(build(precision.prefillDtype), {
@@ -522,7 +537,7 @@ export class DecoderRunner {
     pool.values = values;
     pool.capacity = capacity;
     pool.slots = slots;
-    pool.members.forEach((seq, slot) => this.#bindSlot(seq, slot));
+    for (const [slot, seq] of pool.members.entries()) this.#bindSlot(seq, slot);
   }
 
   #bindSlot(seq: Sequence, slot: number): void {

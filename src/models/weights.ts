@@ -7,6 +7,8 @@ export interface WeightSource {
   shape(name: string): number[];
   /** The tensor as float32 (bf16 / f16 checkpoints are widened exactly). */
   float32(name: string): Promise<Float32Array>;
+  /** The tensor's bf16 bit patterns when it is stored as bf16, else undefined (lets large tables stay half size). */
+  bfloat16?(name: string): Promise<Uint16Array | undefined>;
 }
 
 /** A WeightSource over in-memory arrays (tests, random models, trained parameters). */
