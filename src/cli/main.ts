@@ -8,6 +8,7 @@ Commands:
   chat        chat with a model about images or a video (one prompt, or interactive)
   data        training data: stats, filter, pack
   train       train a checkpoint on packed shards (stage 1, 1.5 or 2)
+  transplant-vit  join one checkpoint's ViT to another's LLM with a fresh mlp1
   create-random  a random-weight checkpoint at a real InternVL 2.5 shape
   convert     build int8/int4/fp32 engine graphs ahead of time
   eval-quant  logits and greedy-token agreement of a quantised model against fp32
@@ -44,6 +45,8 @@ export async function main(argv: string[]): Promise<number> {
       return (await import('./data.js')).dataCommand(rest);
     case 'train':
       return (await import('./train.js')).trainCommand(rest);
+    case 'transplant-vit':
+      return (await import('./transplant-vit.js')).transplantVitCommand(rest);
     case 'create-random':
       return (await import('./create-random.js')).createRandomCommand(rest);
     case 'convert':

@@ -3,10 +3,25 @@
  * `--grad-accum` packs in a seeded per-epoch order, a progress line (loss, tokens/s, ETA) on stderr,
  * a JSON-lines log in the output folder, checkpoints every `--save-every` steps and at the end, and
  * `--resume` from the last checkpoint (weights, optimiser state, step and data position).
+ *
+ * Checkpoints go to OUT/checkpoint-<step>: written into a temporary folder, then renamed, so a kill
+ * during a save leaves no checkpoint folder that `--resume` would pick up. The final model's files
+ * are also published at the top of OUT.
  */
-import { appendFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import {
+  appendFile,
+  copyFile,
+  link,
+  mkdir,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  writeFile,
+} from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
+import { mulberry32 } from '../train/random.js';
 import { readShardFolder } from '../train/shard-batches.js';
 import { Trainer, type TrainingStage } from '../train/trainer.js';
 import { integerOption, numberOption, parseCommandArgs, UsageError } from './args.js';
@@ -17,16 +32,22 @@ const USAGE = `Usage: internvl train --model DIR --data SHARDS --stage 1|1.5|2 -
   --steps N | --epochs N optimizer steps, or passes over the packs (default 1 epoch)
   --grad-accum N         packs per optimizer step (default 1)
   --seed N               data order seed (default 0)
-  --weight-decay X       AdamW decoupled weight decay (default 0.05)
+  --weight-decay X       AdamW decoupled weight decay (default 0.05), not on biases and norm weights
+  --decay-all            decay every parameter (plain torch AdamW) instead
   --warmup-steps N       linear warm-up (default: 3% of the steps, at most 100)
   --schedule S           cosine | constant (default cosine)
   --max-grad-norm X      global-norm clipping (default 1.0)
-  --save-every N         also save every N steps (default: only at the end)
+  --save-every N         also save OUT/checkpoint-<step> every N steps (default: only at the end)
+  --save-total-limit N   keep the newest N checkpoints (default 3)
   --stop-after N         stop after N steps of this run (resume later with --resume)
   --freeze-llm, --freeze-backbone, --freeze-mlp, --unfreeze-vit-layers K, --unfreeze-lm-head
-  --resume               continue from the checkpoint in --out
-Writes DIR/model.safetensors (bf16) with the source's config and tokenizer files, optimiser state,
-and DIR/train_log.jsonl (one JSON object per step).
+                         override the stage's trainable set (--unfreeze-vit-layers=-K: the last K ViT layers)
+  --use-llm-lora R       LoRA of rank R (alpha 2R) on the LLM's Linear layers; the LLM base is frozen
+  --lora-dropout X       dropout on the LoRA input (default 0; the official scripts use 0.05)
+  --drop-path-rate X     ViT drop-path rate (default: the config's vision_config.drop_path_rate)
+  --resume               continue from the newest complete checkpoint in --out
+Writes OUT/model.safetensors (bf16, LoRA merged) with the source's config and tokenizer files,
+OUT/checkpoint-<step>/ (the same plus optimiser state), and OUT/train_log.jsonl (one JSON object per step).
 `;
 
 export interface TrainIo {
@@ -36,21 +57,9 @@ export interface TrainIo {
 
 const DEFAULT_LR: Record<string, number> = { '1': 2e-4, '1.5': 1e-5, '2': 4e-5 };
 
-/** mulberry32: a small seeded generator for the data order. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Pack order of one epoch (Fisher–Yates with a seed derived from the run seed and the epoch). */
 export function epochOrder(count: number, seed: number, epoch: number): number[] {
-  const next = rng(seed * 1000003 + epoch * 7919 + 1);
+  const next = mulberry32(seed * 1000003 + epoch * 7919 + 1);
   const order = Array.from({ length: count }, (_, i) => i);
   for (let i = count - 1; i > 0; i--) {
     const j = Math.floor(next() * (i + 1));
@@ -65,12 +74,62 @@ function formatEta(seconds: number): string {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await stat(file);
-    return true;
-  } catch {
-    return false;
+const CHECKPOINT = /^checkpoint-(\d+)$/;
+const STATE_FILE = 'trainer_state.json';
+const TRAINER_ONLY_FILES = new Set([STATE_FILE, 'optimizer_state.safetensors']);
+
+/** Complete checkpoints in `out` (a checkpoint-<step> folder holding its state file), newest first. */
+export async function listCheckpoints(out: string): Promise<{ step: number; dir: string }[]> {
+  const entries = await readdir(out, { withFileTypes: true }).catch(() => []);
+  const found: { step: number; dir: string }[] = [];
+  for (const e of entries) {
+    const m = CHECKPOINT.exec(e.name);
+    if (!e.isDirectory() || !m) continue;
+    const dir = path.join(out, e.name);
+    const complete = await readFile(path.join(dir, STATE_FILE), 'utf8').then(
+      () => true,
+      () => false,
+    );
+    if (complete) found.push({ step: Number(m[1]), dir });
+  }
+  return found.sort((a, b) => b.step - a.step);
+}
+
+/** Saves OUT/checkpoint-<step> atomically (temporary folder, then rename) and prunes old ones. */
+async function saveCheckpoint(
+  trainer: Trainer,
+  out: string,
+  extra: Record<string, unknown>,
+  keep: number,
+): Promise<string> {
+  const step = trainer.stepCount;
+  const final = path.join(out, `checkpoint-${step}`);
+  const temp = path.join(out, `.checkpoint-${step}.tmp-${process.pid}`);
+  await rm(temp, { recursive: true, force: true });
+  await trainer.save(temp, extra);
+  await rm(final, { recursive: true, force: true });
+  await rename(temp, final);
+  for (const old of (await listCheckpoints(out)).slice(keep))
+    await rm(old.dir, { recursive: true, force: true });
+  return final;
+}
+
+/** Publishes a checkpoint's model files at the top of `out` (hard links where possible). */
+async function publishModel(checkpoint: string, out: string): Promise<void> {
+  for (const name of await readdir(checkpoint)) {
+    if (TRAINER_ONLY_FILES.has(name)) continue;
+    const temp = path.join(out, `.${name}.tmp-${process.pid}`);
+    await rm(temp, { force: true });
+    await link(path.join(checkpoint, name), temp).catch(() => copyFile(path.join(checkpoint, name), temp));
+    await rename(temp, path.join(out, name));
+  }
+}
+
+/** Removes temporary folders and files a killed run left behind. */
+async function removeLeftovers(out: string): Promise<void> {
+  for (const name of await readdir(out).catch(() => [] as string[])) {
+    if (name.startsWith('.') && name.includes('.tmp-'))
+      await rm(path.join(out, name), { recursive: true, force: true });
   }
 }
 
@@ -112,6 +171,11 @@ async function run(args: string[], io: TrainIo): Promise<number> {
     'freeze-mlp': { type: 'boolean' },
     'unfreeze-vit-layers': { type: 'string' },
     'unfreeze-lm-head': { type: 'boolean' },
+    'use-llm-lora': { type: 'string' },
+    'lora-dropout': { type: 'string' },
+    'drop-path-rate': { type: 'string' },
+    'decay-all': { type: 'boolean' },
+    'save-total-limit': { type: 'string' },
     resume: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
@@ -135,6 +199,16 @@ async function run(args: string[], io: TrainIo): Promise<number> {
   const seed = integerOption(values.seed, 'seed', 0) ?? 0;
   const saveEvery = integerOption(values['save-every'], 'save-every', 1);
   const stopAfter = integerOption(values['stop-after'], 'stop-after', 1);
+  const keep = integerOption(values['save-total-limit'], 'save-total-limit', 1) ?? 3;
+  const loraRank = integerOption(values['use-llm-lora'], 'use-llm-lora', 1);
+  const loraDropout = numberOption(values['lora-dropout'], 'lora-dropout');
+  if (loraDropout !== undefined && loraRank === undefined)
+    throw new UsageError('--lora-dropout needs --use-llm-lora R');
+  if (loraDropout !== undefined && !(loraDropout >= 0 && loraDropout < 1))
+    throw new UsageError(`--lora-dropout must be in [0, 1), got '${values['lora-dropout']}'`);
+  const dropPathRate = numberOption(values['drop-path-rate'], 'drop-path-rate');
+  if (dropPathRate !== undefined && !(dropPathRate >= 0 && dropPathRate < 1))
+    throw new UsageError(`--drop-path-rate must be in [0, 1), got '${values['drop-path-rate']}'`);
   const out = path.resolve(values.out);
 
   const batches = await readShardFolder(path.resolve(values.data));
@@ -145,11 +219,11 @@ async function run(args: string[], io: TrainIo): Promise<number> {
   const warmupSteps =
     integerOption(values['warmup-steps'], 'warmup-steps', 0) ?? Math.min(100, Math.ceil(0.03 * totalSteps));
   const logFile = path.join(out, 'train_log.jsonl');
-  const resuming = Boolean(values.resume) && (await exists(path.join(out, 'trainer_state.json')));
+  const latest = values.resume ? (await listCheckpoints(out))[0] : undefined;
 
   const trainer = await Trainer.create({
-    model: resuming ? out : path.resolve(values.model),
-    resume: resuming,
+    model: latest ? latest.dir : path.resolve(values.model),
+    resume: latest !== undefined,
     stage,
     seed,
     optimizer: {
@@ -159,7 +233,10 @@ async function run(args: string[], io: TrainIo): Promise<number> {
       warmupSteps,
       totalSteps,
       maxGradNorm: numberOption(values['max-grad-norm'], 'max-grad-norm') ?? 1.0,
+      decayNormsAndBiases: Boolean(values['decay-all']),
     },
+    llmLora: loraRank !== undefined ? { rank: loraRank, dropout: loraDropout ?? 0 } : undefined,
+    dropPathRate,
     freezeLlm: values['freeze-llm'],
     freezeBackbone: values['freeze-backbone'],
     freezeMlp: values['freeze-mlp'],
@@ -168,15 +245,34 @@ async function run(args: string[], io: TrainIo): Promise<number> {
   });
   try {
     await mkdir(out, { recursive: true });
-    // Steps after the last checkpoint are run again on resume; their log lines are replaced.
-    if (resuming) {
-      const kept = (await readFile(logFile, 'utf8').catch(() => ''))
-        .split('\n')
-        .filter((l) => l.trim() !== '' && (JSON.parse(l) as { step: number }).step <= trainer.stepCount);
+    await removeLeftovers(out);
+    // The data position: packs consumed so far, in the seeded order of each epoch.
+    let position = trainer.stepCount * accum;
+    if (latest) {
+      const saved = trainer.resumedExtra ?? {};
+      if (saved.seed !== undefined && (saved.seed !== seed || saved.packs !== batches.length)) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          `${latest.dir}: saved with --seed ${saved.seed} over ${saved.packs} packs; this run has --seed ${seed} over ${batches.length} packs (the data order would differ)`,
+        );
+      }
+      if (Number.isInteger(saved.data_position)) position = saved.data_position as number;
+      // Steps after the checkpoint are run again; their log lines (and a line cut by a kill) go.
+      const kept = (await readFile(logFile, 'utf8').catch(() => '')).split('\n').filter((l) => {
+        try {
+          return (JSON.parse(l) as { step: number }).step <= trainer.stepCount;
+        } catch {
+          return false;
+        }
+      });
       await writeFile(logFile, kept.map((l) => `${l}\n`).join(''));
     } else {
+      // A fresh run replaces an earlier run's log and checkpoints in the same folder.
       await writeFile(logFile, '');
+      for (const old of await listCheckpoints(out)) await rm(old.dir, { recursive: true, force: true });
     }
+    let saved = latest?.dir;
+    const extra = () => ({ data_position: position, seed, packs: batches.length, grad_accum: accum });
     const orders = new Map<number, number[]>();
     const packAt = (i: number) => {
       const epoch = Math.floor(i / batches.length);
@@ -192,9 +288,9 @@ async function run(args: string[], io: TrainIo): Promise<number> {
     let tokensSeen = 0;
     let ranThisRun = 0;
     while (trainer.stepCount < totalSteps && (stopAfter === undefined || ranThisRun < stopAfter)) {
-      const s = trainer.stepCount;
-      const micro = Array.from({ length: accum }, (_, k) => packAt(s * accum + k));
+      const micro = Array.from({ length: accum }, (_, k) => packAt(position + k));
       const result = await trainer.step(micro);
+      position += accum;
       ranThisRun++;
       tokensSeen += result.tokens;
       const elapsed = (Date.now() - started) / 1000;
@@ -214,10 +310,14 @@ async function run(args: string[], io: TrainIo): Promise<number> {
         `\rstep ${result.step}/${totalSteps}  loss ${result.loss.toFixed(4)}  ${tokensPerS.toFixed(0)} tok/s  ETA ${formatEta(eta)}${io.stderr.isTTY ? '' : '\n'}`,
       );
       if (saveEvery !== undefined && result.step % saveEvery === 0 && result.step < totalSteps)
-        await trainer.save(out);
+        saved = await saveCheckpoint(trainer, out, extra(), keep);
     }
     if (io.stderr.isTTY) io.stderr.write('\n');
-    await trainer.save(out);
+    const checkpoint =
+      saved && path.basename(saved) === `checkpoint-${trainer.stepCount}`
+        ? saved
+        : await saveCheckpoint(trainer, out, extra(), keep);
+    await publishModel(checkpoint, out);
     io.stdout.write(`saved step ${trainer.stepCount}/${totalSteps} to ${out}\n`);
     return 0;
   } finally {

@@ -29,12 +29,40 @@ export interface TrainGraphSpec extends TrainGraphShape {
   paramShapes: ReadonlyMap<string, readonly number[]>;
   /** 'loss': scalar output `loss`; 'logits': output `logits` [T, vocab]. */
   mode: 'loss' | 'logits';
+  /** LoRA adapters on these LLM Linear weights: y = x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ. */
+  lora?: LoraGraphSpec;
+  /** ViT drop-path rate of each encoder layer; layers above 0 drop residual branches per tile (loss mode only). */
+  dropPathRates?: readonly number[];
+}
+
+export interface LoraGraphSpec {
+  /** alpha / r. */
+  scale: number;
+  /** Checkpoint names of the adapted Linear weights. */
+  targets: ReadonlySet<string>;
+  /** Dropout probability on the adapter's input (loss mode only). */
+  dropout: number;
+}
+
+/** A graph input of inverted-dropout scales (1/keep or 0) that the caller draws for each run. */
+export interface NoiseInput {
+  name: string;
+  shape: number[];
+  dropProbability: number;
 }
 
 export interface TrainGraph {
   graph: Graph;
-  /** Checkpoint names of the parameters the graph reads (its float inputs of the model). */
+  /** Names of the parameters the graph reads (checkpoint names, and LoRA adapter names). */
   params: string[];
+  /** Random scale inputs to feed (LoRA dropout, drop-path); empty without them. */
+  noise: NoiseInput[];
+}
+
+/** The adapter parameter names of a LoRA-adapted Linear weight (trainer-only, never in a saved checkpoint). */
+export function loraParameterNames(weight: string): { a: string; b: string } {
+  const base = weight.endsWith('.weight') ? weight.slice(0, -'.weight'.length) : weight;
+  return { a: `${base}.lora_A.weight`, b: `${base}.lora_B.weight` };
 }
 
 /** Names of the non-parameter graph inputs. */
@@ -56,7 +84,20 @@ const NEG_LARGE = -1e30;
 class ModelGraph {
   readonly g = new GraphBuilder('internvl_train');
   readonly params: string[] = [];
-  constructor(private readonly shapes: ReadonlyMap<string, readonly number[]>) {}
+  readonly noise: NoiseInput[] = [];
+  constructor(
+    private readonly shapes: ReadonlyMap<string, readonly number[]>,
+    /** Rows of the decoder's [T, D] activations, the only inputs LoRA adapters see. */
+    private readonly seqLen: number,
+    private readonly lora?: LoraGraphSpec,
+    readonly training = false,
+  ) {}
+
+  /** A float input of inverted-dropout scales, registered with its drop probability. */
+  noiseInput(name: string, shape: number[], dropProbability: number): string {
+    this.noise.push({ name, shape, dropProbability });
+    return this.g.input(name, 'float32', shape);
+  }
 
   has(name: string): boolean {
     return this.shapes.has(name);
@@ -76,8 +117,24 @@ class ModelGraph {
   /** x @ W^T (+ b) for a torch Linear weight [out, in]. */
   linear(x: string, weight: string, bias?: string): string {
     const g = this.g;
-    const y = g.matMul(x, g.transpose(this.param(weight), [1, 0]));
-    return bias && this.has(bias) ? g.add(y, this.param(bias)) : y;
+    let y = g.matMul(x, g.transpose(this.param(weight), [1, 0]));
+    if (bias && this.has(bias)) y = g.add(y, this.param(bias));
+    if (this.lora?.targets.has(weight)) y = g.add(y, this.#loraDelta(x, weight, this.lora));
+    return y;
+  }
+
+  /** scale·(dropout(x)·Aᵀ)·Bᵀ for a 2-D input x [T, in] (PEFT's lora.Linear). */
+  #loraDelta(x: string, weight: string, lora: LoraGraphSpec): string {
+    const g = this.g;
+    const { a, b } = loraParameterNames(weight);
+    let input = x;
+    if (this.training && lora.dropout > 0) {
+      const inFeatures = (this.shapes.get(weight) as readonly number[])[1];
+      input = g.mul(x, this.noiseInput(`lora_dropout.${weight}`, [this.seqLen, inFeatures], lora.dropout));
+    }
+    const down = g.matMul(input, g.transpose(this.param(a), [1, 0]));
+    const up = g.matMul(down, g.transpose(this.param(b), [1, 0]));
+    return g.mul(up, g.scalarF32(lora.scale));
   }
 
   mean(x: string): string {
@@ -112,7 +169,7 @@ class ModelGraph {
 
 /** Builds the training forward graph for one batch shape. */
 export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
-  const m = new ModelGraph(spec.paramShapes);
+  const m = new ModelGraph(spec.paramShapes, spec.seqLen, spec.lora, spec.mode === 'loss');
   const g = m.g;
   const { config, seqLen: T, numTiles: N } = spec;
   const llm = config.llm_config;
@@ -124,7 +181,7 @@ export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
       : 'language_model.model.tok_embeddings.weight';
   let hidden = g.gather(m.param(embedName), inputIds);
   if (N > 0) {
-    const imageEmbeds = visionTower(m, config, N);
+    const imageEmbeds = visionTower(m, config, N, spec.mode === 'loss' ? (spec.dropPathRates ?? []) : []);
     const rows = g.input(BATCH_INPUTS.imageRows, 'int64', [N * numImageTokens(config), 1]);
     hidden = g.op('ScatterND', [hidden, rows, imageEmbeds]);
   }
@@ -132,7 +189,7 @@ export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
 
   if (spec.mode === 'logits') {
     g.output(m.linear(hidden, lmHeadName(m, config)), 'logits', 'float32', [T, llm.vocab_size]);
-    return { graph: g.graph, params: m.params };
+    return { graph: g.graph, params: m.params, noise: m.noise };
   }
   const K = spec.numSupervised;
   const rows = g.input(BATCH_INPUTS.lossRows, 'int64', [K]);
@@ -145,7 +202,7 @@ export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
   const weighted = g.op('ReduceSum', [g.mul(g.op('Neg', [picked]), weights)], { keepdims: { int: 0 } });
   const total = g.op('ReduceSum', [weights], { keepdims: { int: 0 } });
   g.output(g.div(weighted, total), 'loss', 'float32', []);
-  return { graph: g.graph, params: m.params };
+  return { graph: g.graph, params: m.params, noise: m.noise };
 }
 
 function lmHeadName(m: ModelGraph, config: ModelConfig): string {
@@ -161,7 +218,7 @@ function lmHeadName(m: ModelGraph, config: ModelConfig): string {
 }
 
 /** InternViT → drop CLS → pixel shuffle → mlp1; returns [N·tokensPerTile, D]. */
-function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
+function visionTower(m: ModelGraph, config: ModelConfig, N: number, dropPath: readonly number[]): string {
   const g = m.g;
   const v = config.vision_config;
   const C = v.hidden_size;
@@ -201,6 +258,11 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
       : m.rmsNorm(value, `${prefix}.weight`, v.layer_norm_eps);
   for (let i = 0; i < layers; i++) {
     const p = `vision_model.encoder.layers.${i}`;
+    // timm DropPath on each residual branch: one keep/drop draw per tile, kept branches scaled by 1/keep.
+    const branch = (value: string, which: string) =>
+      (dropPath[i] ?? 0) > 0
+        ? g.mul(value, m.noiseInput(`drop_path.${i}.${which}`, [N, 1, 1], dropPath[i]))
+        : value;
     g.within(`vit${i}`, () => {
       const h = norm(x, `${p}.norm1`);
       const qkv = m.linear(h, `${p}.attn.qkv.weight`, v.qkv_bias ? `${p}.attn.qkv.bias` : undefined);
@@ -216,14 +278,14 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number): string {
       const attn = g.matMul(g.softmax(scores, -1), heads(val));
       const merged = g.reshape(g.transpose(attn, [0, 2, 1, 3]), [N, Lt, C]);
       const out = m.linear(merged, `${p}.attn.proj.weight`, `${p}.attn.proj.bias`);
-      x = g.add(x, g.mul(out, m.param(`${p}.ls1`)));
+      x = g.add(x, branch(g.mul(out, m.param(`${p}.ls1`)), 'attn'));
       const h2 = norm(x, `${p}.norm2`);
       const mlp = m.linear(
         m.gelu(m.linear(h2, `${p}.mlp.fc1.weight`, `${p}.mlp.fc1.bias`)),
         `${p}.mlp.fc2.weight`,
         `${p}.mlp.fc2.bias`,
       );
-      x = g.add(x, g.mul(mlp, m.param(`${p}.ls2`)));
+      x = g.add(x, branch(g.mul(mlp, m.param(`${p}.ls2`)), 'mlp'));
     });
   }
 

@@ -15,6 +15,11 @@ export interface OptimizerOptions {
   totalSteps?: number;
   /** Clip gradients to this global L2 norm (no clipping when absent). */
   maxGradNorm?: number;
+  /**
+   * Decay every parameter, as plain torch.optim.AdamW does (default true). False: no decay for biases
+   * and normalisation weights, as the HF Trainer's parameter groups (the official scripts' optimizer).
+   */
+  decayNormsAndBiases?: boolean;
 }
 
 export interface ResolvedOptimizer {
@@ -26,6 +31,7 @@ export interface ResolvedOptimizer {
   warmupSteps: number;
   totalSteps?: number;
   maxGradNorm?: number;
+  decayNormsAndBiases: boolean;
 }
 
 export function resolveOptimizer(o: OptimizerOptions): ResolvedOptimizer {
@@ -38,6 +44,7 @@ export function resolveOptimizer(o: OptimizerOptions): ResolvedOptimizer {
     warmupSteps: o.warmupSteps ?? 0,
     totalSteps: o.totalSteps,
     maxGradNorm: o.maxGradNorm,
+    decayNormsAndBiases: o.decayNormsAndBiases ?? true,
   };
   const bad = (field: string, what: string) => new InternVLError('BAD_INPUT', `optimizer.${field}: ${what}`);
   if (!(r.lr >= 0) || !Number.isFinite(r.lr)) throw bad('lr', `expected a non-negative number, got ${o.lr}`);

@@ -4,7 +4,7 @@
  * AdamW in JS, checkpoints in the HF format (bf16 safetensors + the source folder's config and
  * tokenizer files) plus optimiser state for resuming.
  */
-import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
@@ -14,7 +14,7 @@ import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from 
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { appendBackward, GRAD_PREFIX } from './autodiff.js';
 import { type PreparedBatch, prepareBatch, type TrainBatch } from './batch.js';
-import { BATCH_INPUTS, buildTrainingGraph } from './model-graph.js';
+import { BATCH_INPUTS, buildTrainingGraph, loraParameterNames, type NoiseInput } from './model-graph.js';
 import {
   type AdamState,
   adamwUpdate,
@@ -24,6 +24,7 @@ import {
   type ResolvedOptimizer,
   resolveOptimizer,
 } from './optimizer.js';
+import { dropPathRates, keepMask, keyedRandom, uniform } from './random.js';
 
 export type { TrainBatch } from './batch.js';
 export type TrainingStage = 1 | 1.5 | 2;
@@ -38,7 +39,19 @@ export interface FreezeOptions {
   unfreezeLmHead?: boolean;
 }
 
-export interface TrainerOptions extends FreezeOptions {
+/** LoRA on the LLM's Linear layers, like the official `use_llm_lora r` (alpha 2r). */
+export interface LoraOptions {
+  rank: number;
+  /** Dropout on the adapter input (official scripts: 0.05); default 0. */
+  dropout?: number;
+}
+
+export interface TrainableSetOptions extends FreezeOptions {
+  /** With LoRA the whole LLM base is frozen (PEFT's get_peft_model); only the adapters train there. */
+  llmLora?: LoraOptions;
+}
+
+export interface TrainerOptions extends TrainableSetOptions {
   /** Checkpoint folder (config.json, model.safetensors, tokenizer files). */
   model: string;
   stage: TrainingStage;
@@ -48,6 +61,8 @@ export interface TrainerOptions extends FreezeOptions {
   /** Continue from the optimiser state saved in `model` by `save` (step, moments, fp32 masters). */
   resume?: boolean;
   threads?: number;
+  /** ViT drop-path rate (the official `--drop_path_rate`); default `vision_config.drop_path_rate`. */
+  dropPathRate?: number;
 }
 
 export interface StepResult {
@@ -69,6 +84,15 @@ interface CompiledGraph {
   session: ort.InferenceSession;
   params: string[];
   wrt: string[];
+  noise: NoiseInput[];
+}
+
+interface LoraSetup {
+  rank: number;
+  scale: number;
+  dropout: number;
+  /** Adapted checkpoint weights, in checkpoint order. */
+  targets: string[];
 }
 
 const STATE_FILE = 'trainer_state.json';
@@ -85,17 +109,38 @@ export function isLmHeadParameter(name: string): boolean {
   return name === 'language_model.lm_head.weight' || name === 'language_model.output.weight';
 }
 
+const LORA_TARGET =
+  /^language_model\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|attention\.(wqkv|wo)|feed_forward\.w[123])\.weight$/;
+
+/** LLM Linear weights that `use_llm_lora` adapts (Qwen2 q/k/v/o/gate/up/down, InternLM2 wqkv/wo/w1/w2/w3). */
+export function isLoraTarget(name: string): boolean {
+  return LORA_TARGET.test(name);
+}
+
+/**
+ * Parameters the HF Trainer puts in its no-decay group: biases, and the weights of normalisation
+ * layers (get_decay_parameter_names excludes nn.LayerNorm parameters and names containing "bias";
+ * the RMSNorm weights follow newer transformers releases, which also exclude norm layers by name).
+ * `mlp1.0` is the projector's LayerNorm.
+ */
+export function excludedFromWeightDecay(name: string): boolean {
+  if (name.includes('bias')) return true;
+  if (name.startsWith('mlp1.0.')) return true;
+  return /(^|\.)[^.]*norm[^.]*\.weight$/i.test(name);
+}
+
 /** The checkpoint names that train under a stage and freeze flags (internvl_chat_finetune.py semantics). */
 export function trainableParameters(
   names: readonly string[],
   config: ModelConfig,
   stage: TrainingStage,
-  flags: FreezeOptions = {},
+  flags: TrainableSetOptions = {},
 ): string[] {
   if (stage !== 1 && stage !== 1.5 && stage !== 2) {
     throw new InternVLError('BAD_INPUT', `stage must be 1, 1.5 or 2, got ${JSON.stringify(stage)}`);
   }
-  const freezeLlm = flags.freezeLlm ?? stage !== 2;
+  const lora = flags.llmLora !== undefined;
+  const freezeLlm = lora || (flags.freezeLlm ?? stage !== 2);
   const freezeBackbone = flags.freezeBackbone ?? stage === 1;
   const freezeMlp = flags.freezeMlp ?? false;
   const layers = config.vision_config.num_hidden_layers;
@@ -109,7 +154,7 @@ export function trainableParameters(
       return m !== null && Number(m[1]) >= firstUnfrozen;
     }
     if (isProjectorParameter(name)) return !freezeMlp;
-    if (isLmHeadParameter(name) && flags.unfreezeLmHead) return true;
+    if (isLmHeadParameter(name) && flags.unfreezeLmHead && !lora) return true;
     return !freezeLlm;
   });
 }
@@ -117,6 +162,7 @@ export function trainableParameters(
 export class Trainer {
   #closed = false;
   #step = 0;
+  #resumedExtra: Record<string, unknown> | undefined;
   readonly #sessions = new Map<string, Promise<CompiledGraph>>();
   readonly #moments = new Map<string, AdamState>();
 
@@ -131,6 +177,11 @@ export class Trainer {
     private readonly imageContextTokenId: number,
     private readonly threads: number | undefined,
     readonly seed: number,
+    private readonly lora: LoraSetup | undefined,
+    /** Drop-path rate of each ViT encoder layer (all zero: none). */
+    readonly dropPathRates: readonly number[],
+    /** The source folder's other files (config, tokenizer…), read at creation: the folder may go away. */
+    private readonly sideFiles: ReadonlyMap<string, Uint8Array>,
   ) {}
 
   static async create(options: TrainerOptions): Promise<Trainer> {
@@ -163,7 +214,13 @@ export class Trainer {
     } finally {
       await checkpoint.close();
     }
+    const lora = options.llmLora ? setUpLora(order, params, options.llmLora, options.seed ?? 0) : undefined;
     const trainable = trainableParameters(order, config, options.stage, options);
+    if (lora) for (const w of lora.targets) trainable.push(...Object.values(loraParameterNames(w)));
+    const dropPathRate = options.dropPathRate ?? config.vision_config.drop_path_rate;
+    if (!(dropPathRate >= 0 && dropPathRate < 1)) {
+      throw new InternVLError('BAD_INPUT', `dropPathRate must be in [0, 1), got ${dropPathRate}`);
+    }
     const trainer = new Trainer(
       config,
       dir,
@@ -175,6 +232,9 @@ export class Trainer {
       imageContextTokenId,
       options.threads,
       options.seed ?? 0,
+      lora,
+      dropPathRates(dropPathRate, config.vision_config.num_hidden_layers),
+      await readSideFiles(dir),
     );
     if (options.resume) await trainer.#loadState(dir);
     return trainer;
@@ -185,7 +245,12 @@ export class Trainer {
     return this.#step;
   }
 
-  /** A copy of the current fp32 master of a checkpoint tensor. */
+  /** The `extra` object given to the `save` this trainer resumed from (e.g. the CLI's data position). */
+  get resumedExtra(): Record<string, unknown> | undefined {
+    return this.#resumedExtra;
+  }
+
+  /** A copy of the current fp32 master of a checkpoint tensor or LoRA adapter (un-merged). */
   parameter(name: string): Float32Array {
     const p = this.params.get(name);
     if (!p) throw new InternVLError('NOT_FOUND', `parameter ${name} is not in the model`);
@@ -198,7 +263,7 @@ export class Trainer {
 
   /** Loss of one packed batch and the gradients of the trainable parameters (nothing is updated). */
   async lossAndGradients(batch: TrainBatch): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
-    const { loss, grads } = await this.#lossAndGradients(this.#prepare(batch, true));
+    const { loss, grads } = await this.#lossAndGradients(this.#prepare(batch, true), 0);
     return { loss, grads };
   }
 
@@ -212,9 +277,9 @@ export class Trainer {
     const total = new Map<string, Float32Array>();
     let lossSum = 0;
     let tokens = 0;
-    for (const b of micro) {
+    for (const [index, b] of micro.entries()) {
       const prepared = this.#prepare(b, true);
-      const { loss, grads } = await this.#lossAndGradients(prepared);
+      const { loss, grads } = await this.#lossAndGradients(prepared, index);
       lossSum += loss;
       tokens += prepared.tokens;
       for (const [name, g] of grads) {
@@ -238,7 +303,9 @@ export class Trainer {
         state = { expAvg: new Float32Array(p.data.length), expAvgSq: new Float32Array(p.data.length) };
         this.#moments.set(name, state);
       }
-      adamwUpdate(p.data, total.get(name)!, state, { ...this.optimizer, lr }, stepNumber);
+      const weightDecay =
+        this.optimizer.decayNormsAndBiases || !excludedFromWeightDecay(name) ? this.optimizer.weightDecay : 0;
+      adamwUpdate(p.data, total.get(name)!, state, { ...this.optimizer, lr, weightDecay }, stepNumber);
     }
     this.#step = stepNumber;
     return { loss: lossSum / micro.length, gradNorm, lr, tokens, step: this.#step };
@@ -254,36 +321,66 @@ export class Trainer {
       false,
     );
     const compiled = await this.#compiled(prepared, 'logits');
-    const out = await compiled.session.run(this.#feeds(prepared, compiled.params), ['logits']);
+    const out = await compiled.session.run(this.#feeds(prepared, compiled, 0), ['logits']);
     return Float32Array.from(out.logits.data as Float32Array);
   }
 
   /**
-   * Writes an HF-format checkpoint to `dir`: model.safetensors (bf16; other dtypes kept), every other
-   * file of the source folder (config.json, tokenizer files…), and the optimiser state for `resume`.
+   * Writes an HF-format checkpoint to `dir`: model.safetensors (bf16; other dtypes kept; LoRA merged
+   * into the base weights as W + (α/r)·B·A so the engine and the official code load it), every other
+   * file of the source folder (config.json, tokenizer files…), and the optimiser state for `resume`,
+   * with `extra` (JSON) kept for `resumedExtra`. Each file is written atomically and the state file
+   * last, after removing the old one: a folder without trainer_state.json is never resumed from.
    */
-  async save(dir: string): Promise<void> {
+  async save(dir: string, extra?: Record<string, unknown>): Promise<void> {
     this.#assertOpen();
     const out = path.resolve(dir);
     await mkdir(out, { recursive: true });
-    if (out !== this.modelDir) {
-      for (const entry of await readdir(this.modelDir, { withFileTypes: true })) {
-        if (!entry.isFile()) continue;
-        if (entry.name.endsWith('.safetensors') || entry.name === 'model.safetensors.index.json') continue;
-        if (entry.name === STATE_FILE) continue;
-        await copyFile(path.join(this.modelDir, entry.name), path.join(out, entry.name));
-      }
+    await rm(path.join(out, STATE_FILE), { force: true });
+    for (const [name, bytes] of this.sideFiles) {
+      const target = path.join(out, name);
+      await writeFile(`${target}.tmp`, bytes);
+      await rename(`${target}.tmp`, target);
     }
+    const merged = this.#mergedLoraWeights();
     const tensors: Record<string, TensorToWrite> = {};
     for (const name of this.order) {
       const p = this.params.get(name)!;
+      const data = merged.get(name) ?? p.data;
       tensors[name] =
         p.dtype === 'F32'
-          ? { dtype: 'F32', shape: p.shape, data: p.data }
-          : { dtype: 'BF16', shape: p.shape, data: float32ToBf16(p.data) };
+          ? { dtype: 'F32', shape: p.shape, data }
+          : { dtype: 'BF16', shape: p.shape, data: float32ToBf16(data) };
     }
     await writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt' });
-    await this.#saveState(out);
+    await this.#saveState(out, extra);
+  }
+
+  /** W + scale·B·A for every LoRA target (fp32, accumulated in float64 per element). */
+  #mergedLoraWeights(): Map<string, Float32Array> {
+    const merged = new Map<string, Float32Array>();
+    if (!this.lora) return merged;
+    const { rank, scale } = this.lora;
+    for (const w of this.lora.targets) {
+      const base = this.params.get(w)!;
+      const names = loraParameterNames(w);
+      const A = this.params.get(names.a)!.data;
+      const B = this.params.get(names.b)!.data;
+      const [rows, cols] = base.shape;
+      const out = new Float32Array(base.data.length);
+      const delta = new Float64Array(cols);
+      for (let o = 0; o < rows; o++) {
+        delta.fill(0);
+        for (let k = 0; k < rank; k++) {
+          const b = B[o * rank + k];
+          if (b === 0) continue;
+          for (let i = 0; i < cols; i++) delta[i] += b * A[k * cols + i];
+        }
+        for (let i = 0; i < cols; i++) out[o * cols + i] = base.data[o * cols + i] + scale * delta[i];
+      }
+      merged.set(w, out);
+    }
+    return merged;
   }
 
   async close(): Promise<void> {
@@ -310,9 +407,10 @@ export class Trainer {
 
   async #lossAndGradients(
     prepared: PreparedBatch,
+    micro: number,
   ): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
     const compiled = await this.#compiled(prepared, 'loss');
-    const out = await compiled.session.run(this.#feeds(prepared, compiled.params));
+    const out = await compiled.session.run(this.#feeds(prepared, compiled, micro));
     const loss = (out.loss.data as Float32Array)[0];
     if (!Number.isFinite(loss)) throw new InternVLError('INTERNAL', `training loss is ${loss}`);
     const grads = new Map<string, Float32Array>();
@@ -355,15 +453,21 @@ export class Trainer {
       numTiles: prepared.numTiles,
       numSupervised: prepared.numSupervised,
       mode,
+      lora: this.lora && {
+        scale: this.lora.scale,
+        dropout: this.lora.dropout,
+        targets: new Set(this.lora.targets),
+      },
+      dropPathRates: this.dropPathRates,
     });
     const used = new Set(forward.params);
     const wrt = mode === 'loss' ? this.trainable.filter((n) => used.has(n)) : [];
     const graph = wrt.length > 0 ? appendBackward(forward.graph, { loss: 'loss', wrt }) : forward.graph;
     const session = await createSession(graph, { threads: this.threads });
-    return { session, params: forward.params, wrt };
+    return { session, params: forward.params, wrt, noise: forward.noise };
   }
 
-  #feeds(b: PreparedBatch, params: readonly string[]): Record<string, ort.Tensor> {
+  #feeds(b: PreparedBatch, compiled: CompiledGraph, micro: number): Record<string, ort.Tensor> {
     const T = b.seqLen;
     const d = this.config.llm_config.head_dim;
     const feeds: Record<string, ort.Tensor> = {
@@ -389,14 +493,30 @@ export class Trainer {
       feeds[BATCH_INPUTS.lossTargets] = new ort.Tensor('int64', b.lossTargets, [K, 1]);
       feeds[BATCH_INPUTS.lossWeights] = new ort.Tensor('float32', b.lossWeights, [K]);
     }
-    for (const name of params) {
+    for (const name of compiled.params) {
       const p = this.params.get(name)!;
       feeds[name] = new ort.Tensor('float32', p.data, p.shape);
+    }
+    for (const noise of compiled.noise) {
+      feeds[noise.name] = new ort.Tensor('float32', this.noiseScales(noise, micro), noise.shape);
     }
     return feeds;
   }
 
-  async #saveState(dir: string): Promise<void> {
+  /**
+   * The inverted-dropout scales fed to a noise input (LoRA dropout or ViT drop-path) at the current
+   * step and micro-batch: a pure function of (seed, step, micro-batch, input name), so runs repeat.
+   */
+  noiseScales(noise: NoiseInput, micro: number): Float32Array {
+    const count = noise.shape.reduce((a, b) => a * b, 1);
+    return keepMask(
+      count,
+      noise.dropProbability,
+      keyedRandom(this.seed, 'noise', this.#step, micro, noise.name),
+    );
+  }
+
+  async #saveState(dir: string, extra: Record<string, unknown> | undefined): Promise<void> {
     const tensors: Record<string, TensorToWrite> = {};
     for (const name of this.trainable) {
       const p = this.params.get(name)!;
@@ -407,13 +527,29 @@ export class Trainer {
         tensors[`exp_avg_sq.${name}`] = { dtype: 'F32', shape: p.shape, data: m.expAvgSq };
       }
     }
+    // model.safetensors holds the merged weights; resuming needs the frozen base of each LoRA target.
+    for (const name of this.lora?.targets ?? []) {
+      const p = this.params.get(name)!;
+      tensors[`lora_base.${name}`] =
+        p.dtype === 'BF16'
+          ? { dtype: 'BF16', shape: p.shape, data: float32ToBf16(p.data) }
+          : { dtype: 'F32', shape: p.shape, data: p.data };
+    }
     await writeSafetensors(path.join(dir, OPTIMIZER_FILE), tensors);
-    const state = { step: this.#step, stage: this.stage, seed: this.seed, trainable: this.trainable };
-    await writeFile(path.join(dir, STATE_FILE), `${JSON.stringify(state, null, 1)}\n`);
+    const state = {
+      step: this.#step,
+      stage: this.stage,
+      seed: this.seed,
+      trainable: this.trainable,
+      ...(extra ? { extra } : {}),
+    };
+    const file = path.join(dir, STATE_FILE);
+    await writeFile(`${file}.tmp`, `${JSON.stringify(state, null, 1)}\n`);
+    await rename(`${file}.tmp`, file);
   }
 
   async #loadState(dir: string): Promise<void> {
-    let state: { step?: unknown };
+    let state: { step?: unknown; trainable?: unknown; extra?: unknown };
     try {
       state = JSON.parse(await readFile(path.join(dir, STATE_FILE), 'utf8'));
     } catch (err) {
@@ -427,9 +563,25 @@ export class Trainer {
         `${path.join(dir, STATE_FILE)}: "step" must be a non-negative integer`,
       );
     }
+    if (Array.isArray(state.trainable)) {
+      const saved = [...(state.trainable as string[])].sort();
+      const now = [...this.trainable].sort();
+      if (saved.length !== now.length || saved.some((n, i) => n !== now[i])) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          `${path.join(dir, STATE_FILE)}: the checkpoint trained ${saved.length} tensors, this run would train ${now.length} (resume with the same stage, freeze and LoRA options)`,
+        );
+      }
+    }
     const file = path.join(dir, OPTIMIZER_FILE);
     const saved = await Checkpoint.open(file);
     try {
+      for (const name of this.lora?.targets ?? []) {
+        if (!saved.has(`lora_base.${name}`)) {
+          throw new InternVLError('BAD_CHECKPOINT', `${file}: lora_base.${name} is missing`);
+        }
+        this.params.get(name)!.data.set(await saved.readFloat32(`lora_base.${name}`));
+      }
       for (const name of this.trainable) {
         const p = this.params.get(name)!;
         if (saved.has(`master.${name}`)) p.data.set(await saved.readFloat32(`master.${name}`));
@@ -444,5 +596,57 @@ export class Trainer {
       await saved.close();
     }
     this.#step = state.step as number;
+    if (state.extra && typeof state.extra === 'object')
+      this.#resumedExtra = state.extra as Record<string, unknown>;
   }
+}
+
+/** Every file of a checkpoint folder but its weights and trainer state. */
+async function readSideFiles(dir: string): Promise<Map<string, Uint8Array>> {
+  const files = new Map<string, Uint8Array>();
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    if (entry.name.endsWith('.safetensors') || entry.name === 'model.safetensors.index.json') continue;
+    if (entry.name === STATE_FILE || entry.name.endsWith('.tmp')) continue;
+    files.set(entry.name, await readFile(path.join(dir, entry.name)));
+  }
+  return files;
+}
+
+/**
+ * Adds zero-initialised B and kaiming-uniform A (PEFT: kaiming_uniform_(a=√5), i.e. U(±1/√in)) for
+ * every LoRA target of the checkpoint; A is seeded by the run seed and the weight name.
+ */
+function setUpLora(
+  order: readonly string[],
+  params: Map<string, Parameter>,
+  options: LoraOptions,
+  seed: number,
+): LoraSetup {
+  const { rank } = options;
+  const dropout = options.dropout ?? 0;
+  if (!Number.isInteger(rank) || rank < 1) {
+    throw new InternVLError('BAD_INPUT', `llmLora.rank must be a positive integer, got ${rank}`);
+  }
+  if (!(dropout >= 0 && dropout < 1)) {
+    throw new InternVLError('BAD_INPUT', `llmLora.dropout must be in [0, 1), got ${dropout}`);
+  }
+  const targets = order.filter(isLoraTarget);
+  if (targets.length === 0) {
+    throw new InternVLError(
+      'BAD_CHECKPOINT',
+      'LoRA: the checkpoint has no Qwen2 or InternLM2 Linear layers to adapt',
+    );
+  }
+  for (const w of targets) {
+    const [out, inFeatures] = params.get(w)!.shape;
+    const names = loraParameterNames(w);
+    params.set(names.a, {
+      shape: [rank, inFeatures],
+      dtype: 'F32',
+      data: uniform(rank * inFeatures, 1 / Math.sqrt(inFeatures), keyedRandom(seed, 'lora_A', w)),
+    });
+    params.set(names.b, { shape: [out, rank], dtype: 'F32', data: new Float32Array(out * rank) });
+  }
+  return { rank, scale: (2 * rank) / rank, dropout, targets };
 }
