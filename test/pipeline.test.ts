@@ -206,3 +206,26 @@ describe('chat sessions', () => {
     await pipe.endSession(session);
   });
 });
+
+describe('weight precision', () => {
+  test('int4 decode with int8 prefill runs through the pipeline and stays close to fp32', async () => {
+    const quantised = await pipeline(goldenModelDir('tiny-internvl2_5-qwen2'), {
+      cacheDir,
+      threads: 1,
+      maxTiles: 2,
+      llmDtype: 'int4',
+      prefillDtype: 'int8',
+    });
+    try {
+      const input = { prompt: 'What is it?', images: [IMAGE] };
+      const q = await quantised.infer(input, { maxNewTokens: 4, ignoreEos: true, topLogprobs: 1 });
+      const f = await pipe.infer(input, { maxNewTokens: 4, ignoreEos: true, topLogprobs: 1 });
+      assert.equal(q.tokenIds.length, 4);
+      assert.equal(q.usage.promptTokens, f.usage.promptTokens);
+      // Random tiny weights have small margins; the first token's logprob stays close.
+      assert.ok(Math.abs(q.logprobs![0].logprob - f.logprobs![0].logprob) < 0.5);
+    } finally {
+      await quantised.close();
+    }
+  });
+});

@@ -42,3 +42,44 @@ export function numberOption(value: string | undefined, name: string): number | 
   }
   return n;
 }
+
+/** The weight-precision flags shared by the commands that load a model. */
+export const PRECISION_FLAGS = {
+  'llm-dtype': { type: 'string' },
+  'prefill-dtype': { type: 'string' },
+  'vit-dtype': { type: 'string' },
+} as const;
+
+export const PRECISION_USAGE = `  --llm-dtype D         LLM weights: fp32 (default), int8 or int4
+  --prefill-dtype D     LLM weights for long prefill chunks (default: --llm-dtype); int8 with int4 is fastest on CPU
+  --vit-dtype D         vision encoder weights: fp32 (default) or int8`;
+
+function oneOf<T extends string>(
+  value: string | undefined,
+  name: string,
+  allowed: readonly T[],
+): T | undefined {
+  if (value === undefined) return undefined;
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new UsageError(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`);
+  }
+  return value as T;
+}
+
+/** Pipeline precision options from the values of PRECISION_FLAGS. */
+export function precisionOptions(values: {
+  'llm-dtype'?: string;
+  'prefill-dtype'?: string;
+  'vit-dtype'?: string;
+}): {
+  llmDtype?: 'fp32' | 'int8' | 'int4';
+  prefillDtype?: 'fp32' | 'int8' | 'int4';
+  vitDtype?: 'fp32' | 'int8';
+} {
+  const weights = ['fp32', 'int8', 'int4'] as const;
+  return {
+    llmDtype: oneOf(values['llm-dtype'], 'llm-dtype', weights),
+    prefillDtype: oneOf(values['prefill-dtype'], 'prefill-dtype', weights),
+    vitDtype: oneOf(values['vit-dtype'], 'vit-dtype', ['fp32', 'int8'] as const),
+  };
+}

@@ -17,7 +17,15 @@ import {
   Session,
   type StreamChunk,
 } from '../pipeline/pipeline.js';
-import { integerOption, numberOption, parseCommandArgs, UsageError } from './args.js';
+import {
+  integerOption,
+  numberOption,
+  PRECISION_FLAGS,
+  PRECISION_USAGE,
+  parseCommandArgs,
+  precisionOptions,
+  UsageError,
+} from './args.js';
 
 const USAGE = `Usage: internvl chat [model] [options] [prompt]
 
@@ -38,6 +46,7 @@ Options:
   --top-k K             keep the K most likely tokens; 0 = off
   --seed S              makes sampling reproducible
   --json                print each answer as one JSON line (the Response object) instead of text
+${PRECISION_USAGE}
   -h, --help            show this help
 
 Interactive chat: each input line is a message; earlier turns stay in the conversation.
@@ -46,7 +55,7 @@ Interactive chat: each input line is a message; earlier turns stay in the conver
   /reset        start a new conversation
   /help         list the commands
   /exit         quit (so do end of input and Ctrl-C at the prompt)
-Ctrl-C during an answer stops that answer. Each answer is printed when it is complete, followed
+Ctrl-C during an answer stops that answer. Each answer is streamed as it is generated, followed
 by a newline. The prompt marker '> ' is shown only when stdin is a terminal, so a pipe gets
 nothing on stdout but the answers. Notes and errors go to stderr.
 
@@ -69,6 +78,7 @@ interface ChatArgs {
   maxTiles: number | undefined;
   gen: GenerationConfigInput;
   json: boolean;
+  precision: ReturnType<typeof precisionOptions>;
 }
 
 function isDirectory(p: string): boolean {
@@ -94,6 +104,7 @@ function parseChatArgs(argv: string[]): ChatArgs | 'help' {
     'top-k': { type: 'string' },
     seed: { type: 'string' },
     json: { type: 'boolean' },
+    ...PRECISION_FLAGS,
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) return 'help';
@@ -140,6 +151,7 @@ function parseChatArgs(argv: string[]): ChatArgs | 'help' {
     maxTiles: integerOption(values['max-tiles'], 'max-tiles', 1),
     gen,
     json: values.json ?? false,
+    precision: precisionOptions(values),
   };
 }
 
@@ -348,6 +360,7 @@ export async function chatCommand(argv: string[]): Promise<number> {
     if (args.video !== undefined) await checkMediaFile(args.video, 'video');
     pipe = await pipeline(args.model, {
       maxTiles: args.maxTiles,
+      ...args.precision,
       hub: { onProgress: createProgressBar(process.stderr) },
     });
     return args.prompt !== undefined ? await answerOnce(pipe, args, args.prompt) : await repl(pipe, args);

@@ -3,7 +3,14 @@ import { InternVLError } from '../errors.js';
 import { createProgressBar } from '../io/progress.js';
 import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
 import { createServer, defaultModelName, type ServerOptions } from '../server/server.js';
-import { integerOption, parseCommandArgs, UsageError } from './args.js';
+import {
+  integerOption,
+  PRECISION_FLAGS,
+  PRECISION_USAGE,
+  parseCommandArgs,
+  precisionOptions,
+  UsageError,
+} from './args.js';
 
 const USAGE = `Usage: internvl serve [model] [options]
 
@@ -27,6 +34,7 @@ Options:
   --allow-local-files           let requests name files on this machine (file: URLs, absolute paths)
   --allow-private-media         let media URLs reach loopback/private addresses (off: SSRF guard)
   --threads N                   engine threads
+${PRECISION_USAGE}
   -h, --help                    show this help
 `;
 
@@ -44,6 +52,7 @@ function parseServeArgs(argv: string[]) {
     'allow-local-files': { type: 'boolean' },
     'allow-private-media': { type: 'boolean' },
     threads: { type: 'string' },
+    ...PRECISION_FLAGS,
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) return 'help' as const;
@@ -79,7 +88,7 @@ function parseServeArgs(argv: string[]) {
     model,
     host: values.host ?? '127.0.0.1',
     port: integerOption(values.port, 'port', 0) ?? 23333,
-    pipeline: { sessionLen, threads },
+    pipeline: { sessionLen, threads, ...precisionOptions(values) },
     options,
   };
 }

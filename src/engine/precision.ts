@@ -2,7 +2,7 @@
  * Weight precision choices for the engine's graphs, validated and resolved to what each graph is built
  * with. The LLM can use one graph for decode (`llmDtype`) and another for long prefill chunks
  * (`prefillDtype`): MatMulNBits int4 is the fast M = 1 kernel, DynamicQuantizeMatMul int8 the fast
- * large-M one. Token embeddings always stay fp32 in JS.
+ * large-M one. Token embeddings stay in JS (bf16 when the checkpoint is bf16, widened on lookup).
  */
 import {
   checkAccuracyLevel,

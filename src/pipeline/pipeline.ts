@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { type GenerationConfigFile, loadGenerationConfig } from '../config/generation-config.js';
 import { type ModelConfig, numImageTokens } from '../config/model-config.js';
+import type { EngineOptions } from '../engine/core.js';
 import type { GenerateRequest, ImageRef } from '../engine/generate.js';
 import { InternVLModel } from '../engine/model.js';
 import { WorkerClient } from '../engine/worker-rpc.js';
@@ -53,7 +54,14 @@ export interface PipelineOptions {
   splitTileBudget?: boolean;
   /** Longest prompt + answer in tokens; default 8192 (bounded by max_position_embeddings). */
   sessionLen?: number;
-  dtype?: 'fp32';
+  /** Weight precision of the engine's graphs (see EngineOptions): e.g. `{ llmDtype: 'int4', prefillDtype: 'int8' }` is the fastest on CPU. */
+  dtype?: EngineOptions['dtype'];
+  llmDtype?: EngineOptions['llmDtype'];
+  prefillDtype?: EngineOptions['prefillDtype'];
+  lmHeadDtype?: EngineOptions['lmHeadDtype'];
+  vitDtype?: EngineOptions['vitDtype'];
+  blockSize?: number;
+  accuracyLevel?: number;
   threads?: number;
   /** Where built graphs are cached (see InternVLModel.load). */
   cacheDir?: string | false;
@@ -218,10 +226,27 @@ export class Pipeline {
     const dir = await resolveModel(model, options.hub);
     const tokenizer = await loadTokenizer(dir);
     const generationFile = await loadGenerationConfig(dir);
+    const {
+      dtype,
+      llmDtype,
+      prefillDtype,
+      lmHeadDtype,
+      vitDtype,
+      blockSize,
+      accuracyLevel,
+      threads,
+      cacheDir,
+    } = options;
     const engine = await InternVLModel.load(dir, {
-      dtype: options.dtype,
-      threads: options.threads,
-      cacheDir: options.cacheDir,
+      dtype,
+      llmDtype,
+      prefillDtype,
+      lmHeadDtype,
+      vitDtype,
+      blockSize,
+      accuracyLevel,
+      threads,
+      cacheDir,
     });
     try {
       const config = engine.config;
