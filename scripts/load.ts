@@ -7,12 +7,14 @@
  *
  *   node --import tsx scripts/load.ts [--shape InternVL2_5-1B | --model DIR] [--clients 1,2,4,8]
  *     [--requests 2] [--max-tokens 32] [--image] [--threads N] [--time-limit-s 600] [--json FILE]
+ *     [--llm-dtype fp32|int8|int4] [--prefill-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
  */
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
+import { PRECISION_FLAGS, precisionOptions } from '../src/cli/args.js';
 import { defaultGraphCacheDir } from '../src/engine/graph-cache.js';
 import { pipeline } from '../src/pipeline/pipeline.js';
 import { createServer } from '../src/server/server.js';
@@ -29,6 +31,7 @@ const { values } = parseArgs({
     threads: { type: 'string' },
     'time-limit-s': { type: 'string', default: '600' },
     json: { type: 'string' },
+    ...PRECISION_FLAGS,
   },
 });
 
@@ -53,6 +56,7 @@ if (!values.model && !existsSync(path.join(modelDir, 'model.safetensors'))) {
 
 const pipe = await pipeline(modelDir, {
   threads: values.threads ? positiveInt(values.threads, 'threads') : undefined,
+  ...precisionOptions(values),
 });
 const server = await createServer(pipe, { modelName: 'load', maxBatchSize: Math.max(...levels) });
 const { url } = await server.listen(0, '127.0.0.1');
