@@ -91,7 +91,7 @@ for (const model of ['tiny-internvl2_5-qwen2', 'tiny-internvl2_5-internlm2']) {
       }
       assert.ok(step < 100);
     }
-    state.forEach((s, i) => assert.deepEqual(s.tokens, reference[i].tokens, `sequence ${i}`));
+    for (const [i, s] of state.entries()) assert.deepEqual(s.tokens, reference[i].tokens, `sequence ${i}`);
     await r.release();
   });
 }

@@ -327,7 +327,7 @@ export class Generator {
     if (job.tileIndex === image.numTiles) {
       const rows = this.deps.tokensPerTile * this.deps.decoder.dims.hiddenSize;
       const features = new Float32Array(image.numTiles * rows);
-      job.tileFeatures.forEach((f, i) => features.set(f, i * rows));
+      for (const [i, f] of job.tileFeatures.entries()) features.set(f, i * rows);
       this.features.set(image.key, features);
       job.features[job.imageIndex] = features;
       job.tileFeatures = [];
