@@ -59,6 +59,24 @@ export interface Graph {
 
 export const MS_DOMAIN = 'com.microsoft';
 
+/** An INT attribute of a node (`fallback` when absent). */
+export function intAttribute(node: OnnxNode, name: string, fallback: number): number {
+  const v = node.attributes[name];
+  if (v === undefined) return fallback;
+  if (typeof v === 'number') return v;
+  if (typeof v === 'object' && 'int' in v) return v.int;
+  throw new Error(`${node.name}: attribute ${name} is not an integer`);
+}
+
+/** An INTS attribute of a node, or undefined when absent. */
+export function intsAttribute(node: OnnxNode, name: string): number[] | undefined {
+  const v = node.attributes[name];
+  if (v === undefined) return undefined;
+  if (Array.isArray(v)) return v;
+  if (typeof v === 'object' && 'ints' in v) return v.ints;
+  throw new Error(`${node.name}: attribute ${name} is not a list of integers`);
+}
+
 /**
  * Builds a Graph node by node. Values are named by strings; every method returns the name of the
  * value it produced, so model code reads as a sequence of tensor expressions.

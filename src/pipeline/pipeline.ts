@@ -415,11 +415,7 @@ export class Pipeline {
     gen: GenerationConfigInput | undefined,
     sessionId?: string,
   ): Promise<PreparedRequest> {
-    const config = resolveGenerationConfig(gen, {
-      fileConfig: this.generationFile,
-      template: this.template,
-      tokenizer: this.tokenizer,
-    });
+    const config = this.#resolveConfig(gen);
     // Media are decoded and tiled first: a video's frame count and each image's tiles shape the prompt.
     const prepared = new Map<Media, PreparedMedia>();
     await Promise.all(
@@ -445,30 +441,8 @@ export class Pipeline {
     );
     const inputIds = this.tokenizer.encode(expanded);
     const imageTokens = images.reduce((n, r) => n + r.numTiles * tokensPerTile, 0);
-    if (inputIds.length + config.maxNewTokens > this.sessionLen) {
-      throw new InternVLError(
-        'CONTEXT_OVERFLOW',
-        `the prompt has ${inputIds.length} tokens (${imageTokens} of them for images) and maxNewTokens is ` +
-          `${config.maxNewTokens}: ${inputIds.length + config.maxNewTokens} > sessionLen ${this.sessionLen}`,
-      );
-    }
-    const request: GenerateRequest = {
-      inputIds,
-      images,
-      sessionId,
-      sampling: {
-        temperature: config.temperature,
-        topK: config.topK,
-        topP: config.topP,
-        minP: config.minP,
-        repetitionPenalty: config.repetitionPenalty,
-        logprobs: config.logprobs,
-        topLogprobs: config.topLogprobs,
-        seed: config.seed,
-      },
-      maxNewTokens: config.maxNewTokens,
-      endTokenIds: config.endTokenIds,
-    };
+    this.#checkContext(inputIds.length, imageTokens, config.maxNewTokens);
+    const request = this.#request(inputIds, images, config, sessionId);
     return { request, config, imageTokens };
   }
 
@@ -489,14 +463,96 @@ export class Pipeline {
     onChunk?: (chunk: StreamChunk) => void,
     sessionId?: string,
   ): Promise<Response> {
-    if (options.signal?.aborted)
+    if (options.signal?.aborted) {
       throw new InternVLError('ABORTED', 'the request was aborted before it started');
-    const { request, config, imageTokens } = await this.#prepareRequest(turns, gen, sessionId);
+    }
+    const prepared = await this.#prepareRequest(turns, gen, sessionId);
+    return this.#generate(prepared, options.signal, onChunk);
+  }
+
+  /**
+   * Continues `prompt` as given, without the chat template or images (LMDeploy's completions with
+   * `do_preprocess=False`). Stop strings, end ids, the context guard and streaming are as in `infer`.
+   */
+  async complete(
+    prompt: string,
+    gen?: GenerationConfigInput,
+    options: RunOptions & { onChunk?: (chunk: StreamChunk) => void } = {},
+  ): Promise<Response> {
+    const config = this.#resolveConfig(gen);
+    if (prompt.length === 0) throw new InternVLError('BAD_INPUT', 'prompt must not be empty');
+    const inputIds = this.tokenizer.encode(prompt);
+    const imageContext = this.tokenizer.tokenToId('<IMG_CONTEXT>');
+    if (imageContext !== undefined && inputIds.includes(imageContext)) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        'prompt contains <IMG_CONTEXT>, which only image features may fill',
+      );
+    }
+    if (inputIds.length === 0) throw new InternVLError('BAD_INPUT', 'prompt encodes to no tokens');
+    this.#checkContext(inputIds.length, 0, config.maxNewTokens);
+    if (options.signal?.aborted) {
+      throw new InternVLError('ABORTED', 'the request was aborted before it started');
+    }
+    const request = this.#request(inputIds, [], config);
+    return this.#generate({ request, config, imageTokens: 0 }, options.signal, options.onChunk);
+  }
+
+  #resolveConfig(gen: GenerationConfigInput | undefined): ResolvedGenerationConfig {
+    return resolveGenerationConfig(gen, {
+      fileConfig: this.generationFile,
+      template: this.template,
+      tokenizer: this.tokenizer,
+    });
+  }
+
+  /** The context guard: prompt + maxNewTokens must fit in sessionLen. */
+  #checkContext(promptTokens: number, imageTokens: number, maxNewTokens: number): void {
+    if (promptTokens + maxNewTokens > this.sessionLen) {
+      throw new InternVLError(
+        'CONTEXT_OVERFLOW',
+        `the prompt has ${promptTokens} tokens (${imageTokens} of them for images) and maxNewTokens is ` +
+          `${maxNewTokens}: ${promptTokens + maxNewTokens} > sessionLen ${this.sessionLen}`,
+      );
+    }
+  }
+
+  #request(
+    inputIds: number[],
+    images: ImageRef[],
+    config: ResolvedGenerationConfig,
+    sessionId?: string,
+  ): GenerateRequest {
+    return {
+      inputIds,
+      images,
+      sessionId,
+      sampling: {
+        temperature: config.temperature,
+        topK: config.topK,
+        topP: config.topP,
+        minP: config.minP,
+        repetitionPenalty: config.repetitionPenalty,
+        logprobs: config.logprobs,
+        topLogprobs: config.topLogprobs,
+        seed: config.seed,
+      },
+      maxNewTokens: config.maxNewTokens,
+      endTokenIds: config.endTokenIds,
+    };
+  }
+
+  /** Runs a prepared request in the engine, turning its tokens into text (stop strings, streaming). */
+  async #generate(
+    { request, config, imageTokens }: PreparedRequest,
+    userSignal: AbortSignal | undefined,
+    onChunk?: (chunk: StreamChunk) => void,
+  ): Promise<Response> {
     const decoder = new StreamDecoder(this.tokenizer, { skipSpecialTokens: config.skipSpecialTokens });
     const stops = new StopStringMatcher(config.stop);
     const end = new Set(config.endTokenIds);
     const stopped = new AbortController();
-    const signal = options.signal ? AbortSignal.any([options.signal, stopped.signal]) : stopped.signal;
+    const signal = userSignal ? AbortSignal.any([userSignal, stopped.signal]) : stopped.signal;
     const tokenIds: number[] = [];
     const logprobs: TokenLogprobInfo[] = [];
     let text = '';

@@ -37,7 +37,6 @@ import {
   prepareMessages,
   sumUsage,
 } from './openai.js';
-import { generateRaw } from './raw-completion.js';
 
 export interface ServerOptions {
   /** The id in /v1/models and the `model` requests must name; default the model path's last part. */
@@ -471,7 +470,7 @@ export class InternVLServer {
       configs.map(
         (g, i): Choice => ({
           index: p * n + i,
-          run: (s, onChunk) => generateRaw(this.pipeline, prompt, g, { signal: s, onChunk }),
+          run: (s, onChunk) => this.pipeline.complete(prompt, g, { signal: s, onChunk }),
         }),
       ),
     );

@@ -4,7 +4,7 @@
  * (undefined where an input needs none: integer indices, constants, frozen weights).
  */
 import { InternVLError } from '../errors.js';
-import type { GraphBuilder, OnnxNode } from '../onnx/graph.js';
+import { type GraphBuilder, intAttribute, intsAttribute, type OnnxNode } from '../onnx/graph.js';
 import { normalizeAxis, type Shape, sliceBounds } from './shapes.js';
 
 export interface GradContext {
@@ -28,22 +28,6 @@ export type GradRule = (
   outGrads: string[],
   needs: boolean[],
 ) => (string | undefined)[];
-
-function attrInt(node: OnnxNode, name: string, fallback: number): number {
-  const v = node.attributes[name];
-  if (v === undefined) return fallback;
-  if (typeof v === 'number') return v;
-  if (typeof v === 'object' && 'int' in v) return v.int;
-  throw new InternVLError('INTERNAL', `${node.name}: attribute ${name} is not an integer`);
-}
-
-function attrInts(node: OnnxNode, name: string): number[] | undefined {
-  const v = node.attributes[name];
-  if (v === undefined) return undefined;
-  if (Array.isArray(v)) return v;
-  if (typeof v === 'object' && 'ints' in v) return v.ints;
-  throw new InternVLError('INTERNAL', `${node.name}: attribute ${name} is not a list of integers`);
-}
 
 const shapeOfOutput = (ctx: GradContext, node: OnnxNode, i = 0) => ctx.shape(node.outputs[i]);
 const shapeOfInput = (ctx: GradContext, node: OnnxNode, i: number) => ctx.shape(node.inputs[i]);
@@ -150,14 +134,14 @@ export const GRAD_RULES: Record<string, GradRule> = {
   Softmax: (ctx, n, [dy]) => {
     const g = ctx.g;
     const y = n.outputs[0];
-    const axis = attrInt(n, 'axis', -1);
+    const axis = intAttribute(n, 'axis', -1);
     const dot = g.op('ReduceSum', [g.mul(dy, y), g.constI64([axis])], { keepdims: { int: 1 } });
     return [g.mul(y, g.sub(dy, dot))];
   },
   LogSoftmax: (ctx, n, [dy]) => {
     const g = ctx.g;
     const y = n.outputs[0];
-    const axis = attrInt(n, 'axis', -1);
+    const axis = intAttribute(n, 'axis', -1);
     const total = g.op('ReduceSum', [dy, g.constI64([axis])], { keepdims: { int: 1 } });
     return [g.sub(dy, g.mul(g.op('Exp', [y]), total))];
   },
@@ -192,7 +176,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
   },
   Transpose: (ctx, n, [dy]) => {
     const rank = ctx.shape(n.inputs[0]).length;
-    const perm = attrInts(n, 'perm') ?? Array.from({ length: rank }, (_, i) => rank - 1 - i);
+    const perm = intsAttribute(n, 'perm') ?? Array.from({ length: rank }, (_, i) => rank - 1 - i);
     const inverse = new Array<number>(rank);
     perm.forEach((p, i) => {
       inverse[p] = i;
@@ -205,7 +189,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
   Expand: (ctx, n, [dy]) => [ctx.unbroadcast(dy, shapeOfInput(ctx, n, 0), shapeOfOutput(ctx, n)), undefined],
   Gather: (ctx, n, [dy]) => {
     const sx = shapeOfInput(ctx, n, 0);
-    if (normalizeAxis(attrInt(n, 'axis', 0), sx.length) !== 0) {
+    if (normalizeAxis(intAttribute(n, 'axis', 0), sx.length) !== 0) {
       throw new InternVLError('UNSUPPORTED', `${n.name}: Gather gradient is implemented for axis 0 only`);
     }
     const g = ctx.g;
@@ -214,7 +198,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
     return [g.op('ScatterND', [ctx.zeros(sx), indices, dy], { reduction: 'add' }), undefined];
   },
   GatherElements: (ctx, n, [dy]) => {
-    const axis = attrInt(n, 'axis', 0);
+    const axis = intAttribute(n, 'axis', 0);
     return [
       ctx.g.op('ScatterElements', [ctx.zeros(shapeOfInput(ctx, n, 0)), n.inputs[1], dy], {
         axis: { int: axis },
@@ -258,7 +242,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
   },
   Concat: (ctx, n, [dy], needs) => {
     const rank = shapeOfOutput(ctx, n).length;
-    const axis = normalizeAxis(attrInt(n, 'axis', 0), rank);
+    const axis = normalizeAxis(intAttribute(n, 'axis', 0), rank);
     const sizes = n.inputs.map((i) => ctx.shape(i)[axis]);
     const parts = ctx.g.node(
       'Split',
@@ -270,7 +254,7 @@ export const GRAD_RULES: Record<string, GradRule> = {
   },
   Split: (ctx, n, outGrads) => {
     const rank = shapeOfInput(ctx, n, 0).length;
-    const axis = normalizeAxis(attrInt(n, 'axis', 0), rank);
+    const axis = normalizeAxis(intAttribute(n, 'axis', 0), rank);
     return [ctx.g.concat(outGrads, axis), undefined];
   },
   ReduceSum: (ctx, n, [dy]) => [reduceGrad(ctx, n, dy, false), undefined],

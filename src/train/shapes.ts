@@ -4,25 +4,9 @@
  * to undo broadcasting and to rebuild the shapes of reshaped or sliced values.
  */
 import { InternVLError } from '../errors.js';
-import type { AttributeValue, Graph, Initializer, OnnxNode } from '../onnx/graph.js';
+import { type Graph, type Initializer, intAttribute, intsAttribute, type OnnxNode } from '../onnx/graph.js';
 
 export type Shape = number[];
-
-function attrInt(node: OnnxNode, name: string, fallback: number): number {
-  const v: AttributeValue | undefined = node.attributes[name];
-  if (v === undefined) return fallback;
-  if (typeof v === 'number') return v;
-  if (typeof v === 'object' && 'int' in v) return v.int;
-  throw new InternVLError('INTERNAL', `${node.name}: attribute ${name} is not an integer`);
-}
-
-function attrInts(node: OnnxNode, name: string): number[] | undefined {
-  const v = node.attributes[name];
-  if (v === undefined) return undefined;
-  if (Array.isArray(v)) return v;
-  if (typeof v === 'object' && 'ints' in v) return v.ints;
-  throw new InternVLError('INTERNAL', `${node.name}: attribute ${name} is not a list of integers`);
-}
 
 export function normalizeAxis(axis: number, rank: number): number {
   return axis < 0 ? axis + rank : axis;
@@ -132,7 +116,7 @@ export function inferNode(node: OnnxNode, shapes: Map<string, Shape>, consts: Ma
       return;
     }
     case 'Transpose': {
-      const perm = attrInts(node, 'perm') ?? x.map((_, i) => x.length - 1 - i);
+      const perm = intsAttribute(node, 'perm') ?? x.map((_, i) => x.length - 1 - i);
       set(
         0,
         perm.map((p) => x[p]),
@@ -171,7 +155,7 @@ export function inferNode(node: OnnxNode, shapes: Map<string, Shape>, consts: Ma
       return;
     }
     case 'Gather': {
-      const axis = normalizeAxis(attrInt(node, 'axis', 0), x.length);
+      const axis = normalizeAxis(intAttribute(node, 'axis', 0), x.length);
       const idx = ins[1] as Shape;
       set(0, [...x.slice(0, axis), ...idx, ...x.slice(axis + 1)]);
       return;
@@ -205,14 +189,14 @@ export function inferNode(node: OnnxNode, shapes: Map<string, Shape>, consts: Ma
       return;
     }
     case 'Concat': {
-      const axis = normalizeAxis(attrInt(node, 'axis', 0), x.length);
+      const axis = normalizeAxis(intAttribute(node, 'axis', 0), x.length);
       const out = [...x];
       out[axis] = (ins as Shape[]).reduce((a, s) => a + s[axis], 0);
       set(0, out);
       return;
     }
     case 'Split': {
-      const axis = normalizeAxis(attrInt(node, 'axis', 0), x.length);
+      const axis = normalizeAxis(intAttribute(node, 'axis', 0), x.length);
       const sizes = node.inputs[1]
         ? constOf(consts, node.inputs[1], node)
         : node.outputs.map(() => x[axis] / node.outputs.length);
@@ -226,7 +210,7 @@ export function inferNode(node: OnnxNode, shapes: Map<string, Shape>, consts: Ma
     case 'ReduceSum':
     case 'ReduceMean':
     case 'ReduceMax': {
-      const keep = attrInt(node, 'keepdims', 1) === 1;
+      const keep = intAttribute(node, 'keepdims', 1) === 1;
       const axes = node.inputs[1]
         ? constOf(consts, node.inputs[1], node).map((a) => normalizeAxis(a, x.length))
         : x.map((_, i) => i);
