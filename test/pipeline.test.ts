@@ -229,3 +229,35 @@ describe('weight precision', () => {
     }
   });
 });
+
+describe('progress', () => {
+  test('onProgress reports loading the engine and encoding a new image tile by tile', async () => {
+    const events: { label: string; done: number; total: number | undefined }[] = [];
+    const p = await pipeline(goldenModelDir('tiny-internvl2_5-vit6b-qwen2'), {
+      cacheDir,
+      threads: 1,
+      maxTiles: 2,
+      onProgress: (e) => events.push(e),
+    });
+    try {
+      const loading = events.filter((e) => e.label === 'loading model');
+      assert.deepEqual(
+        loading.map((e) => [e.done, e.total]),
+        [
+          [0, 2],
+          [1, 2],
+          [2, 2],
+        ],
+      );
+      await p.infer({ prompt: 'x', images: [IMAGE] }, { maxNewTokens: 1 });
+      const encoding = events.filter((e) => e.label === 'encoding tiles');
+      assert.deepEqual(
+        encoding.map((e) => e.done),
+        [1, 2, 3],
+      );
+      assert.ok(encoding.every((e) => e.total === 3));
+    } finally {
+      await p.close();
+    }
+  });
+});

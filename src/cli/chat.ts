@@ -6,7 +6,7 @@ import { statSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { createInterface, type Interface } from 'node:readline';
 import { InternVLError } from '../errors.js';
-import { createProgressBar } from '../io/progress.js';
+import { createTaskProgress } from '../io/progress.js';
 import type { PromptInput } from '../pipeline/conversation.js';
 import { type GenerationConfigInput, parseGenerationConfigInput } from '../pipeline/generation-config.js';
 import {
@@ -361,7 +361,7 @@ export async function chatCommand(argv: string[]): Promise<number> {
     pipe = await pipeline(args.model, {
       maxTiles: args.maxTiles,
       ...args.precision,
-      hub: { onProgress: createProgressBar(process.stderr) },
+      onProgress: createTaskProgress(process.stderr),
     });
     return args.prompt !== undefined ? await answerOnce(pipe, args, args.prompt) : await repl(pipe, args);
   } catch (err) {

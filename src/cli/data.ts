@@ -23,6 +23,7 @@ import {
   writePackShard,
 } from '../data/shards.js';
 import { InternVLError } from '../errors.js';
+import { createTaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import type { LossReduction } from '../text/training.js';
 
@@ -66,27 +67,10 @@ function numberOption(value: string | undefined, name: string, fallback: number)
   return n;
 }
 
-/** A one-line counter on stderr, drawn only when stderr is a terminal. */
-function progressLine(io: DataIo, label: string): { update(done: number, total: number): void; end(): void } {
-  const stream = io.stderr;
-  let last = 0;
-  let drawn = false;
-  return {
-    update(done, total) {
-      if (!stream.isTTY) return;
-      const now = Date.now();
-      if (done < total && now - last < 100) return;
-      last = now;
-      drawn = true;
-      const width = 24;
-      const filled = total > 0 ? Math.round((done / total) * width) : width;
-      stream.write(`\r${label} [${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${done}/${total}\x1b[K`);
-    },
-    end() {
-      if (drawn) stream.write('\n');
-      drawn = false;
-    },
-  };
+/** A one-line counter on stderr, drawn only when stderr is a terminal; the line ends when done. */
+function progressLine(io: DataIo, label: string): (done: number, total: number) => void {
+  const draw = createTaskProgress(io.stderr);
+  return (done, total) => draw({ label, done, total });
 }
 
 function reportIssues(io: DataIo, issues: readonly DataIssue[]): void {
@@ -167,13 +151,12 @@ async function statsCommand(args: string[], io: DataIo): Promise<number> {
       let tokens = 0;
       let tiles = 0;
       for (const [i, sample] of samples.entries()) {
-        bar.update(i + 1, samples.length);
+        bar(i + 1, samples.length);
         if (counts[i] === 0) continue;
         const prepared = await prepareSample(sample, dataset, rng, prepare);
         tokens += prepared.inputIds.length * counts[i];
         tiles += prepared.numPatches.reduce((a, b) => a + b, 0) * counts[i];
       }
-      bar.end();
       stats.tokens = tokens;
       stats.tiles = tiles;
       total.tokens = (total.tokens ?? 0) + tokens;
@@ -238,10 +221,9 @@ async function filterCommand(args: string[], io: DataIo): Promise<number> {
       minRepetitionScore: numberOption(values['min-repetition-score'], 'min-repetition-score', 3),
       concurrency: intOption(values.concurrency, 'concurrency', 4, 1),
       strict: values.strict,
-      onProgress: (done, total) => bar.update(done, total),
+      onProgress: bar,
     });
   } finally {
-    bar.end();
   }
   if (values.json) {
     io.stdout.write(`${JSON.stringify({ datasets: report.datasets, outMeta: report.outMeta })}\n`);
@@ -351,7 +333,7 @@ async function packCommand(args: string[], io: DataIo): Promise<number> {
     )) {
       const sample = queues[d][cursors[d]++];
       const dataset: DatasetSpec = meta.datasets[d];
-      bar.update(++processed, totalSamples);
+      bar(++processed, totalSamples);
       let item: ShardItem;
       try {
         item = toShardItem(await prepareSample(sample, dataset, prepareRng, prepare), dataset);
@@ -371,7 +353,6 @@ async function packCommand(args: string[], io: DataIo): Promise<number> {
     pending.push(...packer.flush());
     await writeShards(true);
   } finally {
-    bar.end();
   }
 
   const index = {

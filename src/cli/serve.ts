@@ -1,6 +1,6 @@
 /** `internvl serve`: the OpenAI-compatible server on a model, until SIGINT/SIGTERM. */
 import { InternVLError } from '../errors.js';
-import { createProgressBar } from '../io/progress.js';
+import { createTaskProgress } from '../io/progress.js';
 import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
 import { createServer, defaultModelName, type ServerOptions } from '../server/server.js';
 import {
@@ -114,7 +114,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   try {
     const pipe = await pipeline(args.model, {
       ...args.pipeline,
-      hub: { onProgress: createProgressBar(process.stderr) },
+      onProgress: createTaskProgress(process.stderr),
     });
     const server = await createServer(pipe, {
       ...args.options,

@@ -8,7 +8,7 @@ import { Checkpoint } from '../io/safetensors.js';
 import type { WeightSource } from '../models/weights.js';
 import type { SampledToken } from '../pipeline/sampler.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
-import { type GenerateRequest, type GenerateResult, Generator } from './generate.js';
+import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';
 import {
@@ -71,7 +71,15 @@ export class EngineCore {
 
   private readonly generator: Generator;
 
-  static async load(dir: string, options: EngineOptions = {}): Promise<EngineCore> {
+  /**
+   * Loads a checkpoint folder. `onProgress(done, total)` counts the components loaded (vision encoder,
+   * language model); the first load of a checkpoint builds their graphs, which takes a while.
+   */
+  static async load(
+    dir: string,
+    options: EngineOptions = {},
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<EngineCore> {
     const { vitDtype, ...precision } = resolvePrecision(options);
     const config = await loadModelConfig(dir);
     const checkpoint = await Checkpoint.open(dir);
@@ -83,12 +91,14 @@ export class EngineCore {
         cacheDir === false
           ? undefined
           : { dir: cacheDir, key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }) };
+      onProgress?.(0, 2);
       const visionDims = visionDimsFromConfig(config);
       const vision = await VisionEncoder.create(visionDims, weights, {
         threads,
         vitDtype,
         cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype)),
       });
+      onProgress?.(1, 2);
       const decoderDims = decoderDimsFromConfig(config);
       const decoder = await DecoderRunner.create(decoderDims, weights, {
         threads,
@@ -97,6 +107,7 @@ export class EngineCore {
         prefillCache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
       });
       const imgContextId = await imageContextTokenId(dir);
+      onProgress?.(2, 2);
       return new EngineCore(config, checkpoint, vision, decoder, imgContextId);
     } catch (err) {
       await checkpoint.close();
@@ -141,13 +152,13 @@ export class EngineCore {
     return generateGreedy(this.decoder, embeds, inputIds.length, maxNewTokens);
   }
 
-  /** Generates one continuation (see generate.ts); `onToken` sees each token as it is chosen. */
+  /** Generates one continuation (see generate.ts); `onEvent` sees each token and encoding progress. */
   generate(
     request: GenerateRequest,
     callId: number,
-    onToken: (token: SampledToken) => void,
+    onEvent: (event: GenerateEvent) => void,
   ): Promise<GenerateResult> {
-    return this.generator.generate(request, callId, onToken);
+    return this.generator.generate(request, callId, onEvent);
   }
 
   abort(callId: number): void {

@@ -34,6 +34,11 @@ export interface GenerateRequest {
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
+/** What a generate call reports while it runs: each chosen token, and vision-encoding progress. */
+export type GenerateEvent =
+  | { type: 'token'; token: SampledToken }
+  | { type: 'encode'; done: number; total: number };
+
 export interface GenerateStats {
   promptTokens: number;
   /** Prompt tokens whose KV came from the session's earlier turns. */
@@ -134,6 +139,8 @@ class Job {
   tileIndex = 0;
   tileFeatures: Float32Array[] = [];
   encodedTiles = 0;
+  /** Tiles this call must encode (images not cached and not in the reused prefix). */
+  tilesToEncode = 0;
   embeds: Float32Array | undefined;
   history: number[];
   cached: number[];
@@ -145,7 +152,7 @@ class Job {
   constructor(
     readonly request: GenerateRequest,
     readonly callId: number,
-    readonly onToken: (token: SampledToken) => void,
+    readonly onEvent: (event: GenerateEvent) => void,
     readonly resolve: (r: GenerateResult) => void,
     readonly reject: (e: unknown) => void,
     vocabSize: number,
@@ -191,12 +198,12 @@ export class Generator {
   generate(
     request: GenerateRequest,
     callId: number,
-    onToken: (token: SampledToken) => void,
+    onEvent: (event: GenerateEvent) => void,
   ): Promise<GenerateResult> {
     return new Promise((resolve, reject) => {
       try {
         this.#validate(request);
-        this.#jobs.push(new Job(request, callId, onToken, resolve, reject, this.deps.decoder.dims.vocabSize));
+        this.#jobs.push(new Job(request, callId, onEvent, resolve, reject, this.deps.decoder.dims.vocabSize));
       } catch (err) {
         reject(err);
         return;
@@ -307,11 +314,21 @@ export class Generator {
       start = end;
       return needed ? (this.features.get(image.key) ?? undefined) : new Float32Array(0);
     });
+    const pending = new Map<string, number>();
+    job.request.images.forEach((image, i) => {
+      if (job.features[i] === undefined) pending.set(image.key, image.numTiles);
+    });
+    job.tilesToEncode = [...pending.values()].reduce((a, b) => a + b, 0);
   }
 
   /** Encodes one tile of the next image that still lacks features; false when none is left. */
   async #encodeNextTile(job: Job): Promise<boolean> {
-    while (job.imageIndex < job.request.images.length && job.features[job.imageIndex] !== undefined) {
+    const images = job.request.images;
+    // An image repeated in one request is encoded once: later copies find the first in the cache.
+    while (
+      job.imageIndex < images.length &&
+      (job.features[job.imageIndex] ??= this.features.get(images[job.imageIndex].key)) !== undefined
+    ) {
       job.imageIndex++;
     }
     if (job.imageIndex >= job.request.images.length) return false;
@@ -323,6 +340,7 @@ export class Generator {
     const tile = image.pixelValues.subarray(job.tileIndex * size, (job.tileIndex + 1) * size);
     job.tileFeatures.push(await this.deps.encode(tile, 1));
     job.encodedTiles++;
+    job.onEvent({ type: 'encode', done: job.encodedTiles, total: job.tilesToEncode });
     job.tileIndex++;
     if (job.tileIndex === image.numTiles) {
       const rows = this.deps.tokensPerTile * this.deps.decoder.dims.hiddenSize;
@@ -389,7 +407,7 @@ export class Generator {
     }
     job.tokens.push(token);
     job.history.push(token.id);
-    job.onToken(token);
+    job.onEvent({ type: 'token', token });
     if (job.end.has(token.id)) this.#finish(job, 'stop');
     else if (job.tokens.length >= job.request.maxNewTokens) this.#finish(job, 'length');
     else {

@@ -7,10 +7,13 @@ import { InternVLError } from '../errors.js';
 import { resolveModel } from '../io/hub.js';
 import type { SampledToken } from '../pipeline/sampler.js';
 import type { EngineOptions, ImageInput } from './core.js';
-import type { GenerateRequest, GenerateResult } from './generate.js';
+import type { GenerateEvent, GenerateRequest, GenerateResult } from './generate.js';
 import { WorkerClient } from './worker-rpc.js';
 
-export interface LoadOptions extends EngineOptions {}
+export interface LoadOptions extends EngineOptions {
+  /** Components loaded so far (vision encoder, language model); the first load builds their graphs. */
+  onProgress?: (done: number, total: number) => void;
+}
 
 export interface ImageOptions {
   /** Normalised tiles, [numTiles, 3, S, S] float32. */
@@ -45,9 +48,15 @@ export class InternVLModel {
   /** Loads a local checkpoint folder or a hub id (`Org/Name[@revision]`). */
   static async load(dirOrId: string, options: LoadOptions = {}): Promise<InternVLModel> {
     const dir = await resolveModel(dirOrId);
-    const client = new WorkerClient(workerUrl, { dir, options });
+    const { onProgress, ...engineOptions } = options;
+    const client = new WorkerClient(workerUrl, { dir, options: engineOptions });
     try {
-      const { config } = await client.call<{ config: ModelConfig }>('load', []);
+      const { config } = await client.call<{ config: ModelConfig }>('load', [], {
+        onEvent: (e) => {
+          const { done, total } = e as { done: number; total: number };
+          onProgress?.(done, total);
+        },
+      });
       return new InternVLModel(client, config, dir);
     } catch (err) {
       await client.terminate();
@@ -85,16 +94,25 @@ export class InternVLModel {
 
   /**
    * Generates a continuation of `request.inputIds` in the engine thread. `onToken` sees each token as
-   * it is chosen; aborting `signal` stops generation before the next decode step (finishReason 'abort').
+   * it is chosen and `onEncode` the vision encoder's progress over the request's new tiles; aborting
+   * `signal` stops generation before the next step (finishReason 'abort').
    */
   async generate(
     request: GenerateRequest,
-    options: { onToken?: (token: SampledToken) => void; signal?: AbortSignal } = {},
+    options: {
+      onToken?: (token: SampledToken) => void;
+      onEncode?: (done: number, total: number) => void;
+      signal?: AbortSignal;
+    } = {},
   ): Promise<GenerateResult> {
     if (this.closed) throw new InternVLError('BAD_INPUT', 'the model is closed');
-    const { signal, onToken } = options;
+    const { signal, onToken, onEncode } = options;
     const call = this.client.start<GenerateResult>('generate', [request], {
-      onEvent: onToken ? (e) => onToken(e as SampledToken) : undefined,
+      onEvent: (e) => {
+        const event = e as GenerateEvent;
+        if (event.type === 'token') onToken?.(event.token);
+        else onEncode?.(event.done, event.total);
+      },
     });
     const abort = () => void this.client.call('abort', [call.id]).catch(() => {});
     if (signal?.aborted) abort();

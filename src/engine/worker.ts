@@ -16,8 +16,8 @@ if (!parentPort) throw new Error('engine worker started outside a worker thread'
 serveCalls(
   parentPort,
   (emit) => ({
-    load: async () => {
-      core = await EngineCore.load(dir, options);
+    load: async (callId) => {
+      core = await EngineCore.load(dir, options, (done, total) => emit(callId as number, { done, total }));
       return { config: core.config };
     },
     encodeImages: (pixelValues, numTiles) =>

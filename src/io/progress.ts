@@ -7,6 +7,14 @@ export interface DownloadProgress {
 
 export type ProgressCallback = (progress: DownloadProgress) => void;
 
+/** One step of a long task: `done` of `total` units (`bytes` formats them as sizes). */
+export interface TaskProgress {
+  label: string;
+  done: number;
+  total: number | undefined;
+  bytes?: boolean;
+}
+
 /** 1536 -> "1.5 KiB". */
 export function formatBytes(bytes: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -19,14 +27,20 @@ export function formatBytes(bytes: number): string {
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
-/** One line of text for a progress state, `width` columns for the bar. */
-export function formatProgressLine(p: DownloadProgress, width = 24): string {
-  if (p.total === undefined || p.total <= 0) return `${p.file} ${formatBytes(p.downloaded)}`;
-  const fraction = Math.min(1, p.downloaded / p.total);
+/** One line of text for a task's progress, `width` columns for the bar. */
+export function formatTaskLine(p: TaskProgress, width = 24): string {
+  const amount = (n: number) => (p.bytes ? formatBytes(n) : String(n));
+  if (p.total === undefined || p.total <= 0) return `${p.label} ${amount(p.done)}`;
+  const fraction = Math.min(1, p.done / p.total);
   const filled = Math.round(fraction * width);
   const bar = '#'.repeat(filled) + '-'.repeat(width - filled);
   const percent = `${Math.floor(fraction * 100)}`.padStart(3);
-  return `${p.file} ${percent}% [${bar}] ${formatBytes(p.downloaded)} / ${formatBytes(p.total)}`;
+  return `${p.label} ${percent}% [${bar}] ${amount(p.done)} / ${amount(p.total)}`;
+}
+
+/** One line of text for a download's progress. */
+export function formatProgressLine(p: DownloadProgress, width = 24): string {
+  return formatTaskLine({ label: p.file, done: p.downloaded, total: p.total, bytes: true }, width);
 }
 
 interface ProgressStream {
@@ -37,27 +51,36 @@ interface ProgressStream {
 
 /**
  * A progress callback that redraws one line on `stream` (stderr by default), at most every
- * `intervalMs`, and ends the line when a file completes. Draws nothing when the stream is not a TTY.
+ * `intervalMs`, and ends the line when a task completes. Draws nothing when the stream is not a TTY.
  */
+export function createTaskProgress(
+  stream: ProgressStream = process.stderr,
+  intervalMs = 100,
+): (progress: TaskProgress) => void {
+  let lastDraw = 0;
+  let lastLabel: string | undefined;
+  return (p) => {
+    if (!stream.isTTY) return;
+    const done = p.total !== undefined && p.done >= p.total;
+    const now = Date.now();
+    if (!done && p.label === lastLabel && now - lastDraw < intervalMs) return;
+    if (lastLabel !== undefined && p.label !== lastLabel) stream.write('\n');
+    lastDraw = now;
+    lastLabel = p.label;
+    const columns = stream.columns ?? 80;
+    stream.write(`\r${formatTaskLine(p).slice(0, Math.max(10, columns - 1))}\x1b[K`);
+    if (done) {
+      stream.write('\n');
+      lastLabel = undefined;
+    }
+  };
+}
+
+/** A download progress callback drawing on `stream` (see createTaskProgress). */
 export function createProgressBar(
   stream: ProgressStream = process.stderr,
   intervalMs = 100,
 ): ProgressCallback {
-  let lastDraw = 0;
-  let lastFile: string | undefined;
-  return (p) => {
-    if (!stream.isTTY) return;
-    const done = p.total !== undefined && p.downloaded >= p.total;
-    const now = Date.now();
-    if (!done && p.file === lastFile && now - lastDraw < intervalMs) return;
-    if (lastFile !== undefined && p.file !== lastFile) stream.write('\n');
-    lastDraw = now;
-    lastFile = p.file;
-    const columns = stream.columns ?? 80;
-    stream.write(`\r${formatProgressLine(p).slice(0, Math.max(10, columns - 1))}\x1b[K`);
-    if (done) {
-      stream.write('\n');
-      lastFile = undefined;
-    }
-  };
+  const draw = createTaskProgress(stream, intervalMs);
+  return (p) => draw({ label: p.file, done: p.downloaded, total: p.total, bytes: true });
 }

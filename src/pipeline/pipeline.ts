@@ -13,6 +13,7 @@ import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
 import { type ResolveModelOptions, resolveModel } from '../io/hub.js';
 import { loadImage } from '../io/image.js';
+import type { TaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { loadVideo } from '../io/video.js';
 import type { RgbImage } from '../preprocess/image.js';
@@ -65,8 +66,13 @@ export interface PipelineOptions {
   threads?: number;
   /** Where built graphs are cached (see InternVLModel.load). */
   cacheDir?: string | false;
-  /** Hub download options (revision, token, offline, progress). */
+  /** Hub download options (revision, token, offline). */
   hub?: ResolveModelOptions;
+  /**
+   * Progress of long steps: file downloads (`bytes`), loading the engine (its first load converts the
+   * checkpoint), and encoding image tiles for a request. `createTaskProgress()` draws it on stderr.
+   */
+  onProgress?: (progress: TaskProgress) => void;
 }
 
 export interface TokenLogprobInfo {
@@ -223,7 +229,13 @@ export class Pipeline {
   ) {}
 
   static async create(model: string = DEFAULT_MODEL, options: PipelineOptions = {}): Promise<Pipeline> {
-    const dir = await resolveModel(model, options.hub);
+    const progress = options.onProgress;
+    const dir = await resolveModel(model, {
+      ...options.hub,
+      onProgress:
+        options.hub?.onProgress ??
+        (progress && ((p) => progress({ label: p.file, done: p.downloaded, total: p.total, bytes: true }))),
+    });
     const tokenizer = await loadTokenizer(dir);
     const generationFile = await loadGenerationConfig(dir);
     const {
@@ -247,6 +259,7 @@ export class Pipeline {
       accuracyLevel,
       threads,
       cacheDir,
+      onProgress: progress && ((done, total) => progress({ label: 'loading model', done, total })),
     });
     try {
       const config = engine.config;
@@ -577,7 +590,10 @@ export class Pipeline {
       emit(piece, [token.id], info);
       if (hit) stopped.abort();
     };
-    const result = await this.model.generate(request, { onToken, signal });
+    const progress = this.options.onProgress;
+    const onEncode =
+      progress && ((done: number, total: number) => progress({ label: 'encoding tiles', done, total }));
+    const result = await this.model.generate(request, { onToken, onEncode, signal });
     let finishReason: FinishReason = result.finishReason;
     if (stops.stopped) finishReason = 'stop';
     else if (finishReason !== 'stop') emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
