@@ -6,7 +6,6 @@ import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/mod
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import type { WeightSource } from '../models/weights.js';
-import type { SampledToken } from '../pipeline/sampler.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';

@@ -116,6 +116,25 @@ export interface SchedulerState {
   running: number;
 }
 
+/**
+ * Resolves after pending I/O and messages have run: setImmediate in Node; in a browser a
+ * MessageChannel message (a zero-delay setTimeout would be clamped to 4 ms per step).
+ */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (typeof setImmediate === 'function') {
+      setImmediate(resolve);
+      return;
+    }
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
+}
+
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
   const n = Math.min(a.length, b.length);
   let i = 0;
@@ -259,7 +278,7 @@ export class Generator {
         }
         if (this.deps.decoder.batch.length > 0) await this.#decodeStep();
         // Let abort messages and new requests in between steps.
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await yieldToEventLoop();
       }
     } finally {
       this.#running = false;
@@ -325,11 +344,10 @@ export class Generator {
   async #encodeNextTile(job: Job): Promise<boolean> {
     const images = job.request.images;
     // An image repeated in one request is encoded once: later copies find the first in the cache.
-    while (
-      job.imageIndex < images.length &&
-      (job.features[job.imageIndex] ??= this.features.get(images[job.imageIndex].key)) !== undefined
-    ) {
-      job.imageIndex++;
+    for (; job.imageIndex < images.length; job.imageIndex++) {
+      const i = job.imageIndex;
+      job.features[i] ??= this.features.get(images[i].key);
+      if (job.features[i] === undefined) break;
     }
     if (job.imageIndex >= job.request.images.length) return false;
     const image = job.request.images[job.imageIndex];
