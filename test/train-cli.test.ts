@@ -1,69 +1,26 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { dataCommand } from '../src/cli/data.js';
 import { trainCommand } from '../src/cli/train.js';
+import { memoryIo } from './data-fixture.js';
 import { goldenModelDir } from './helpers.js';
+import { packTextDataset, readTrainLog } from './train-fixture.js';
 
 const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
-
-function memoryIo() {
-  let out = '';
-  let err = '';
-  return {
-    io: { stdout: { write: (t: string) => (out += t) }, stderr: { write: (t: string) => (err += t) } },
-    stdout: () => out,
-    stderr: () => err,
-  };
-}
-
-interface LogLine {
-  step: number;
-  loss: number;
-  lr: number;
-}
-
-async function readLog(dir: string): Promise<LogLine[]> {
-  const text = await readFile(path.join(dir, 'train_log.jsonl'), 'utf8');
-  return text
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as LogLine);
-}
 
 describe('internvl train', () => {
   let dir: string;
   let shards: string;
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-train-cli-'));
-    await mkdir(path.join(dir, 'data'));
-    const pairs = [
+    shards = await packTextDataset(dir, MODEL, [
       ['Say hello.', 'Hello!'],
       ['Name a colour.', 'Blue.'],
       ['2+2?', '4.'],
       ['Greet me.', 'Hi there!'],
-    ];
-    const lines = pairs.map(([q, a]) =>
-      JSON.stringify({
-        conversations: [
-          { from: 'human', value: q },
-          { from: 'gpt', value: a },
-        ],
-      }),
-    );
-    await writeFile(path.join(dir, 'data/text.jsonl'), `${lines.join('\n')}\n`);
-    const meta = path.join(dir, 'meta.json');
-    await writeFile(
-      meta,
-      JSON.stringify({ text: { root: '', annotation: 'data/text.jsonl', repeat_time: 1, length: 4 } }),
-    );
-    shards = path.join(dir, 'shards');
-    const { io, stderr } = memoryIo();
-    // Packs of at most 400 tokens: one sample each (the system prompt alone is ~170 tokens).
-    const code = await dataCommand(['pack', meta, '--model', MODEL, '--out', shards, '--max-len', '400'], io);
-    assert.equal(code, 0, stderr());
+    ]);
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -91,7 +48,7 @@ describe('internvl train', () => {
       0,
       stderr(),
     );
-    const log = await readLog(out);
+    const log = await readTrainLog(out);
     assert.deepEqual(
       log.map((l) => l.step),
       Array.from({ length: 40 }, (_, i) => i + 1),
@@ -114,10 +71,10 @@ describe('internvl train', () => {
       0,
       quiet.stderr(),
     );
-    assert.equal((await readLog(resumed)).length, 3);
+    assert.equal((await readTrainLog(resumed)).length, 3);
     assert.equal(await trainCommand([...common, '--out', resumed, '--resume'], quiet.io), 0, quiet.stderr());
-    const a = await readLog(straight);
-    const b = await readLog(resumed);
+    const a = await readTrainLog(straight);
+    const b = await readTrainLog(resumed);
     assert.deepEqual(
       b.map((l) => [l.step, l.loss, l.lr]),
       a.map((l) => [l.step, l.loss, l.lr]),

@@ -8,19 +8,10 @@ import { dataCommand } from '../src/cli/data.js';
 import { trainCommand } from '../src/cli/train.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import { readShardFolder } from '../src/train/shard-batches.js';
+import { memoryIo } from './data-fixture.js';
 import { goldenModelDir } from './helpers.js';
 
 const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
-
-function memoryIo() {
-  let out = '';
-  let err = '';
-  return {
-    io: { stdout: { write: (t: string) => (out += t) }, stderr: { write: (t: string) => (err += t) } },
-    stdout: () => out,
-    stderr: () => err,
-  };
-}
 
 describe('training on image packs (data pack --tiles)', () => {
   let dir: string;

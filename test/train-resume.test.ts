@@ -4,37 +4,13 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { dataCommand } from '../src/cli/data.js';
 import { listCheckpoints, trainCommand } from '../src/cli/train.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { memoryIo } from './data-fixture.js';
 import { goldenModelDir, REPO_ROOT } from './helpers.js';
+import { packTextDataset, readTrainLog } from './train-fixture.js';
 
 const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
-
-function memoryIo() {
-  let out = '';
-  let err = '';
-  return {
-    io: { stdout: { write: (t: string) => (out += t) }, stderr: { write: (t: string) => (err += t) } },
-    stdout: () => out,
-    stderr: () => err,
-  };
-}
-
-interface LogLine {
-  step: number;
-  loss: number;
-  lr: number;
-}
-
-async function readLog(dir: string): Promise<LogLine[]> {
-  const text = await readFile(path.join(dir, 'train_log.jsonl'), 'utf8');
-  return text
-    .trim()
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as LogLine);
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -43,32 +19,13 @@ describe('internvl train: kill, resume, freeze flags', () => {
   let shards: string;
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-train-resume-'));
-    await mkdir(path.join(dir, 'data'));
-    const pairs = [
+    shards = await packTextDataset(dir, MODEL, [
       ['Say hello.', 'Hello!'],
       ['Name a colour.', 'Blue.'],
       ['2+2?', '4.'],
       ['Greet me.', 'Hi there!'],
       ['Count to three.', 'One, two, three.'],
-    ];
-    const lines = pairs.map(([q, a]) =>
-      JSON.stringify({
-        conversations: [
-          { from: 'human', value: q },
-          { from: 'gpt', value: a },
-        ],
-      }),
-    );
-    await writeFile(path.join(dir, 'data/text.jsonl'), `${lines.join('\n')}\n`);
-    const meta = path.join(dir, 'meta.json');
-    await writeFile(
-      meta,
-      JSON.stringify({ text: { root: '', annotation: 'data/text.jsonl', repeat_time: 1 } }),
-    );
-    shards = path.join(dir, 'shards');
-    const { io, stderr } = memoryIo();
-    const code = await dataCommand(['pack', meta, '--model', MODEL, '--out', shards, '--max-len', '400'], io);
-    assert.equal(code, 0, stderr());
+    ]);
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -100,7 +57,7 @@ describe('internvl train: kill, resume, freeze flags', () => {
     }
     child.kill('SIGKILL');
     assert.equal(await exited, 'SIGKILL');
-    const partial = await readLog(killed);
+    const partial = await readTrainLog(killed);
     assert.ok(partial.length < 12, `killed after ${partial.length} steps`);
     const newest = (await listCheckpoints(killed))[0];
     // What a kill during a save would leave: a temporary folder, and (from a non-atomic writer) a
@@ -117,8 +74,8 @@ describe('internvl train: kill, resume, freeze flags', () => {
       0,
       resumed.stderr(),
     );
-    const a = await readLog(straight);
-    const b = await readLog(killed);
+    const a = await readTrainLog(straight);
+    const b = await readTrainLog(killed);
     assert.deepEqual(
       b.map((l) => [l.step, l.loss, l.lr]),
       a.map((l) => [l.step, l.loss, l.lr]),

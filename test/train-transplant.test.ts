@@ -7,20 +7,11 @@ import { transplantVitCommand } from '../src/cli/transplant-vit.js';
 import { InternVLModel } from '../src/engine/model.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import { Trainer } from '../src/train/trainer.js';
+import { memoryIo } from './data-fixture.js';
 import { goldenModelDir } from './helpers.js';
 
 const FROM = goldenModelDir('tiny-internvl2_5-vit6b-qwen2');
 const INTO = goldenModelDir('tiny-internvl2_5-internlm2');
-
-function memoryIo() {
-  let out = '';
-  let err = '';
-  return {
-    io: { stdout: { write: (t: string) => (out += t) }, stderr: { write: (t: string) => (err += t) } },
-    stdout: () => out,
-    stderr: () => err,
-  };
-}
 
 describe('internvl transplant-vit', () => {
   let dir: string;

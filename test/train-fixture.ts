@@ -1,0 +1,55 @@
+import assert from 'node:assert/strict';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { dataCommand } from '../src/cli/data.js';
+import { memoryIo } from './data-fixture.js';
+
+export interface TrainLogLine {
+  step: number;
+  loss: number;
+  lr: number;
+}
+
+/** The JSON lines `internvl train` wrote to DIR/train_log.jsonl. */
+export async function readTrainLog(dir: string): Promise<TrainLogLine[]> {
+  const text = await readFile(path.join(dir, 'train_log.jsonl'), 'utf8');
+  return text
+    .trim()
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as TrainLogLine);
+}
+
+/**
+ * Writes a text-only dataset of question/answer pairs under `dir` and packs it with `internvl data pack`
+ * (packs of at most 400 tokens: one sample each, the system prompt alone being ~170 tokens); returns the
+ * shard folder.
+ */
+export async function packTextDataset(
+  dir: string,
+  model: string,
+  pairs: [string, string][],
+): Promise<string> {
+  await mkdir(path.join(dir, 'data'), { recursive: true });
+  const lines = pairs.map(([q, a]) =>
+    JSON.stringify({
+      conversations: [
+        { from: 'human', value: q },
+        { from: 'gpt', value: a },
+      ],
+    }),
+  );
+  await writeFile(path.join(dir, 'data/text.jsonl'), `${lines.join('\n')}\n`);
+  const meta = path.join(dir, 'meta.json');
+  await writeFile(
+    meta,
+    JSON.stringify({
+      text: { root: '', annotation: 'data/text.jsonl', repeat_time: 1, length: pairs.length },
+    }),
+  );
+  const shards = path.join(dir, 'shards');
+  const { io, stderr } = memoryIo();
+  const code = await dataCommand(['pack', meta, '--model', model, '--out', shards, '--max-len', '400'], io);
+  assert.equal(code, 0, stderr());
+  return shards;
+}
