@@ -10,15 +10,19 @@ import { cachedGraph, defaultGraphCacheDir, writeGraphDir } from '../engine/grap
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { checkWeightDtype } from '../onnx/quantize.js';
+import { convertModelForWeb } from './convert-web.js';
 
 const USAGE = `Usage: internvl convert MODEL [--llm-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
                         [--prefill-dtype fp32|int8|int4] [--lm-head-dtype auto|fp32|int8|int4]
                         [--block-size 32|128] [--accuracy-level 0-4] [--out DIR] [--cache-dir DIR]
+       internvl convert --target web MODEL --out DIR [precision flags]
 
 Builds the vision and decoder graphs of the checkpoint folder MODEL (and a prefill graph when
 --prefill-dtype differs from --llm-dtype). Without --out they go to the graph cache
 (default $INTERNVL_CACHE/graphs or ~/.cache/internvl-ts/graphs), where loading the model with the same
 options finds them; with --out each graph is written to DIR/<role>/model.onnx + weights.bin.
+--target web writes DIR for the browser (onnxruntime-web): the graphs, the token embeddings, the
+config and tokenizer files and internvl-web.json; serve DIR and load it by URL (examples/browser).
 `;
 
 export interface ConvertOptions extends PrecisionOptions {
@@ -109,6 +113,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
       options: {
         ...PRECISION_FLAGS,
         out: { type: 'string' },
+        target: { type: 'string' },
         'cache-dir': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -131,6 +136,23 @@ export async function convertCommand(argv: string[]): Promise<number> {
     return 2;
   }
   const t0 = performance.now();
+  if (values.target !== undefined && values.target !== 'node') {
+    if (values.target !== 'web') {
+      process.stderr.write(`internvl convert: --target must be node or web, got ${values.target}\n`);
+      return 2;
+    }
+    if (!values.out) {
+      process.stderr.write(`internvl convert: --target web needs --out DIR\n${USAGE}`);
+      return 2;
+    }
+    const manifest = await convertModelForWeb(positionals[0], values.out, precisionFromFlags(values));
+    for (const [role, g] of Object.entries(manifest.graphs)) {
+      if (g) process.stdout.write(`${role} (${g.dtype}): ${path.join(values.out, g.model.path)}\n`);
+    }
+    process.stdout.write(`manifest: ${path.join(values.out, 'internvl-web.json')}\n`);
+    process.stderr.write(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+    return 0;
+  }
   const graphs = await convertModel(positionals[0], {
     ...precisionFromFlags(values),
     out: values.out,

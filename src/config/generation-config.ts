@@ -1,9 +1,9 @@
-import path from 'node:path';
 import { z } from 'zod';
 import {
   bool,
   configError,
   expected,
+  joinPath,
   nonNegativeInt,
   nonNegativeNumber,
   positiveInt,
@@ -55,7 +55,7 @@ export function parseGenerationConfig(
 
 /** Reads `<dir>/generation_config.json`; a missing file gives the defaults. */
 export async function loadGenerationConfig(dir: string): Promise<GenerationConfigFile> {
-  const file = path.join(dir, 'generation_config.json');
+  const file = await joinPath(dir, 'generation_config.json');
   const json = await readJsonFile(file, false);
   return parseGenerationConfig(json ?? {}, file);
 }

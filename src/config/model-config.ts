@@ -1,5 +1,3 @@
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { z } from 'zod';
 import { InternVLError } from '../errors.js';
 
@@ -318,8 +316,17 @@ export function llmArchitecture(config: ModelConfig): LlmArchitecture {
 
 /** Reads and validates `<dir>/config.json`. */
 export async function loadModelConfig(dir: string): Promise<ModelConfig> {
-  const file = path.join(dir, 'config.json');
+  const file = await joinPath(dir, 'config.json');
   return parseModelConfig(await readJsonFile(file, true), file);
+}
+
+/**
+ * path.join, loaded on first use: the file readers here run only in Node, while the parsers in this
+ * module are part of the isomorphic core and must load in a browser.
+ */
+export async function joinPath(...parts: string[]): Promise<string> {
+  const { join } = await import('node:path');
+  return join(...parts);
 }
 
 /** Reads a JSON file; a missing file is NOT_FOUND (or undefined when `required` is false). */
@@ -328,6 +335,7 @@ export async function readJsonFile(file: string, required: false): Promise<unkno
 export async function readJsonFile(file: string, required: boolean): Promise<unknown | undefined> {
   let text: string;
   try {
+    const { readFile } = await import('node:fs/promises');
     text = await readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {

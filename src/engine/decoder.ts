@@ -4,12 +4,13 @@
  * rotated keys and values come back as graph outputs and are appended here. Capacity grows in steps,
  * because GroupQueryAttention's cost follows the capacity, not the valid length.
  */
-import * as ort from 'onnxruntime-node';
+
 import { InternVLError } from '../errors.js';
 import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
 import { buildInternLM2Graph, INTERNLM2_EMBEDDING } from '../models/internlm2.js';
 import { buildQwen2Graph, QWEN2_EMBEDDING } from '../models/qwen2.js';
 import type { WeightSource } from '../models/weights.js';
+import * as ort from './ort.js';
 import {
   decoderGraphQuant,
   type LlmPrecisionOptions,
@@ -270,6 +271,30 @@ export class DecoderRunner {
         cache: options.prefillCache,
       });
     }
+    return runner;
+  }
+
+  /**
+   * A runner over sessions already opened on graphs from buildQwen2Graph / buildInternLM2Graph (e.g. in
+   * a browser) and the token-embedding table [vocab, D] (float32, or bf16 bit patterns).
+   */
+  static fromSessions(
+    dims: DecoderDims,
+    sessions: { decoder: ort.InferenceSession; prefill?: ort.InferenceSession },
+    embeddings: Float32Array | Uint16Array,
+    options: DecoderRunnerOptions = {},
+  ): DecoderRunner {
+    checkDims(dims);
+    positiveIntegerOption('prefillChunk', options.prefillChunk, 1);
+    positiveIntegerOption('capacityStep', options.capacityStep, 1);
+    if (embeddings.length === 0 || embeddings.length % dims.hiddenSize !== 0) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        `the token-embedding table holds ${embeddings.length} values, not whole rows of ${dims.hiddenSize}`,
+      );
+    }
+    const runner = new DecoderRunner(dims, sessions.decoder, embeddings, options);
+    runner.#prefillSession = sessions.prefill;
     return runner;
   }
 

@@ -127,8 +127,10 @@ function yieldToEventLoop(): Promise<void> {
       return;
     }
     const channel = new MessageChannel();
-    channel.port1.onmessage = () => {
-      channel.port1.close();
+    // The browser's MessagePort (Node's typings describe worker_threads' EventEmitter port).
+    const port = channel.port1 as unknown as { onmessage: (() => void) | null; close(): void };
+    port.onmessage = () => {
+      port.close();
       resolve();
     };
     channel.port2.postMessage(null);

@@ -1,7 +1,7 @@
 import os from 'node:os';
-import * as ort from 'onnxruntime-node';
 import { type Graph, modelToBytes } from '../onnx/graph.js';
 import { cachedGraph } from './graph-cache.js';
+import * as ort from './ort.js';
 
 export interface SessionOptions {
   /** Intra-op threads; default: the number of cores. */

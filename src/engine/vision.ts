@@ -2,8 +2,7 @@
  * The vision side of the engine: InternViT → drop CLS → pixel shuffle → mlp1 as one ONNX graph,
  * and a runner that encodes image tiles with it.
  */
-import type * as ort from 'onnxruntime-node';
-import { Tensor } from 'onnxruntime-node';
+
 import { imageSize as configImageSize, type ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import {
@@ -23,6 +22,8 @@ import {
 import { checkTensorShapes, type WeightSource } from '../models/weights.js';
 import { type Graph, GraphBuilder } from '../onnx/graph.js';
 import { checkWeightDtype, type WeightDtype } from '../onnx/quantize.js';
+import type * as ort from './ort.js';
+import { Tensor } from './ort.js';
 import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
 export interface VisionDims {
@@ -198,6 +199,19 @@ export class VisionEncoder {
       options,
     );
     return new VisionEncoder(dims, geometry, session, tilesPerRun);
+  }
+
+  /** An encoder over a session already opened on a graph from buildVisionGraph (e.g. in a browser). */
+  static fromSession(
+    dims: VisionDims,
+    session: ort.InferenceSession,
+    options: { imageSize?: number; tilesPerRun?: number } = {},
+  ): VisionEncoder {
+    const tilesPerRun = options.tilesPerRun ?? 1;
+    if (!Number.isInteger(tilesPerRun) || tilesPerRun < 1) {
+      throw new InternVLError('BAD_INPUT', `tilesPerRun must be a positive integer, got ${tilesPerRun}`);
+    }
+    return new VisionEncoder(dims, visionGeometry(dims, options.imageSize), session, tilesPerRun);
   }
 
   /** Values per tile of the pixel input (3·S·S). */

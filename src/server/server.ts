@@ -21,6 +21,7 @@ import {
   type TokenLogprobInfo,
   type Usage,
 } from '../pipeline/pipeline.js';
+import { sendChatPage } from './chat-page.js';
 import { HttpError, toOpenAIError } from './errors.js';
 import { DEFAULT_MEDIA_POLICY, type MediaPolicy } from './media.js';
 import { ServerMetrics, SlotLimiter } from './metrics.js';
@@ -365,6 +366,7 @@ export class InternVLServer {
         (req: IncomingMessage, res: ServerResponse, signal: AbortSignal, started: number) => Promise<void>
       >
     > = {
+      '/': { GET: async (_req, res) => sendChatPage(res) },
       '/health': { GET: async (_req, res) => sendJson(res, 200, { status: 'ok' }) },
       '/metrics': {
         GET: async (_req, res) => {
