@@ -1,0 +1,70 @@
+/** Profiles int4 decode steps op by op with ORT's profiler: node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST]. */
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { loadModelConfig } from '../src/config/model-config.js';
+import { checkpointWeights } from '../src/engine/core.js';
+import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
+import { defaultGraphCacheDir, graphCacheKey } from '../src/engine/graph-cache.js';
+import { llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+
+const dir = process.argv[2];
+const past = Number(process.argv[3] ?? 300);
+const config = await loadModelConfig(dir);
+const ckpt = await Checkpoint.open(dir);
+const weights = checkpointWeights(ckpt);
+const precision = resolveLlmPrecision({ llmDtype: 'int4' });
+const dims = decoderDimsFromConfig(config);
+const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCacheTag(precision, 'int4') });
+const modelPath = path.join(defaultGraphCacheDir(), key, 'model.onnx');
+const prefix = `/tmp/ivl-profile-${process.pid}`;
+const session = await ort.InferenceSession.create(modelPath, {
+  executionProviders: ['cpu'],
+  intraOpNumThreads: 2,
+  interOpNumThreads: 1,
+  graphOptimizationLevel: 'all',
+  enableProfiling: true,
+  profileFilePrefix: prefix,
+});
+const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings);
+const seq = runner.newSequence();
+const ids = Array.from({ length: past }, (_, i) => (i * 7919) % 150000);
+let logits = await runner.forward(seq, runner.embed(ids), ids.length);
+const steps = 32;
+const t0 = performance.now();
+for (let i = 0; i < steps; i++) logits = await runner.forward(seq, runner.embed([argmax(logits)]), 1);
+const wall = (performance.now() - t0) / steps;
+await session.endProfiling();
+const file = readdirSync('/tmp').find((f) => f.startsWith(path.basename(prefix)));
+const events = JSON.parse(readFileSync(path.join('/tmp', file!), 'utf8')) as {
+  cat: string;
+  name: string;
+  dur: number;
+  args?: { op_name?: string };
+}[];
+rmSync(path.join('/tmp', file!));
+// Only the decode steps: the last `steps` model runs.
+const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run');
+const lastRuns = runs.slice(-steps);
+const runUs = lastRuns.reduce((a, e) => a + e.dur, 0) / steps;
+const byOp = new Map<string, number>();
+const nodes = events.filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'));
+const perRun = nodes.length / runs.length;
+for (const e of nodes.slice(-Math.round(perRun * steps))) {
+  const op = e.args?.op_name ?? '?';
+  byOp.set(op, (byOp.get(op) ?? 0) + e.dur / steps);
+}
+const total = [...byOp.values()].reduce((a, b) => a + b, 0);
+console.log(
+  JSON.stringify({
+    past,
+    wall_ms_per_step: +wall.toFixed(2),
+    ort_run_ms: +(runUs / 1000).toFixed(2),
+    kernels_ms: +(total / 1000).toFixed(2),
+  }),
+);
+for (const [op, us] of [...byOp].sort((a, b) => b[1] - a[1]).slice(0, 10)) {
+  console.log(`${op.padEnd(28)} ${(us / 1000).toFixed(3)} ms  ${((100 * us) / total).toFixed(1)}%`);
+}
