@@ -95,3 +95,22 @@ for (const model of ['tiny-internvl2_5-qwen2', 'tiny-internvl2_5-internlm2']) {
     await r.release();
   });
 }
+
+test('the in-graph argmax (greedy without fetching logits) picks what argmax over the logits picks', async () => {
+  const { r, ids, vocab } = await runner('tiny-internvl2_5-qwen2');
+  const a = r.newSequence();
+  const b = r.newSequence();
+  const logits = await r.forward(a, r.embed(ids.slice(0, 60)), 60);
+  assert.equal(await r.forwardArgmax(b, r.embed(ids.slice(0, 60)), 60), argmax(logits));
+  r.joinBatch(a);
+  r.joinBatch(b);
+  const next = [argmax(logits), 7];
+  const rows = await r.decodeBatch(next);
+  for (const seq of [a, b]) seq.truncate(seq.length - 1);
+  const picked = await r.decodeBatchArgmax(next);
+  assert.deepEqual(
+    picked,
+    [0, 1].map((i) => argmax(rows.subarray(i * vocab, (i + 1) * vocab))),
+  );
+  await r.release();
+});

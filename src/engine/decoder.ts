@@ -193,6 +193,8 @@ function ownBuffer(data: Float32Array): Float32Array {
 
 interface RunResult {
   logits: Float32Array;
+  /** With argmaxOnly: the argmax of the (single) logits row. */
+  nextToken?: number;
   hidden?: Float32Array[];
   finalNorm?: Float32Array;
 }
@@ -343,6 +345,30 @@ export class DecoderRunner {
     return out;
   }
 
+  /** forward for greedy decoding: the argmax of the last position's logits, computed inside the graph. */
+  async forwardArgmax(
+    seq: Sequence,
+    embeds: Float32Array,
+    numTokens: number,
+    options: Omit<ForwardOptions, 'allLogits'> = {},
+  ): Promise<number> {
+    this.#checkCall(seq, embeds, numTokens);
+    const d = this.dims.hiddenSize;
+    const ropeSeqLen = options.ropeSeqLen ?? seq.length + numTokens;
+    let next = -1;
+    seq.busy = true;
+    try {
+      for (let start = 0; start < numTokens; start += this.#prefillChunk) {
+        const n = Math.min(this.#prefillChunk, numTokens - start);
+        const chunk = embeds.subarray(start * d, (start + n) * d);
+        next = (await this.#run(seq, chunk, n, [n - 1], ropeSeqLen, false, true)).nextToken!;
+      }
+    } finally {
+      seq.busy = false;
+    }
+    return next;
+  }
+
   /** One unchunked forward returning every layer's hidden states; needs `hiddenStates: true` at create. */
   async inspect(seq: Sequence, embeds: Float32Array, numTokens: number): Promise<DecoderInspection> {
     if (!this.#hiddenStates) {
@@ -432,6 +458,15 @@ export class DecoderRunner {
    * Appends them to their caches and returns the logits [batch.length, vocab].
    */
   async decodeBatch(ids: readonly number[]): Promise<Float32Array> {
+    return (await this.#decodeBatch(ids, DECODER_IO.logits)) as Float32Array;
+  }
+
+  /** decodeBatch for greedy decoding: each sequence's next token, computed inside the graph. */
+  async decodeBatchArgmax(ids: readonly number[]): Promise<number[]> {
+    return Array.from(await this.#decodeBatch(ids, DECODER_IO.nextToken), Number);
+  }
+
+  async #decodeBatch(ids: readonly number[], fetch: string): Promise<Float32Array | BigInt64Array> {
     const pool = this.#pool;
     const n = pool.members.length;
     if (n === 0 || ids.length !== n) {
@@ -475,7 +510,7 @@ export class DecoderRunner {
         [n],
       ),
     };
-    const fetches: string[] = [DECODER_IO.logits];
+    const fetches: string[] = [fetch];
     for (let i = 0; i < numLayers; i++) {
       feeds[DECODER_IO.pastKey(i)] = new ort.Tensor('float32', pool.keys[i].subarray(0, size), batchDims);
       feeds[DECODER_IO.pastValue(i)] = new ort.Tensor('float32', pool.values[i].subarray(0, size), batchDims);
@@ -497,7 +532,7 @@ export class DecoderRunner {
         });
       }
       for (const seq of pool.members) seq.length += 1;
-      return result[DECODER_IO.logits].data as Float32Array;
+      return result[fetch].data as Float32Array | BigInt64Array;
     } finally {
       for (const seq of pool.members) seq.busy = false;
     }
@@ -651,6 +686,7 @@ export class DecoderRunner {
     logitsRows: number[],
     ropeSeqLen: number,
     withHidden: boolean,
+    argmaxOnly = false,
   ): Promise<RunResult> {
     const { hiddenSize: d, numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
     const past = seq.length;
@@ -672,7 +708,7 @@ export class DecoderRunner {
         logitsRows.length,
       ]),
     };
-    const fetches: string[] = [DECODER_IO.logits];
+    const fetches: string[] = [argmaxOnly ? DECODER_IO.nextToken : DECODER_IO.logits];
     for (let i = 0; i < numLayers; i++) {
       feeds[DECODER_IO.pastKey(i)] = seq.pastTensors[i].key;
       feeds[DECODER_IO.pastValue(i)] = seq.pastTensors[i].value;
@@ -701,6 +737,12 @@ export class DecoderRunner {
       }
     }
     seq.length = total;
+    if (argmaxOnly) {
+      return {
+        logits: new Float32Array(0),
+        nextToken: Number((result[DECODER_IO.nextToken].data as BigInt64Array)[0]),
+      };
+    }
     const out: RunResult = { logits: result[DECODER_IO.logits].data as Float32Array };
     if (withHidden) {
       out.hidden = Array.from(

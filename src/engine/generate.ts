@@ -148,6 +148,8 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 class Job {
   readonly sampler: Sampler;
   readonly end: Set<number>;
+  /** Plain greedy decoding: the graph's argmax replaces fetching the logits and sampling from them. */
+  readonly argmaxOnly: boolean;
   seq!: Sequence;
   session: Session | undefined;
   reused = 0;
@@ -180,6 +182,8 @@ class Job {
   ) {
     this.sampler = new Sampler(request.sampling, vocabSize);
     this.end = new Set(request.endTokenIds);
+    const { temperature, repetitionPenalty, logprobs, topLogprobs } = request.sampling;
+    this.argmaxOnly = temperature === 0 && repetitionPenalty === 1 && !logprobs && !topLogprobs;
     this.history = request.inputIds.slice();
     this.cached = request.inputIds.slice();
   }
@@ -312,14 +316,16 @@ export class Generator {
     const d = decoder.dims.hiddenSize;
     const n = Math.min(this.#prefillChunk, ids.length - job.prefilled);
     const from = job.prefilled - job.reused;
-    const logits = await decoder.forward(job.seq, job.embeds.subarray(from * d, (from + n) * d), n, {
-      ropeSeqLen: ids.length,
-    });
+    const chunk = job.embeds.subarray(from * d, (from + n) * d);
+    const options = { ropeSeqLen: ids.length };
+    const next = job.argmaxOnly
+      ? await decoder.forwardArgmax(job.seq, chunk, n, options)
+      : await decoder.forward(job.seq, chunk, n, options);
     job.prefilled += n;
     if (job.prefilled < ids.length) return;
     job.embeds = undefined;
     job.features = [];
-    if (this.#sample(job, logits)) return;
+    if (this.#accept(job, typeof next === 'number' ? { id: next } : this.#draw(job, next))) return;
     decoder.joinBatch(job.seq);
   }
 
@@ -402,9 +408,12 @@ export class Generator {
     const { decoder } = this.deps;
     const bySeq = new Map(this.#jobs.filter((j) => j.next !== undefined).map((j) => [j.seq, j]));
     const members = decoder.batch.map((seq) => bySeq.get(seq)!);
-    let logits: Float32Array;
+    const ids = members.map((j) => j.next!);
+    // When every sequence decodes greedily the graph's argmax is enough; otherwise fetch the logits.
+    const argmaxOnly = members.every((j) => j.argmaxOnly);
+    let result: Float32Array | number[];
     try {
-      logits = await decoder.decodeBatch(members.map((j) => j.next!));
+      result = argmaxOnly ? await decoder.decodeBatchArgmax(ids) : await decoder.decodeBatch(ids);
     } catch (err) {
       for (const job of members) this.#fail(job, err);
       return;
@@ -412,19 +421,28 @@ export class Generator {
     const vocab = decoder.dims.vocabSize;
     members.forEach((job, b) => {
       job.cached.push(job.next!);
-      if (!job.aborted) this.#sample(job, logits.subarray(b * vocab, (b + 1) * vocab));
+      if (job.aborted) return;
+      const token =
+        result instanceof Float32Array
+          ? this.#draw(job, result.subarray(b * vocab, (b + 1) * vocab))
+          : { id: result[b] };
+      this.#accept(job, token);
     });
   }
 
-  /** Samples the next token; true when the job has finished. */
-  #sample(job: Job, logits: Float32Array): boolean {
-    let token: SampledToken;
+  /** Samples the next token from logits; undefined when sampling failed (the job has then failed). */
+  #draw(job: Job, logits: Float32Array): SampledToken | undefined {
     try {
-      token = job.sampler.next(logits, job.history);
+      return job.sampler.next(logits, job.history);
     } catch (err) {
       this.#fail(job, err);
-      return true;
+      return undefined;
     }
+  }
+
+  /** Records the chosen token; true when the job has finished (or failed). */
+  #accept(job: Job, token: SampledToken | undefined): boolean {
+    if (!token) return true;
     job.tokens.push(token);
     job.history.push(token.id);
     job.onEvent({ type: 'token', token });

@@ -89,6 +89,8 @@ export const DECODER_IO = {
   totalSequenceLength: 'total_sequence_length',
   logitsRows: 'logits_rows',
   logits: 'logits',
+  /** argmax of each logits row (int64; ties → lowest id), so greedy decoding need not fetch the logits. */
+  nextToken: 'next_token',
   finalNorm: 'final_norm',
   pastKey: (layer: number) => `past_key.${layer}`,
   pastValue: (layer: number) => `past_value.${layer}`,
@@ -260,5 +262,7 @@ export function finishDecoderGraph(
     lmHeadQuant,
   );
   g.output(logits, DECODER_IO.logits, 'float32', ['rows', dims.vocabSize]);
+  const next = g.op('ArgMax', [logits], { axis: { int: -1 }, keepdims: { int: 0 } });
+  g.output(next, DECODER_IO.nextToken, 'int64', ['rows']);
   return g.graph;
 }
