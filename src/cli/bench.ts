@@ -228,12 +228,15 @@ async function benchDecoder(
   const decode = async (past: number) => {
     const rates: number[] = [];
     for (let r = 0; r < reps; r++) {
+      // The engine's own greedy path: the sequence in the decode batch, argmax inside the graph.
       const seq = decoder.newSequence();
-      await decoder.forward(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
-      await decoder.forward(seq, decoder.embed([1]), 1);
+      let next = await decoder.forwardArgmax(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
+      decoder.joinBatch(seq);
+      [next] = await decoder.decodeBatchArgmax([next]);
       const t0 = performance.now();
-      for (let i = 0; i < decodeSteps; i++) await decoder.forward(seq, decoder.embed([(i * 31) % vocab]), 1);
+      for (let i = 0; i < decodeSteps; i++) [next] = await decoder.decodeBatchArgmax([next]);
       rates.push(decodeSteps / seconds(t0));
+      decoder.leaveBatch(seq, { keepCache: false });
     }
     return median(rates);
   };
