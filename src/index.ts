@@ -19,6 +19,7 @@ export { type ImageOptions, InternVLModel, type LoadOptions } from './engine/mod
 export { type ErrorCode, InternVLError } from './errors.js';
 export { type ResolveModelOptions, resolveModel } from './io/hub.js';
 export { type ImageSource, type LoadImageOptions, loadImage } from './io/image.js';
+export { createTaskProgress, type TaskProgress } from './io/progress.js';
 export { Checkpoint, type TensorInfo, writeSafetensors } from './io/safetensors.js';
 export { loadTokenizer } from './io/tokenizer-files.js';
 export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './io/video.js';
@@ -51,6 +52,7 @@ export { resizeBicubic } from './preprocess/resize.js';
 export { type DynamicPreprocessResult, dynamicPreprocess } from './preprocess/tiles.js';
 export { planTiles, type TilePlan, type TilingOptions } from './preprocess/tiling.js';
 export { videoFrameIndices, videoToTiles } from './preprocess/video.js';
+export { createServer, InternVLServer, type ServerOptions } from './server/server.js';
 export {
   buildBatchChatPrompts,
   buildChatPrompt,
@@ -71,3 +73,10 @@ export { createTokenizer } from './text/tokenizer.js';
 export { lossWeights, tokenizeTrainingSample } from './text/training.js';
 export type { DecodeOptions, EncodeOptions, Tokenizer } from './text/types.js';
 export { createRandomCheckpoint, RANDOM_SHAPES } from './tools/random-checkpoint.js';
+export type { TrainBatch } from './train/batch.js';
+export {
+  Trainer,
+  type TrainerOptions,
+  type TrainingStage,
+} from './train/trainer.js';
+export { transplantVit } from './train/transplant.js';
