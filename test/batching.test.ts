@@ -64,3 +64,19 @@ test('aborting one of several concurrent streams stops only that one', async () 
   const again = await pipe.infer(inputs[0], { ...gen(0), maxNewTokens: 40 });
   assert.equal(results[0].text, again.text);
 });
+
+test('a second call on a chat session that is still generating is refused; the first is unharmed', async () => {
+  const first = await pipe.chat('Hello there.', { gen: { maxNewTokens: 4 } });
+  // Long enough that the first call is still decoding when the second reaches the engine.
+  const gen = { maxNewTokens: 400, ignoreEos: true };
+  const expected = await pipe.infer([...first.history, { role: 'user', content: 'Go on.' }], gen);
+  const [a, b] = await Promise.allSettled([
+    pipe.chat('Go on.', { session: first, gen }),
+    pipe.chat('Go on.', { session: first, gen }),
+  ]);
+  const outcomes = [a.status, b.status].sort();
+  assert.deepEqual(outcomes, ['fulfilled', 'rejected']);
+  const refused = [a, b].find((r) => r.status === 'rejected') as PromiseRejectedResult;
+  assert.match(String(refused.reason), /already generating/);
+  assert.deepEqual(first.response?.tokenIds, expected.tokenIds);
+});

@@ -299,6 +299,11 @@ export class Generator {
       job.started = true;
       const sessionId = job.request.sessionId;
       job.session = sessionId ? this.#sessions.get(sessionId) : undefined;
+      if (job.session?.busy) {
+        // Two calls of one conversation were queued together; the second may not share the first's cache.
+        job.session = undefined;
+        throw new InternVLError('BAD_INPUT', `chat session ${sessionId} is already generating`);
+      }
       job.seq = job.session?.seq ?? decoder.newSequence();
       // At least the last prompt token is run, so there are logits to sample from.
       job.reused = job.session ? Math.min(commonPrefix(job.session.tokens, ids), ids.length - 1) : 0;
