@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { InternVLError } from '../errors.js';
 import { type Graph, modelToBytes } from '../onnx/graph.js';
 import { cachedGraph } from './graph-cache.js';
 import * as ort from './ort.js';
@@ -12,22 +13,62 @@ export function defaultThreads(): number {
   return Math.max(1, os.availableParallelism());
 }
 
-/** An onnxruntime-node CPU session for a graph held in memory or a model file on disk. */
+const PROVIDERS: Record<string, string[]> = { cpu: ['cpu'], cuda: ['cuda', 'cpu'] };
+
+/**
+ * The execution providers sessions use: `INTERNVL_EXECUTION_PROVIDER` = cpu (default) or cuda (CUDA
+ * first, ops it lacks on the CPU). CUDA needs onnxruntime-node's CUDA libraries, which the project's
+ * .npmrc skips: install with `npm install --onnxruntime-node-install=cuda12` on a machine that can
+ * reach NuGet.
+ */
+export function executionProviders(): string[] {
+  const name = (process.env.INTERNVL_EXECUTION_PROVIDER ?? 'cpu').toLowerCase();
+  const providers = PROVIDERS[name];
+  if (!providers) {
+    throw new InternVLError(
+      'BAD_CONFIG',
+      `INTERNVL_EXECUTION_PROVIDER is '${name}'; supported: ${Object.keys(PROVIDERS).join(', ')}`,
+    );
+  }
+  return providers;
+}
+
+async function openSession(
+  source: string | Uint8Array,
+  options: ort.InferenceSession.SessionOptions,
+): Promise<ort.InferenceSession> {
+  try {
+    return typeof source === 'string'
+      ? await ort.InferenceSession.create(source, options)
+      : await ort.InferenceSession.create(source, options);
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (options.executionProviders?.includes('cuda') && /Cuda|providers_shared|CUDA/.test(message)) {
+      throw new InternVLError(
+        'UNSUPPORTED',
+        'the CUDA execution provider could not be loaded (INTERNVL_EXECUTION_PROVIDER=cuda): install ' +
+          `onnxruntime-node's CUDA libraries with \`npm install --onnxruntime-node-install=cuda12\` (${message.split('\n')[0]})`,
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+}
+
+/** An onnxruntime-node session (CPU, or CUDA when asked for) for a graph in memory or a model file on disk. */
 export async function createSession(
   model: Graph | Uint8Array | string,
   options: SessionOptions = {},
 ): Promise<ort.InferenceSession> {
   const source = typeof model === 'string' || model instanceof Uint8Array ? model : modelToBytes(model);
   const sessionOptions: ort.InferenceSession.SessionOptions = {
-    executionProviders: ['cpu'],
+    executionProviders: executionProviders(),
     intraOpNumThreads: options.threads ?? defaultThreads(),
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
   };
-  return typeof source === 'string'
-    ? ort.InferenceSession.create(source, sessionOptions)
-    : ort.InferenceSession.create(source, sessionOptions);
+  return openSession(source, sessionOptions);
 }
 
 /** Where a runner keeps its built graph on disk (see graph-cache.ts); without it graphs stay in memory. */
