@@ -16,7 +16,7 @@ import type { RopeScaling } from '../engine/rope.js';
 import { InternVLError } from '../errors.js';
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
 import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
-import { transposeMatrix } from './weights.js';
+import { transposeMatrix, type WeightSource } from './weights.js';
 
 export type { RopeScaling } from '../engine/rope.js';
 
@@ -182,6 +182,29 @@ export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weigh
     epsilon: dims.rmsNormEps,
     stash_type: { int: 1 },
   });
+}
+
+/** Layers read straight from checkpoint tensors by name, shared by the architecture files. */
+export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource) {
+  const load = (name: string) => weights.float32(name);
+  const named = async (name: string) => ({ name, data: await load(name) });
+  return {
+    load,
+    named,
+    /** RMSNorm with the weight tensor `name`. */
+    norm: async (x: string, name: string) => rmsNorm(ctx, x, name, await load(name)),
+    /** torch Linear `name` (.weight [out, in], optional .bias). */
+    proj: async (x: string, name: string, outFeatures: number, inFeatures: number, bias = false) =>
+      linear(
+        ctx,
+        x,
+        `${name}.weight`,
+        await load(`${name}.weight`),
+        outFeatures,
+        inFeatures,
+        bias ? await named(`${name}.bias`) : undefined,
+      ),
+  };
 }
 
 /** silu(gate) ⊙ up. */

@@ -5,12 +5,12 @@
  */
 import type { Graph } from '../onnx/graph.js';
 import {
+  checkpointLayers,
   type DecoderDims,
   type DecoderGraphOptions,
   finishDecoderGraph,
   layerOutput,
   linear,
-  rmsNorm,
   selfAttention,
   startDecoderGraph,
   swiGlu,
@@ -90,20 +90,8 @@ export async function buildInternLM2Graph(
   const { hiddenSize: d, headDim, intermediateSize: ff } = dims;
   const qWidth = dims.numHeads * headDim;
   const kvWidth = dims.numKvHeads * headDim;
-  const load = (name: string) => weights.float32(name);
-  const named = async (name: string) => ({ name, data: await load(name) });
   const ctx = startDecoderGraph('internlm2-decoder', dims, options);
-  const norm = async (x: string, name: string) => rmsNorm(ctx, x, name, await load(name));
-  const proj = async (x: string, name: string, outFeatures: number, inFeatures: number, bias = false) =>
-    linear(
-      ctx,
-      x,
-      `${name}.weight`,
-      await load(`${name}.weight`),
-      outFeatures,
-      inFeatures,
-      bias ? await named(`${name}.bias`) : undefined,
-    );
+  const { load, named, norm, proj } = checkpointLayers(ctx, weights);
 
   let x = ctx.inputsEmbeds;
   for (let i = 0; i < dims.numLayers; i++) {
