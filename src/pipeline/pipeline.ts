@@ -238,27 +238,10 @@ export class Pipeline {
     });
     const tokenizer = await loadTokenizer(dir);
     const generationFile = await loadGenerationConfig(dir);
-    const {
-      dtype,
-      llmDtype,
-      prefillDtype,
-      lmHeadDtype,
-      vitDtype,
-      blockSize,
-      accuracyLevel,
-      threads,
-      cacheDir,
-    } = options;
+    // Everything but the pipeline's own options goes to the engine.
+    const { maxTiles, splitTileBudget, sessionLen, hub, onProgress, ...engineOptions } = options;
     const engine = await InternVLModel.load(dir, {
-      dtype,
-      llmDtype,
-      prefillDtype,
-      lmHeadDtype,
-      vitDtype,
-      blockSize,
-      accuracyLevel,
-      threads,
-      cacheDir,
+      ...engineOptions,
       onProgress: progress && ((done, total) => progress({ label: 'loading model', done, total })),
     });
     try {
