@@ -5,7 +5,7 @@ import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, type Sequence } from '../src/engine/decoder.js';
 import { Checkpoint } from '../src/io/safetensors.js';
-import { GOLDEN_DIR, goldenModelDir } from './helpers.js';
+import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 async function runner(model: string) {
   const dir = goldenModelDir(model);
@@ -17,12 +17,6 @@ async function runner(model: string) {
   const ids = Array.from(await text.readInt64('input_ids'), Number);
   await Promise.all([ckpt.close(), text.close()]);
   return { r, ids, vocab: dims.vocabSize };
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 for (const model of ['tiny-internvl2_5-qwen2', 'tiny-internvl2_5-internlm2']) {

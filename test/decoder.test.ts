@@ -16,7 +16,7 @@ import { Checkpoint } from '../src/io/safetensors.js';
 import { type DecoderDims, decoderDimsFromConfig } from '../src/models/decoder.js';
 import { splitPackedQkv } from '../src/models/internlm2.js';
 import { memoryWeights, type WeightSource } from '../src/models/weights.js';
-import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir } from './helpers.js';
+import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 const LOGITS_ATOL = 2e-4;
 const IMG_CONTEXT_ID = 261;
@@ -94,13 +94,6 @@ async function promptEmbeds(runner: DecoderRunner, c: GoldenCase): Promise<Float
   if (c.file.has('projector'))
     scatterImageEmbeddings(embeds, c.ids, IMG_CONTEXT_ID, await c.tensor('projector'));
   return embeds;
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length, 'length mismatch');
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
 }
 
 function assertClose(actual: Float32Array, expected: Float32Array, atol: number, what: string): void {

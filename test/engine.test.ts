@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { InternVLModel } from '../src/engine/model.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint, writeSafetensors } from '../src/io/safetensors.js';
-import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir } from './helpers.js';
+import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-engine-cache-'));
 after(() => rmSync(cacheDir, { recursive: true, force: true }));
@@ -27,13 +27,6 @@ async function readCase(model: string, name: string) {
     await px.close();
   }
   return { meta, tensors, inputIds, greedy, pixelValues, numTiles: meta.pixel_values_shape?.[0] ?? 0 };
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length, 'lengths differ');
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 for (const modelName of GOLDEN_MODELS) {

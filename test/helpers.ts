@@ -10,3 +10,14 @@ export const GOLDEN_MODELS = [
   'tiny-internvl2_5-internlm2',
 ];
 export const goldenModelDir = (name: string): string => path.join(GOLDEN_DIR, 'models', name);
+
+/** Largest |a[i] − b[i]|; the lengths must match, and a NaN anywhere makes the result NaN (a failure). */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`lengths differ: ${a.length} vs ${b.length}`);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= max)) max = d;
+  }
+  return max;
+}

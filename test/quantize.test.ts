@@ -20,7 +20,7 @@ import {
   quantizeInt4,
   quantizeInt8,
 } from '../src/onnx/quantize.js';
-import { goldenModelDir } from './helpers.js';
+import { goldenModelDir, maxAbsDiff } from './helpers.js';
 
 function randomMatrix(length: number, seed: number, scale = 1): Float32Array {
   let s = seed;
@@ -61,12 +61,6 @@ async function runQuantized(
   } finally {
     await session.release();
   }
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
 }
 
 /** Round half to even, as ORT's DynamicQuantizeLinear. */

@@ -2,7 +2,10 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { dataCommand } from '../src/cli/data.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import type { TrainBatch } from '../src/train/trainer.js';
 import { memoryIo } from './data-fixture.js';
+import { GOLDEN_DIR } from './helpers.js';
 
 export interface TrainLogLine {
   step: number;
@@ -52,4 +55,23 @@ export async function packTextDataset(
   const code = await dataCommand(['pack', meta, '--model', model, '--out', shards, '--max-len', '400'], io);
   assert.equal(code, 0, stderr());
   return shards;
+}
+
+/** The golden packed batch of `model` (cases/train/<model>.pack2: one image sample, one text sample). */
+export async function goldenTrainBatch(model: string): Promise<TrainBatch> {
+  const file = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/train', `${model}.pack2.safetensors`));
+  const pixels = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/_inputs/img1.safetensors'));
+  try {
+    return {
+      inputIds: await file.readInt64('input_ids'),
+      labels: await file.readInt64('labels'),
+      lossWeight: await file.readFloat32('loss_weight'),
+      cuSeqlens: await file.readInt32('cu_seqlens'),
+      pixelValues: await pixels.readFloat32('pixel_values'),
+      numTiles: 1,
+    };
+  } finally {
+    await file.close();
+    await pixels.close();
+  }
 }

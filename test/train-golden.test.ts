@@ -4,7 +4,8 @@ import { after, before, describe, it } from 'node:test';
 import { Checkpoint } from '../src/io/safetensors.js';
 import { adamwUpdate } from '../src/train/optimizer.js';
 import { type TrainBatch, Trainer } from '../src/train/trainer.js';
-import { GOLDEN_DIR, goldenModelDir } from './helpers.js';
+import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
+import { goldenTrainBatch } from './train-fixture.js';
 
 const OPTIMIZER = { lr: 1e-3, betas: [0.9, 0.999] as [number, number], eps: 1e-8, weightDecay: 0.05 };
 
@@ -17,7 +18,6 @@ interface GoldenCase {
 
 async function loadCase(model: string): Promise<GoldenCase> {
   const file = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/train', `${model}.pack2.safetensors`));
-  const pixels = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/_inputs/img1.safetensors'));
   try {
     const grads = new Map<string, Float32Array>();
     const adamw = new Map<string, Float32Array>();
@@ -26,29 +26,14 @@ async function loadCase(model: string): Promise<GoldenCase> {
       if (name.startsWith('adamw_step1.')) adamw.set(name.slice(12), await file.readFloat32(name));
     }
     return {
-      batch: {
-        inputIds: await file.readInt64('input_ids'),
-        labels: await file.readInt64('labels'),
-        lossWeight: await file.readFloat32('loss_weight'),
-        cuSeqlens: await file.readInt32('cu_seqlens'),
-        pixelValues: await pixels.readFloat32('pixel_values'),
-        numTiles: 1,
-      },
+      batch: await goldenTrainBatch(model),
       loss: (await file.readFloat32('loss'))[0],
       grads,
       adamw,
     };
   } finally {
     await file.close();
-    await pixels.close();
   }
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 for (const model of ['tiny-internvl2_5-qwen2', 'tiny-internvl2_5-internlm2']) {

@@ -16,34 +16,10 @@ import {
   Trainer,
   trainableParameters,
 } from '../src/train/trainer.js';
-import { GOLDEN_DIR, goldenModelDir } from './helpers.js';
+import { goldenModelDir, maxAbsDiff } from './helpers.js';
+import { goldenTrainBatch } from './train-fixture.js';
 
 const MODEL = 'tiny-internvl2_5-qwen2';
-
-async function goldenBatch(model = MODEL): Promise<TrainBatch> {
-  const file = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/train', `${model}.pack2.safetensors`));
-  const pixels = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/_inputs/img1.safetensors'));
-  try {
-    return {
-      inputIds: await file.readInt64('input_ids'),
-      labels: await file.readInt64('labels'),
-      lossWeight: await file.readFloat32('loss_weight'),
-      cuSeqlens: await file.readInt32('cu_seqlens'),
-      pixelValues: await pixels.readFloat32('pixel_values'),
-      numTiles: 1,
-    };
-  } finally {
-    await file.close();
-    await pixels.close();
-  }
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 /** W + 2·B·A (alpha = 2r, so α/r = 2) for W [out, in], A [r, in], B [out, r]. */
 function mergeLora(W: Float32Array, A: Float32Array, B: Float32Array, rank: number): Float32Array {
@@ -160,7 +136,7 @@ describe('trainer options on the golden pack', () => {
   let batch: TrainBatch;
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-train-options-'));
-    batch = await goldenBatch();
+    batch = await goldenTrainBatch(MODEL);
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -293,7 +269,7 @@ describe('ViT drop-path and LoRA dropout', () => {
   let batch: TrainBatch;
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-train-droppath-'));
-    batch = await goldenBatch();
+    batch = await goldenTrainBatch(MODEL);
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });

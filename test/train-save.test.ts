@@ -4,44 +4,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { InternVLModel } from '../src/engine/model.js';
-import { Checkpoint } from '../src/io/safetensors.js';
 import { type TrainBatch, Trainer } from '../src/train/trainer.js';
-import { GOLDEN_DIR, goldenModelDir } from './helpers.js';
+import { goldenModelDir, maxAbsDiff } from './helpers.js';
+import { goldenTrainBatch } from './train-fixture.js';
 
 const MODEL = 'tiny-internvl2_5-qwen2';
 const OPTIMIZER = { lr: 1e-3, weightDecay: 0.05 };
-
-async function goldenBatch(): Promise<TrainBatch> {
-  const file = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/train', `${MODEL}.pack2.safetensors`));
-  const pixels = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases/_inputs/img1.safetensors'));
-  try {
-    return {
-      inputIds: await file.readInt64('input_ids'),
-      labels: await file.readInt64('labels'),
-      lossWeight: await file.readFloat32('loss_weight'),
-      cuSeqlens: await file.readInt32('cu_seqlens'),
-      pixelValues: await pixels.readFloat32('pixel_values'),
-      numTiles: 1,
-    };
-  } finally {
-    await file.close();
-    await pixels.close();
-  }
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 describe('trainer checkpoints', () => {
   let dir: string;
   let batch: TrainBatch;
   before(async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-train-'));
-    batch = await goldenBatch();
+    batch = await goldenTrainBatch(MODEL);
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });

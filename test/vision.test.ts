@@ -11,7 +11,7 @@ import { pixelShuffle } from '../src/models/projector.js';
 import { bicubicResize } from '../src/models/torch-bicubic.js';
 import { memoryWeights, type WeightSource } from '../src/models/weights.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
-import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir } from './helpers.js';
+import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 const ATOL = 1e-4;
 const QWEN2 = 'tiny-internvl2_5-qwen2';
@@ -46,16 +46,6 @@ async function pixelInput(caseName: string): Promise<{ pixels: Float32Array; til
   } finally {
     await checkpoint.close();
   }
-}
-
-function maxAbsDiff(actual: Float32Array, expected: Float32Array): number {
-  assert.equal(actual.length, expected.length, 'length');
-  let worst = 0;
-  for (let i = 0; i < actual.length; i++) {
-    const d = Math.abs(actual[i] - expected[i]);
-    if (!(d <= worst)) worst = d; // NaN propagates as a failure
-  }
-  return worst;
 }
 
 function assertClose(actual: Float32Array, expected: Float32Array, what: string): void {
