@@ -6,8 +6,14 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { type ModelConfig, parseModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { writeSafetensorsStreaming } from '../io/safetensors.js';
+import { decoderDimsFromConfig } from '../models/decoder.js';
+import { internlm2TensorSpecs } from '../models/internlm2.js';
+import { internVitDimsFromConfig, internVitTensorSpecs } from '../models/internvit.js';
+import { projectorTensorSpecs } from '../models/projector.js';
+import { qwen2TensorSpecs } from '../models/qwen2.js';
 
 interface LlmShape {
   arch: 'qwen2' | 'internlm2';
@@ -303,97 +309,36 @@ function configJson(vit: VitShape, llm: LlmShape, specials: Specials): Record<st
 }
 
 /** How a tensor's random values are drawn: uniform around `center` with half-width `spread`. */
-interface TensorSpec {
+interface RandomTensor {
   name: string;
   shape: number[];
   center: number;
   spread: number;
 }
 
-function tensorSpecs(vit: VitShape, llm: LlmShape): TensorSpec[] {
-  const specs: TensorSpec[] = [];
-  const matrix = (name: string, out: number, inp: number) =>
-    specs.push({ name, shape: [out, inp], center: 0, spread: Math.sqrt(3 / inp) });
-  const vector = (name: string, size: number, center = 0, spread = 0.02) =>
-    specs.push({ name, shape: [size], center, spread });
+/** Norm weights near 1, layer scales near 0.1, matrices scaled by fan-in, the rest small. */
+function distribution(name: string, shape: number[]): { center: number; spread: number } {
+  if (/\.ls[12]$/.test(name)) return { center: 0.1, spread: 0.05 };
+  if (/norm[^.]*\.weight$/.test(name) || name === 'mlp1.0.weight') return { center: 1, spread: 0.1 };
+  if (name.endsWith('patch_embedding.weight')) return { center: 0, spread: 0.1 };
+  if (/embed_tokens|tok_embeddings/.test(name)) return { center: 0, spread: 0.05 };
+  if (shape.length === 2) return { center: 0, spread: Math.sqrt(3 / shape[1]) };
+  return { center: 0, spread: 0.02 };
+}
 
-  const C = vit.hidden;
-  const v = 'vision_model';
-  specs.push({ name: `${v}.embeddings.class_embedding`, shape: [1, 1, C], center: 0, spread: 0.02 });
-  specs.push({
-    name: `${v}.embeddings.patch_embedding.weight`,
-    shape: [C, 3, 14, 14],
-    center: 0,
-    spread: 0.1,
-  });
-  vector(`${v}.embeddings.patch_embedding.bias`, C);
-  specs.push({ name: `${v}.embeddings.position_embedding`, shape: [1, 1025, C], center: 0, spread: 0.02 });
-  for (let i = 0; i < vit.layers; i++) {
-    const p = `${v}.encoder.layers.${i}`;
-    vector(`${p}.ls1`, C, 0.1, 0.05);
-    vector(`${p}.ls2`, C, 0.1, 0.05);
-    for (const norm of ['norm1', 'norm2']) {
-      vector(`${p}.${norm}.weight`, C, 1, 0.1);
-      if (vit.style === '300M') vector(`${p}.${norm}.bias`, C);
-    }
-    matrix(`${p}.attn.qkv.weight`, 3 * C, C);
-    if (vit.style === '300M') vector(`${p}.attn.qkv.bias`, 3 * C);
-    else {
-      vector(`${p}.attn.q_norm.weight`, C, 1, 0.1);
-      vector(`${p}.attn.k_norm.weight`, C, 1, 0.1);
-    }
-    matrix(`${p}.attn.proj.weight`, C, C);
-    vector(`${p}.attn.proj.bias`, C);
-    matrix(`${p}.mlp.fc1.weight`, vit.intermediate, C);
-    vector(`${p}.mlp.fc1.bias`, vit.intermediate);
-    matrix(`${p}.mlp.fc2.weight`, C, vit.intermediate);
-    vector(`${p}.mlp.fc2.bias`, C);
-  }
-  const D = llm.hidden;
-  vector('mlp1.0.weight', 4 * C, 1, 0.1);
-  vector('mlp1.0.bias', 4 * C);
-  matrix('mlp1.1.weight', D, 4 * C);
-  vector('mlp1.1.bias', D);
-  matrix('mlp1.3.weight', D, D);
-  vector('mlp1.3.bias', D);
-
-  const hd = D / llm.heads;
-  const m = 'language_model.model';
-  if (llm.arch === 'qwen2') {
-    specs.push({ name: `${m}.embed_tokens.weight`, shape: [llm.vocab, D], center: 0, spread: 0.05 });
-    for (let i = 0; i < llm.layers; i++) {
-      const p = `${m}.layers.${i}`;
-      vector(`${p}.input_layernorm.weight`, D, 1, 0.1);
-      matrix(`${p}.self_attn.q_proj.weight`, llm.heads * hd, D);
-      vector(`${p}.self_attn.q_proj.bias`, llm.heads * hd);
-      matrix(`${p}.self_attn.k_proj.weight`, llm.kvHeads * hd, D);
-      vector(`${p}.self_attn.k_proj.bias`, llm.kvHeads * hd);
-      matrix(`${p}.self_attn.v_proj.weight`, llm.kvHeads * hd, D);
-      vector(`${p}.self_attn.v_proj.bias`, llm.kvHeads * hd);
-      matrix(`${p}.self_attn.o_proj.weight`, D, llm.heads * hd);
-      vector(`${p}.post_attention_layernorm.weight`, D, 1, 0.1);
-      matrix(`${p}.mlp.gate_proj.weight`, llm.intermediate, D);
-      matrix(`${p}.mlp.up_proj.weight`, llm.intermediate, D);
-      matrix(`${p}.mlp.down_proj.weight`, D, llm.intermediate);
-    }
-    vector(`${m}.norm.weight`, D, 1, 0.1);
-    matrix('language_model.lm_head.weight', llm.vocab, D);
-  } else {
-    specs.push({ name: `${m}.tok_embeddings.weight`, shape: [llm.vocab, D], center: 0, spread: 0.05 });
-    for (let i = 0; i < llm.layers; i++) {
-      const p = `${m}.layers.${i}`;
-      vector(`${p}.attention_norm.weight`, D, 1, 0.1);
-      matrix(`${p}.attention.wqkv.weight`, (llm.heads + 2 * llm.kvHeads) * hd, D);
-      matrix(`${p}.attention.wo.weight`, D, llm.heads * hd);
-      vector(`${p}.ffn_norm.weight`, D, 1, 0.1);
-      matrix(`${p}.feed_forward.w1.weight`, llm.intermediate, D);
-      matrix(`${p}.feed_forward.w3.weight`, llm.intermediate, D);
-      matrix(`${p}.feed_forward.w2.weight`, D, llm.intermediate);
-    }
-    vector(`${m}.norm.weight`, D, 1, 0.1);
-    matrix('language_model.output.weight', llm.vocab, D);
-  }
-  return specs;
+/** Every tensor the engine expects for `config` (the model files' own lists), with its distribution. */
+function randomTensors(config: ModelConfig): RandomTensor[] {
+  const vit = internVitDimsFromConfig(config.vision_config);
+  const llm = decoderDimsFromConfig(config);
+  const projector = {
+    inputSize: vit.hiddenSize / config.downsample_ratio ** 2,
+    llmHiddenSize: llm.hiddenSize,
+  };
+  return [
+    ...internVitTensorSpecs(vit, vit.numLayers),
+    ...projectorTensorSpecs(projector),
+    ...(llm.arch === 'qwen2' ? qwen2TensorSpecs(llm) : internlm2TensorSpecs(llm)),
+  ].map(({ name, shape }) => ({ name, shape, ...distribution(name, shape) }));
 }
 
 /** xorshift128+ seeded through splitmix64: fast, deterministic uniform 32-bit values. */
@@ -477,7 +422,8 @@ export async function createRandomCheckpoint(options: CreateRandomOptions): Prom
   const specials = specialsFor(llm);
   await mkdir(options.out, { recursive: true });
   const json = (value: unknown) => `${JSON.stringify(value, null, 2)}\n`;
-  await writeFile(path.join(options.out, 'config.json'), json(configJson(vit, llm, specials)));
+  const config = configJson(vit, llm, specials);
+  await writeFile(path.join(options.out, 'config.json'), json(config));
   await writeFile(
     path.join(options.out, 'generation_config.json'),
     json({ eos_token_id: specials.generationEos, pad_token_id: specials.pad }),
@@ -486,7 +432,7 @@ export async function createRandomCheckpoint(options: CreateRandomOptions): Prom
     await writeFile(path.join(options.out, file), json(content));
   }
   const random = new Random(options.seed ?? 0);
-  const specs = tensorSpecs(vit, llm);
+  const specs = randomTensors(parseModelConfig(config));
   const seeds = specs.map(() => random.seeds());
   await writeSafetensorsStreaming(
     path.join(options.out, 'model.safetensors'),
