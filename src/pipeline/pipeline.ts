@@ -39,7 +39,7 @@ import {
   resolveGenerationConfig,
 } from './generation-config.js';
 import type { ImageTiling } from './media-prep.js';
-import type { SampledToken } from './sampler.js';
+import { type SampledToken, samplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop.js';
 
 export const DEFAULT_MODEL = 'OpenGVLab/InternVL2_5-1B';
@@ -523,16 +523,7 @@ export class Pipeline {
       inputIds,
       images,
       sessionId,
-      sampling: {
-        temperature: config.temperature,
-        topK: config.topK,
-        topP: config.topP,
-        minP: config.minP,
-        repetitionPenalty: config.repetitionPenalty,
-        logprobs: config.logprobs,
-        topLogprobs: config.topLogprobs,
-        seed: config.seed,
-      },
+      sampling: samplingParams(config),
       maxNewTokens: config.maxNewTokens,
       endTokenIds: config.endTokenIds,
     };

@@ -72,6 +72,12 @@ export type SamplingParams = Pick<
   'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty' | 'logprobs' | 'topLogprobs'
 > & { seed?: number };
 
+/** The part of a generation config that the sampler uses. */
+export function samplingParams(config: GenerationConfig): SamplingParams {
+  const { temperature, topK, topP, minP, repetitionPenalty, logprobs, topLogprobs, seed } = config;
+  return { temperature, topK, topP, minP, repetitionPenalty, logprobs, topLogprobs, seed };
+}
+
 export interface TokenLogprob {
   id: number;
   logprob: number;

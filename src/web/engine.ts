@@ -17,6 +17,7 @@ import {
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from '../pipeline/generation-config.js';
+import { samplingParams } from '../pipeline/sampler.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { toPixelValues } from '../preprocess/pixels.js';
 import { dynamicPreprocess } from '../preprocess/tiles.js';
@@ -260,14 +261,9 @@ export class WebInternVL {
       inputIds,
       images: pixelValues && numTiles ? [{ key: `image-${++sessionSeq}`, numTiles, pixelValues }] : [],
       sampling: {
-        temperature: config.temperature,
-        topK: config.topK,
-        topP: config.topP,
-        minP: config.minP,
-        repetitionPenalty: config.repetitionPenalty,
+        ...samplingParams(config),
         logprobs: false,
         topLogprobs: 0,
-        seed: config.seed,
       },
       maxNewTokens: config.maxNewTokens,
       endTokenIds: config.endTokenIds,
