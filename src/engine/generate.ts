@@ -83,10 +83,6 @@ export class FeatureCache {
       this.#bytes -= v.byteLength;
     }
   }
-
-  get bytes(): number {
-    return this.#bytes;
-  }
 }
 
 interface Session {
@@ -108,12 +104,6 @@ export interface GeneratorDeps {
   maxBatchSize?: number;
   /** Longest prefill chunk per scheduler step; default 512. */
   prefillChunk?: number;
-}
-
-/** Engine counters for metrics. */
-export interface SchedulerState {
-  waiting: number;
-  running: number;
 }
 
 /**
@@ -201,11 +191,6 @@ export class Generator {
     this.features = new FeatureCache(deps.featureCacheBytes ?? 512 * 1024 * 1024);
     this.#maxBatch = deps.maxBatchSize ?? 16;
     this.#prefillChunk = deps.prefillChunk ?? 512;
-  }
-
-  get state(): SchedulerState {
-    const running = this.#jobs.filter((j) => j.next !== undefined).length;
-    return { waiting: this.#jobs.length - running, running };
   }
 
   /** Stops a call before its next step (finishReason 'abort'); calls not started yet end at once. */
