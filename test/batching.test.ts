@@ -67,16 +67,17 @@ test('aborting one of several concurrent streams stops only that one', async () 
 
 test('a second call on a chat session that is still generating is refused; the first is unharmed', async () => {
   const first = await pipe.chat('Hello there.', { gen: { maxNewTokens: 4 } });
-  // Long enough that the first call is still decoding when the second reaches the engine.
+  // The second call starts once the first has produced a token; 400 tokens keep the first decoding
+  // long after the second reaches the engine.
   const gen = { maxNewTokens: 400, ignoreEos: true };
   const expected = await pipe.infer([...first.history, { role: 'user', content: 'Go on.' }], gen);
-  const [a, b] = await Promise.allSettled([
-    pipe.chat('Go on.', { session: first, gen }),
-    pipe.chat('Go on.', { session: first, gen }),
-  ]);
-  const outcomes = [a.status, b.status].sort();
-  assert.deepEqual(outcomes, ['fulfilled', 'rejected']);
-  const refused = [a, b].find((r) => r.status === 'rejected') as PromiseRejectedResult;
-  assert.match(String(refused.reason), /already generating/);
+  let generating!: () => void;
+  const started = new Promise<void>((resolve) => {
+    generating = resolve;
+  });
+  const running = pipe.chat('Go on.', { session: first, gen, onChunk: () => generating() });
+  await started;
+  await assert.rejects(pipe.chat('Go on.', { session: first, gen }), /already generating/);
+  await running;
   assert.deepEqual(first.response?.tokenIds, expected.tokenIds);
 });
