@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { loadModelConfig } from '../src/config/model-config.js';
+import { checkpointWeights as engineWeights } from '../src/engine/core.js';
 import {
   argmax,
   DecoderRunner,
@@ -317,6 +318,35 @@ describe('embeddings, scatter and argmax', () => {
     );
     assert.throws(() => embedTokens(table, 3, [-1]), /token id -1/);
     assert.throws(() => embedTokens(table, 3, [1.5]), /token id 1.5/);
+  });
+
+  test('embedTokens over rows read on demand: same values, each distinct id read once', () => {
+    const reads: number[] = [];
+    const rows = {
+      rowCount: 4,
+      rowLength: 3,
+      readRow: (row: number, out: Float32Array) => {
+        reads.push(row);
+        out.set(table.subarray(row * 3, row * 3 + 3));
+      },
+    };
+    const ids = [3, 1, 3, 3, 0];
+    assert.deepEqual(Array.from(embedTokens(rows, 3, ids)), Array.from(embedTokens(table, 3, ids)));
+    assert.deepEqual(reads, [3, 1, 0]);
+    assert.throws(
+      () => embedTokens(rows, 3, [4]),
+      /token id 4 at position 0 is outside the vocabulary \[0, 4\)/,
+    );
+  });
+
+  test('a runner over a safetensors checkpoint reads embedding rows from the file, not a table in memory', async () => {
+    const dir = goldenModelDir('tiny-internvl2_5-qwen2');
+    const { dims } = await goldenModel('tiny-internvl2_5-qwen2');
+    const runner = await DecoderRunner.create(dims, engineWeights(await open(dir)), { threads: 1 });
+    runners.push(runner);
+    assert.ok(!(runner.embeddings instanceof Float32Array) && !(runner.embeddings instanceof Uint16Array));
+    const ids = [0, 5, 261, 5, 319];
+    assert.deepEqual(runner.embed(ids), (await defaultRunner('tiny-internvl2_5-qwen2')).embed(ids));
   });
 
   test('scatterImageEmbeddings writes image rows in order and checks the count', () => {

@@ -236,6 +236,42 @@ describe('write and read back', () => {
   });
 });
 
+describe('rows read on demand', () => {
+  test('rows of F32, BF16 and F16 tables equal the rows of the whole tensor; bad rows and tensors are named', async () => {
+    const file = path.join(tmp, 'rows.safetensors');
+    const f32 = Float32Array.from({ length: 5 * 3 }, (_, i) => i * 0.5 - 3);
+    await writeSafetensors(file, {
+      f32: { dtype: 'F32', shape: [5, 3], data: f32 },
+      bf16: { dtype: 'BF16', shape: [5, 3], data: float32ToBf16(f32) },
+      f16: { dtype: 'F16', shape: [5, 3], data: float32ToFloat16(f32) },
+      flat: { dtype: 'F32', shape: [15], data: f32 },
+      ints: { dtype: 'I32', shape: [5, 3], data: new Int32Array(15) },
+    });
+    const ckpt = await Checkpoint.open(file);
+    try {
+      for (const name of ['f32', 'bf16', 'f16']) {
+        const rows = ckpt.rows(name);
+        assert.equal(rows.rowCount, 5);
+        assert.equal(rows.rowLength, 3);
+        const whole = await ckpt.readFloat32(name);
+        for (const row of [4, 0, 2]) {
+          const out = new Float32Array(3);
+          rows.readRow(row, out);
+          assert.deepEqual([...out], [...whole.subarray(row * 3, row * 3 + 3)], `${name} row ${row}`);
+        }
+        assert.throws(() => rows.readRow(5, new Float32Array(3)), isError('BAD_INPUT', 'row 5', name));
+      }
+      assert.throws(() => ckpt.rows('flat'), isError('BAD_CHECKPOINT', '"flat"', '2 dimensions'));
+      assert.throws(() => ckpt.rows('ints'), isError('BAD_CHECKPOINT', '"ints"', 'I32'));
+      const rows = ckpt.rows('f32');
+      await ckpt.close();
+      assert.throws(() => rows.readRow(0, new Float32Array(3)), isError('BAD_INPUT', 'closed'));
+    } finally {
+      await ckpt.close();
+    }
+  });
+});
+
 describe('malformed headers', () => {
   async function rawFile(
     name: string,

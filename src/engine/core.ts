@@ -48,6 +48,7 @@ export function checkpointWeights(checkpoint: Checkpoint): WeightSource {
       const bytes = await checkpoint.readBytes(name);
       return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
     },
+    rows: (name) => checkpoint.rows(name),
   };
 }
 

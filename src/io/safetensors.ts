@@ -1,6 +1,8 @@
+import { readSync } from 'node:fs';
 import { type FileHandle, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
+import type { TensorRows } from '../models/weights.js';
 
 /** Element types of the safetensors format (names as they appear in the header). */
 export type SafetensorsDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -377,6 +379,45 @@ export class Checkpoint {
     if (t.dtype !== 'I32') throw this.#wrongDtype(t, 'I32');
     const bytes = await this.readBytes(name);
     return new Int32Array(bytes.buffer, 0, bytes.byteLength / 4);
+  }
+
+  /**
+   * Rows of a 2-D F32 / BF16 / F16 tensor read with one positional read each (synchronous: a row is a
+   * few KB), so a large table such as the token embeddings never has to be held in memory. Valid until
+   * the checkpoint is closed.
+   */
+  rows(name: string): TensorRows {
+    const t = this.info(name);
+    if (t.shape.length !== 2) {
+      throw badCheckpoint(
+        `${t.file}: tensor "${name}" has shape [${t.shape.join(',')}], expected 2 dimensions`,
+      );
+    }
+    if (t.dtype !== 'F32' && t.dtype !== 'BF16' && t.dtype !== 'F16') {
+      throw this.#wrongDtype(t, 'F32, BF16 or F16');
+    }
+    const [rowCount, rowLength] = t.shape;
+    const { dtype, file } = t;
+    const rowBytes = rowLength * DTYPE_BYTES[dtype];
+    const bytes = new Uint8Array(rowBytes);
+    const halves = new Uint16Array(bytes.buffer);
+    const fd = this.#handles.get(file)!.fd;
+    const readRow = (row: number, out: Float32Array) => {
+      if (this.#closed) throw new InternVLError('BAD_INPUT', `checkpoint ${this.source} is closed`);
+      if (!Number.isInteger(row) || row < 0 || row >= rowCount) {
+        throw new InternVLError('BAD_INPUT', `row ${row} of tensor "${name}" is outside [0, ${rowCount})`);
+      }
+      const target = dtype === 'F32' ? new Uint8Array(out.buffer, out.byteOffset, rowBytes) : bytes;
+      let done = 0;
+      while (done < rowBytes) {
+        const n = readSync(fd, target, done, rowBytes - done, t.byteOffset + row * rowBytes + done);
+        if (n === 0) throw badCheckpoint(`${file}: unexpected end of file while reading a row of "${name}"`);
+        done += n;
+      }
+      if (dtype === 'BF16') bf16ToFloat32(halves, out);
+      else if (dtype === 'F16') float16ToFloat32(halves, out);
+    };
+    return { rowCount, rowLength, readRow };
   }
 
   #wrongDtype(t: TensorInfo, wanted: string): InternVLError {

@@ -9,6 +9,16 @@ export interface WeightSource {
   float32(name: string): Promise<Float32Array>;
   /** The tensor's bf16 bit patterns when it is stored as bf16, else undefined (lets large tables stay half size). */
   bfloat16?(name: string): Promise<Uint16Array | undefined>;
+  /** Rows of a 2-D tensor read from storage on demand, where the source can (keeps big tables out of memory). */
+  rows?(name: string): TensorRows | undefined;
+}
+
+/** Rows of a 2-D tensor [rowCount, rowLength], read from storage when asked for. */
+export interface TensorRows {
+  readonly rowCount: number;
+  readonly rowLength: number;
+  /** Reads row `row` as float32 into `out` (rowLength values). */
+  readRow(row: number, out: Float32Array): void;
 }
 
 /** A WeightSource over in-memory arrays (tests, random models, trained parameters). */
