@@ -5,9 +5,10 @@ import * as ort from 'onnxruntime-node';
 import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
-import { defaultGraphCacheDir, graphCacheKey } from '../src/engine/graph-cache.js';
-import { llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
+import { cachedGraph, defaultGraphCacheDir, graphCacheKey } from '../src/engine/graph-cache.js';
+import { decoderGraphQuant, llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { buildQwen2Graph } from '../src/models/qwen2.js';
 
 const dir = process.argv[2];
 const past = Number(process.argv[3] ?? 300);
@@ -17,7 +18,10 @@ const weights = checkpointWeights(ckpt);
 const precision = resolveLlmPrecision({ llmDtype: 'int4' });
 const dims = decoderDimsFromConfig(config);
 const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCacheTag(precision, 'int4') });
-const modelPath = path.join(defaultGraphCacheDir(), key, 'model.onnx');
+// Built (and cached) first when missing, as the engine would.
+const { modelPath } = await cachedGraph(defaultGraphCacheDir(), key, () =>
+  buildQwen2Graph(dims, weights, decoderGraphQuant(precision, 'int4')),
+);
 const prefix = `/tmp/ivl-profile-${process.pid}`;
 const session = await ort.InferenceSession.create(modelPath, {
   executionProviders: ['cpu'],
@@ -28,7 +32,9 @@ const session = await ort.InferenceSession.create(modelPath, {
   profileFilePrefix: prefix,
 });
 const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
-const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings);
+const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings, {
+  capacityStep: Number(process.env.CAP_STEP ?? 256),
+});
 const seq = runner.newSequence();
 const ids = Array.from({ length: past }, (_, i) => (i * 7919) % 150000);
 let logits = await runner.forward(seq, runner.embed(ids), ids.length);

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
-import { cachedGraph, graphCacheKey } from '../src/engine/graph-cache.js';
+import { cachedGraph, graphCacheKey, writeGraphDir } from '../src/engine/graph-cache.js';
 import { createSession } from '../src/engine/session.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 
@@ -56,6 +56,25 @@ test('a failed build leaves no cache entry behind', async () => {
       /tensor missing/,
     );
     assert.deepEqual(readdirSync(dir), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('when another process finishes the same entry first, its complete entry is kept, not replaced', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ivl-cache-'));
+  try {
+    const cache = path.join(dir, 'cache');
+    const { modelPath } = await cachedGraph(cache, 'k', async () => {
+      // The other process renames its entry into place while this one is still building.
+      writeGraphDir(scaleGraph(5), path.join(cache, 'k'), { keepExisting: true });
+      return scaleGraph(3);
+    });
+    assert.deepEqual(readdirSync(cache), ['k'], 'no temporary folder is left');
+    const session = await createSession(modelPath, { threads: 1 });
+    const y = await session.run({ x: new ort.Tensor('float32', new Float32Array(4096).fill(2), [4096]) });
+    assert.equal((y.y.data as Float32Array)[0], 10, 'the first complete entry stays');
+    await session.release();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { type Graph, serializeModel } from '../onnx/graph.js';
 
 /** Bumped whenever graph building changes in a way that invalidates cached graphs. */
-export const GRAPH_FORMAT_VERSION = 3;
+export const GRAPH_FORMAT_VERSION = 4;
 
 export function defaultGraphCacheDir(): string {
   const explicit = process.env.INTERNVL_CACHE;
@@ -50,8 +50,13 @@ function writeChunks(file: string, chunks: Iterable<{ offset?: number; data: Uin
   }
 }
 
-/** Writes a graph as model.onnx + weights.bin into `dir` (atomically); returns the model path. */
-export function writeGraphDir(graph: Graph, dir: string): string {
+/**
+ * Writes a graph as model.onnx + weights.bin into `dir` (atomically); returns the model path. With
+ * `keepExisting`, a complete entry another process renamed into place first is kept, not replaced:
+ * that process may be opening it.
+ */
+export function writeGraphDir(graph: Graph, dir: string, options: { keepExisting?: boolean } = {}): string {
+  const modelPath = path.join(dir, 'model.onnx');
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   mkdirSync(tmp, { recursive: true });
   try {
@@ -61,13 +66,29 @@ export function writeGraphDir(graph: Graph, dir: string): string {
       path.join(tmp, 'model.onnx'),
       modelChunks.map((data) => ({ data })),
     );
-    rmSync(dir, { recursive: true, force: true });
-    renameSync(tmp, dir);
+    if (!options.keepExisting) {
+      rmSync(dir, { recursive: true, force: true });
+      renameSync(tmp, dir);
+    } else {
+      try {
+        renameSync(tmp, dir);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+        if (existsSync(modelPath)) {
+          rmSync(tmp, { recursive: true, force: true });
+        } else {
+          // An incomplete folder (files removed by hand): replace it.
+          rmSync(dir, { recursive: true, force: true });
+          renameSync(tmp, dir);
+        }
+      }
+    }
   } catch (err) {
     rmSync(tmp, { recursive: true, force: true });
     throw err;
   }
-  return path.join(dir, 'model.onnx');
+  return modelPath;
 }
 
 /**
@@ -83,6 +104,6 @@ export async function cachedGraph(
   const modelPath = path.join(dir, 'model.onnx');
   if (existsSync(modelPath)) return { modelPath, hit: true };
   mkdirSync(cacheDir, { recursive: true });
-  writeGraphDir(await build(), dir);
+  writeGraphDir(await build(), dir, { keepExisting: true });
   return { modelPath, hit: false };
 }

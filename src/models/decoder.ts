@@ -174,6 +174,40 @@ export function linear(
 }
 
 /** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
+/** One part of a fusedLinear: a torch Linear weight [outFeatures, inFeatures] and its optional bias. */
+export interface LinearPart {
+  weight: Float32Array;
+  outFeatures: number;
+  bias?: Float32Array;
+}
+
+/**
+ * Several torch Linears over the same input as one: their rows stacked into one weight (`name`), one
+ * MatMul / MatMulNBits / DynamicQuantizeMatMul, then split back in order. Each output column is
+ * quantised on its own, so the parts come out as the separate linears would give them. At M = 1 a
+ * few wide kernels stream their weights faster than many narrow ones.
+ */
+export function fusedLinear(
+  ctx: DecoderGraphContext,
+  x: string,
+  name: string,
+  parts: LinearPart[],
+  inFeatures: number,
+): string[] {
+  const total = parts.reduce((n, p) => n + p.outFeatures, 0);
+  const weight = new Float32Array(total * inFeatures);
+  const bias = parts.some((p) => p.bias) ? new Float32Array(total) : undefined;
+  let row = 0;
+  for (const part of parts) {
+    weight.set(part.weight, row * inFeatures);
+    if (part.bias) bias?.set(part.bias, row);
+    row += part.outFeatures;
+  }
+  const y = linear(ctx, x, name, weight, total, inFeatures, bias && { name: `${name}:bias`, data: bias });
+  const sizes = ctx.g.constI64(parts.map((p) => p.outFeatures));
+  return ctx.g.node('Split', [y, sizes], { axis: { int: -1 } }, { outputs: parts.length });
+}
+
 export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weight: Float32Array): string {
   const { g, dims } = ctx;
   const w = g.initializer(name, 'float32', [weight.length], weight);
@@ -184,6 +218,50 @@ export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weigh
   });
 }
 
+/**
+ * The residual stream of a decoder: `add(delta)` keeps x + delta pending, and the next `norm` computes
+ * the sum and its RMSNorm in one SkipSimplifiedLayerNormalization kernel instead of an Add and a norm.
+ */
+export class ResidualStream {
+  #x: string;
+  #pending: string | undefined;
+
+  constructor(
+    private readonly ctx: DecoderGraphContext,
+    x: string,
+  ) {
+    this.#x = x;
+  }
+
+  add(delta: string): void {
+    if (this.#pending) this.#x = this.ctx.g.add(this.#x, this.#pending);
+    this.#pending = delta;
+  }
+
+  /** RMSNorm of the stream (the pending addition folded in). */
+  norm(name: string, weight: Float32Array): string {
+    const { g, dims } = this.ctx;
+    if (!this.#pending) return rmsNorm(this.ctx, this.#x, name, weight);
+    const w = g.initializer(name, 'float32', [weight.length], weight);
+    const [normed, , , sum] = g.node(
+      'SkipSimplifiedLayerNormalization',
+      [this.#x, this.#pending, w],
+      { epsilon: dims.rmsNormEps },
+      { domain: MS_DOMAIN, outputs: [`${name}:normed`, '', '', `${name}:residual`] },
+    );
+    this.#x = sum;
+    this.#pending = undefined;
+    return normed;
+  }
+
+  /** The stream's current value. */
+  value(): string {
+    if (this.#pending) this.#x = this.ctx.g.add(this.#x, this.#pending);
+    this.#pending = undefined;
+    return this.#x;
+  }
+}
+
 /** Layers read straight from checkpoint tensors by name, shared by the architecture files. */
 export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource) {
   const load = (name: string) => weights.float32(name);
@@ -192,7 +270,7 @@ export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource
     load,
     named,
     /** RMSNorm with the weight tensor `name`. */
-    norm: async (x: string, name: string) => rmsNorm(ctx, x, name, await load(name)),
+    norm: async (residual: ResidualStream, name: string) => residual.norm(name, await load(name)),
     /** torch Linear `name` (.weight [out, in], optional .bias). */
     proj: async (x: string, name: string, outFeatures: number, inFeatures: number, bias = false) =>
       linear(
@@ -256,9 +334,13 @@ export function selfAttention(
 }
 
 /** Marks a layer's output as a graph output when hidden states are requested. */
-export function layerOutput(ctx: DecoderGraphContext, layer: number, x: string): void {
+export function layerOutput(ctx: DecoderGraphContext, layer: number, residual: ResidualStream): void {
   if (ctx.options.hiddenStates) {
-    ctx.g.output(x, DECODER_IO.hidden(layer), 'float32', ['batch', 'seq', ctx.dims.hiddenSize]);
+    ctx.g.output(residual.value(), DECODER_IO.hidden(layer), 'float32', [
+      'batch',
+      'seq',
+      ctx.dims.hiddenSize,
+    ]);
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * InternLM2 decoder (InternVL's modeling_internlm2.py) as an ONNX graph. Same block as Qwen2 with other
  * names: attention_norm → packed wqkv → rope → GQA → wo; ffn_norm → w2(silu(w1 h) ⊙ w3 h); final norm
- * and an untied `output` head. The packed wqkv is split into q/k/v matrices at build time.
+ * and an untied `output` head. The packed wqkv rows are regrouped as [q | k | v] at build time (one matmul,
+ * split after), and w1 / w3 run as one matmul too.
  */
 import type { Graph } from '../onnx/graph.js';
 import {
@@ -9,8 +10,9 @@ import {
   type DecoderDims,
   type DecoderGraphOptions,
   finishDecoderGraph,
+  fusedLinear,
   layerOutput,
-  linear,
+  ResidualStream,
   selfAttention,
   startDecoderGraph,
   swiGlu,
@@ -93,26 +95,40 @@ export async function buildInternLM2Graph(
   const ctx = startDecoderGraph('internlm2-decoder', dims, options);
   const { load, named, norm, proj } = checkpointLayers(ctx, weights);
 
-  let x = ctx.inputsEmbeds;
+  const residual = new ResidualStream(ctx, ctx.inputsEmbeds);
   for (let i = 0; i < dims.numLayers; i++) {
     const p = layerPrefix(i);
-    const h = await norm(x, `${p}attention_norm.weight`);
+    const h = await norm(residual, `${p}attention_norm.weight`);
     const wqkv = `${p}attention.wqkv`;
     const w = splitPackedQkv(await load(`${wqkv}.weight`), dims, d);
     const b = dims.attentionBias ? splitPackedQkv(await load(`${wqkv}.bias`), dims, 1) : undefined;
-    const part = (which: 'q' | 'k' | 'v') =>
-      b ? { name: `${wqkv}.bias:${which}`, data: b[which] } : undefined;
-    const q = linear(ctx, h, `${wqkv}.weight:q`, w.q, qWidth, d, part('q'));
-    const k = linear(ctx, h, `${wqkv}.weight:k`, w.k, kvWidth, d, part('k'));
-    const v = linear(ctx, h, `${wqkv}.weight:v`, w.v, kvWidth, d, part('v'));
+    const [q, k, v] = fusedLinear(
+      ctx,
+      h,
+      `${wqkv}.weight:qkv`,
+      [
+        { weight: w.q, bias: b?.q, outFeatures: qWidth },
+        { weight: w.k, bias: b?.k, outFeatures: kvWidth },
+        { weight: w.v, bias: b?.v, outFeatures: kvWidth },
+      ],
+      d,
+    );
     const attn = selfAttention(ctx, i, q, k, v);
-    x = ctx.g.add(x, await proj(attn, `${p}attention.wo`, d, qWidth, dims.attentionBias));
+    residual.add(await proj(attn, `${p}attention.wo`, d, qWidth, dims.attentionBias));
 
-    const h2 = await norm(x, `${p}ffn_norm.weight`);
-    const gate = await proj(h2, `${p}feed_forward.w1`, ff, d);
-    const up = await proj(h2, `${p}feed_forward.w3`, ff, d);
-    x = ctx.g.add(x, await proj(swiGlu(ctx, gate, up), `${p}feed_forward.w2`, d, ff));
-    layerOutput(ctx, i, x);
+    const h2 = await norm(residual, `${p}ffn_norm.weight`);
+    const [gate, up] = fusedLinear(
+      ctx,
+      h2,
+      `${p}feed_forward.w1_w3.weight`,
+      [
+        { weight: await load(`${p}feed_forward.w1.weight`), outFeatures: ff },
+        { weight: await load(`${p}feed_forward.w3.weight`), outFeatures: ff },
+      ],
+      d,
+    );
+    residual.add(await proj(swiGlu(ctx, gate, up), `${p}feed_forward.w2`, d, ff));
+    layerOutput(ctx, i, residual);
   }
-  return finishDecoderGraph(ctx, x, await named(FINAL_NORM), await named(LM_HEAD));
+  return finishDecoderGraph(ctx, residual.value(), await named(FINAL_NORM), await named(LM_HEAD));
 }

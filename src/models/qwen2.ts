@@ -2,7 +2,7 @@
  * Qwen2 decoder (transformers Qwen2ForCausalLM as used by InternVL 2.5) as an ONNX graph:
  * per layer x += o_proj(attn(rope(q_proj h), rope(k_proj h), v_proj h)) with h = input_layernorm(x),
  * then x += down_proj(silu(gate_proj h) ⊙ up_proj h) with h = post_attention_layernorm(x);
- * final norm and an untied lm_head.
+ * final norm and an untied lm_head. q/k/v and gate/up each run as one matmul (fusedLinear).
  */
 import type { Graph } from '../onnx/graph.js';
 import {
@@ -10,7 +10,9 @@ import {
   type DecoderDims,
   type DecoderGraphOptions,
   finishDecoderGraph,
+  fusedLinear,
   layerOutput,
+  ResidualStream,
   selfAttention,
   startDecoderGraph,
   swiGlu,
@@ -60,23 +62,44 @@ export async function buildQwen2Graph(
   const qWidth = dims.numHeads * headDim;
   const kvWidth = dims.numKvHeads * headDim;
   const ctx = startDecoderGraph('qwen2-decoder', dims, options);
-  const { named, norm, proj } = checkpointLayers(ctx, weights);
+  const { load, named, norm, proj } = checkpointLayers(ctx, weights);
 
-  let x = ctx.inputsEmbeds;
+  const residual = new ResidualStream(ctx, ctx.inputsEmbeds);
   for (let i = 0; i < dims.numLayers; i++) {
     const p = layerPrefix(i);
-    const h = await norm(x, `${p}input_layernorm.weight`);
-    const q = await proj(h, `${p}self_attn.q_proj`, qWidth, d, true);
-    const k = await proj(h, `${p}self_attn.k_proj`, kvWidth, d, true);
-    const v = await proj(h, `${p}self_attn.v_proj`, kvWidth, d, true);
+    const h = await norm(residual, `${p}input_layernorm.weight`);
+    const attnPart = async (name: string, outFeatures: number) => ({
+      weight: await load(`${p}self_attn.${name}.weight`),
+      bias: await load(`${p}self_attn.${name}.bias`),
+      outFeatures,
+    });
+    const [q, k, v] = fusedLinear(
+      ctx,
+      h,
+      `${p}self_attn.qkv_proj.weight`,
+      [
+        await attnPart('q_proj', qWidth),
+        await attnPart('k_proj', kvWidth),
+        await attnPart('v_proj', kvWidth),
+      ],
+      d,
+    );
     const attn = selfAttention(ctx, i, q, k, v);
-    x = ctx.g.add(x, await proj(attn, `${p}self_attn.o_proj`, d, qWidth));
+    residual.add(await proj(attn, `${p}self_attn.o_proj`, d, qWidth));
 
-    const h2 = await norm(x, `${p}post_attention_layernorm.weight`);
-    const gate = await proj(h2, `${p}mlp.gate_proj`, ff, d);
-    const up = await proj(h2, `${p}mlp.up_proj`, ff, d);
-    x = ctx.g.add(x, await proj(swiGlu(ctx, gate, up), `${p}mlp.down_proj`, d, ff));
-    layerOutput(ctx, i, x);
+    const h2 = await norm(residual, `${p}post_attention_layernorm.weight`);
+    const [gate, up] = fusedLinear(
+      ctx,
+      h2,
+      `${p}mlp.gate_up_proj.weight`,
+      [
+        { weight: await load(`${p}mlp.gate_proj.weight`), outFeatures: ff },
+        { weight: await load(`${p}mlp.up_proj.weight`), outFeatures: ff },
+      ],
+      d,
+    );
+    residual.add(await proj(swiGlu(ctx, gate, up), `${p}mlp.down_proj`, d, ff));
+    layerOutput(ctx, i, residual);
   }
-  return finishDecoderGraph(ctx, x, await named(FINAL_NORM), await named(LM_HEAD));
+  return finishDecoderGraph(ctx, residual.value(), await named(FINAL_NORM), await named(LM_HEAD));
 }
