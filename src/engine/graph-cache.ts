@@ -11,7 +11,7 @@ import path from 'node:path';
 import { type Graph, serializeModel } from '../onnx/graph.js';
 
 /** Bumped whenever graph building changes in a way that invalidates cached graphs. */
-export const GRAPH_FORMAT_VERSION = 4;
+export const GRAPH_FORMAT_VERSION = 5;
 
 export function defaultGraphCacheDir(): string {
   const explicit = process.env.INTERNVL_CACHE;

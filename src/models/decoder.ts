@@ -176,16 +176,18 @@ export function linear(
 /** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
 /** One part of a fusedLinear: a torch Linear weight [outFeatures, inFeatures] and its optional bias. */
 export interface LinearPart {
+  name: string;
   weight: Float32Array;
   outFeatures: number;
-  bias?: Float32Array;
+  bias?: { name: string; data: Float32Array };
 }
 
 /**
- * Several torch Linears over the same input as one: their rows stacked into one weight (`name`), one
- * MatMul / MatMulNBits / DynamicQuantizeMatMul, then split back in order. Each output column is
- * quantised on its own, so the parts come out as the separate linears would give them. At M = 1 a
- * few wide kernels stream their weights faster than many narrow ones.
+ * Several torch Linears over the same input. With int4 weights (MatMulNBits, the decode kernel) they
+ * run as one: rows stacked into one weight (`name`), one kernel, split back in order; each output
+ * column is quantised on its own, so the parts come out as the separate linears give them, and at
+ * M = 1 a few wide kernels stream their weights faster than many narrow ones. fp32 and int8 graphs
+ * (the prefill kernels, M in the hundreds) keep separate linears: there the split would only add copies.
  */
 export function fusedLinear(
   ctx: DecoderGraphContext,
@@ -194,13 +196,16 @@ export function fusedLinear(
   parts: LinearPart[],
   inFeatures: number,
 ): string[] {
+  if (ctx.options.linearQuant?.dtype !== 'int4') {
+    return parts.map((p) => linear(ctx, x, p.name, p.weight, p.outFeatures, inFeatures, p.bias));
+  }
   const total = parts.reduce((n, p) => n + p.outFeatures, 0);
   const weight = new Float32Array(total * inFeatures);
   const bias = parts.some((p) => p.bias) ? new Float32Array(total) : undefined;
   let row = 0;
   for (const part of parts) {
     weight.set(part.weight, row * inFeatures);
-    if (part.bias) bias?.set(part.bias, row);
+    if (part.bias) bias?.set(part.bias.data, row);
     row += part.outFeatures;
   }
   const y = linear(ctx, x, name, weight, total, inFeatures, bias && { name: `${name}:bias`, data: bias });
@@ -271,6 +276,13 @@ export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource
     named,
     /** RMSNorm with the weight tensor `name`. */
     norm: async (residual: ResidualStream, name: string) => residual.norm(name, await load(name)),
+    /** The torch Linear `name` (.weight, and .bias when `bias`) as a fusedLinear part. */
+    part: async (name: string, outFeatures: number, bias = false): Promise<LinearPart> => ({
+      name: `${name}.weight`,
+      weight: await load(`${name}.weight`),
+      outFeatures,
+      bias: bias ? await named(`${name}.bias`) : undefined,
+    }),
     /** torch Linear `name` (.weight [out, in], optional .bias). */
     proj: async (x: string, name: string, outFeatures: number, inFeatures: number, bias = false) =>
       linear(

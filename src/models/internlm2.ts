@@ -2,7 +2,7 @@
  * InternLM2 decoder (InternVL's modeling_internlm2.py) as an ONNX graph. Same block as Qwen2 with other
  * names: attention_norm → packed wqkv → rope → GQA → wo; ffn_norm → w2(silu(w1 h) ⊙ w3 h); final norm
  * and an untied `output` head. The packed wqkv rows are regrouped as [q | k | v] at build time (one matmul,
- * split after), and w1 / w3 run as one matmul too.
+ * split after, with int4 weights), and w1 / w3 likewise.
  */
 import type { Graph } from '../onnx/graph.js';
 import {
@@ -93,7 +93,7 @@ export async function buildInternLM2Graph(
   const qWidth = dims.numHeads * headDim;
   const kvWidth = dims.numKvHeads * headDim;
   const ctx = startDecoderGraph('internlm2-decoder', dims, options);
-  const { load, named, norm, proj } = checkpointLayers(ctx, weights);
+  const { load, named, norm, part, proj } = checkpointLayers(ctx, weights);
 
   const residual = new ResidualStream(ctx, ctx.inputsEmbeds);
   for (let i = 0; i < dims.numLayers; i++) {
@@ -107,9 +107,24 @@ export async function buildInternLM2Graph(
       h,
       `${wqkv}.weight:qkv`,
       [
-        { weight: w.q, bias: b?.q, outFeatures: qWidth },
-        { weight: w.k, bias: b?.k, outFeatures: kvWidth },
-        { weight: w.v, bias: b?.v, outFeatures: kvWidth },
+        {
+          name: `${wqkv}.weight:q`,
+          weight: w.q,
+          bias: b && { name: `${wqkv}.bias:q`, data: b.q },
+          outFeatures: qWidth,
+        },
+        {
+          name: `${wqkv}.weight:k`,
+          weight: w.k,
+          bias: b && { name: `${wqkv}.bias:k`, data: b.k },
+          outFeatures: kvWidth,
+        },
+        {
+          name: `${wqkv}.weight:v`,
+          weight: w.v,
+          bias: b && { name: `${wqkv}.bias:v`, data: b.v },
+          outFeatures: kvWidth,
+        },
       ],
       d,
     );
@@ -121,10 +136,7 @@ export async function buildInternLM2Graph(
       ctx,
       h2,
       `${p}feed_forward.w1_w3.weight`,
-      [
-        { weight: await load(`${p}feed_forward.w1.weight`), outFeatures: ff },
-        { weight: await load(`${p}feed_forward.w3.weight`), outFeatures: ff },
-      ],
+      [await part(`${p}feed_forward.w1`, ff), await part(`${p}feed_forward.w3`, ff)],
       d,
     );
     residual.add(await proj(swiGlu(ctx, gate, up), `${p}feed_forward.w2`, d, ff));

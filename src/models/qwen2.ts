@@ -2,7 +2,7 @@
  * Qwen2 decoder (transformers Qwen2ForCausalLM as used by InternVL 2.5) as an ONNX graph:
  * per layer x += o_proj(attn(rope(q_proj h), rope(k_proj h), v_proj h)) with h = input_layernorm(x),
  * then x += down_proj(silu(gate_proj h) ⊙ up_proj h) with h = post_attention_layernorm(x);
- * final norm and an untied lm_head. q/k/v and gate/up each run as one matmul (fusedLinear).
+ * final norm and an untied lm_head. With int4 weights q/k/v and gate/up each run as one matmul (fusedLinear).
  */
 import type { Graph } from '../onnx/graph.js';
 import {
@@ -62,25 +62,20 @@ export async function buildQwen2Graph(
   const qWidth = dims.numHeads * headDim;
   const kvWidth = dims.numKvHeads * headDim;
   const ctx = startDecoderGraph('qwen2-decoder', dims, options);
-  const { load, named, norm, proj } = checkpointLayers(ctx, weights);
+  const { named, norm, part, proj } = checkpointLayers(ctx, weights);
 
   const residual = new ResidualStream(ctx, ctx.inputsEmbeds);
   for (let i = 0; i < dims.numLayers; i++) {
     const p = layerPrefix(i);
     const h = await norm(residual, `${p}input_layernorm.weight`);
-    const attnPart = async (name: string, outFeatures: number) => ({
-      weight: await load(`${p}self_attn.${name}.weight`),
-      bias: await load(`${p}self_attn.${name}.bias`),
-      outFeatures,
-    });
     const [q, k, v] = fusedLinear(
       ctx,
       h,
       `${p}self_attn.qkv_proj.weight`,
       [
-        await attnPart('q_proj', qWidth),
-        await attnPart('k_proj', kvWidth),
-        await attnPart('v_proj', kvWidth),
+        await part(`${p}self_attn.q_proj`, qWidth, true),
+        await part(`${p}self_attn.k_proj`, kvWidth, true),
+        await part(`${p}self_attn.v_proj`, kvWidth, true),
       ],
       d,
     );
@@ -92,10 +87,7 @@ export async function buildQwen2Graph(
       ctx,
       h2,
       `${p}mlp.gate_up_proj.weight`,
-      [
-        { weight: await load(`${p}mlp.gate_proj.weight`), outFeatures: ff },
-        { weight: await load(`${p}mlp.up_proj.weight`), outFeatures: ff },
-      ],
+      [await part(`${p}mlp.gate_proj`, ff), await part(`${p}mlp.up_proj`, ff)],
       d,
     );
     residual.add(await proj(swiGlu(ctx, gate, up), `${p}mlp.down_proj`, d, ff));

@@ -1,0 +1,72 @@
+/**
+ * Resident memory after each stage of the bench's time-to-first-token run (fp32 ViT, int4 LLM):
+ * node --import tsx scripts/profile-memory.ts MODEL_DIR. Reads VmRSS / VmHWM from /proc (Linux); graphs
+ * come from the default graph cache (built there first when missing).
+ */
+import { readFileSync } from 'node:fs';
+import { loadModelConfig } from '../src/config/model-config.js';
+import { checkpointWeights } from '../src/engine/core.js';
+import {
+  argmax,
+  DecoderRunner,
+  decoderDimsFromConfig,
+  scatterImageEmbeddings,
+} from '../src/engine/decoder.js';
+import { defaultGraphCacheDir } from '../src/engine/graph-cache.js';
+import { engineGraphKey, resolvePrecision } from '../src/engine/graph-plan.js';
+import { llmCacheTag, vitCacheTag } from '../src/engine/precision.js';
+import { VisionEncoder, visionDimsFromConfig } from '../src/engine/vision.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+
+function memory(stage: string): void {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const mb = (key: string) => Math.round(Number(status.match(new RegExp(`${key}:\\s+(\\d+)`))?.[1]) / 1024);
+  console.log(
+    `${stage.padEnd(34)} rss ${mb('VmRSS')} MB  peak ${mb('VmHWM')} MB  (file-backed ${mb('RssFile')} MB)`,
+  );
+}
+
+const dir = process.argv[2];
+const precision = resolvePrecision({ llmDtype: 'int4' });
+const config = await loadModelConfig(dir);
+const checkpoint = await Checkpoint.open(dir);
+const weights = checkpointWeights(checkpoint);
+const cacheDir = defaultGraphCacheDir();
+memory('modules loaded');
+const visionDims = visionDimsFromConfig(config);
+const vision = await VisionEncoder.create(visionDims, weights, {
+  vitDtype: 'fp32',
+  cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag('fp32')) },
+});
+memory('fp32 ViT session');
+const decoderDims = decoderDimsFromConfig(config);
+const decoder = await DecoderRunner.create(decoderDims, weights, {
+  ...precision,
+  cache: {
+    dir: cacheDir,
+    key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, 'int4')),
+  },
+});
+memory('int4 decoder session');
+const tiles = 7;
+const pixels = new Float32Array(tiles * 3 * visionDims.imageSize ** 2).map((_, i) => Math.sin(i));
+const features = await vision.encode(pixels, tiles);
+memory(`${tiles} tiles encoded`);
+const contextId = 1000;
+const text = Array.from({ length: 40 }, (_, i) => 100 + i);
+const ids = [
+  ...text.slice(0, 20),
+  ...new Array(features.length / decoderDims.hiddenSize).fill(contextId),
+  ...text.slice(20),
+];
+argmax(
+  await decoder.forward(
+    decoder.newSequence(),
+    scatterImageEmbeddings(decoder.embed(ids), ids, contextId, features),
+    ids.length,
+  ),
+);
+memory(`${ids.length}-token prefill`);
+await vision.release();
+await decoder.release();
+await checkpoint.close();
