@@ -10,7 +10,7 @@
  */
 import { InternVLError } from '../errors.js';
 import { type SampledToken, Sampler, type SamplingParams } from '../pipeline/sampler.js';
-import { DEFAULT_PREFILL_CHUNK, type DecoderRunner, type Sequence } from './decoder.js';
+import type { DecoderRunner, Sequence } from './decoder.js';
 
 /** One image of a request, in prompt order: its tiles, and a key naming its content. */
 export interface ImageRef {
@@ -102,7 +102,7 @@ export interface GeneratorDeps {
   featureCacheBytes?: number;
   /** Most sequences decoded together; newcomers wait for a free place. Default 16. */
   maxBatchSize?: number;
-  /** Longest prefill chunk per scheduler step; default DEFAULT_PREFILL_CHUNK. */
+  /** Longest prefill chunk per scheduler step; default: the decoder runner's prefillChunk. */
   prefillChunk?: number;
 }
 
@@ -190,7 +190,7 @@ export class Generator {
   constructor(private readonly deps: GeneratorDeps) {
     this.features = new FeatureCache(deps.featureCacheBytes ?? 512 * 1024 * 1024);
     this.#maxBatch = deps.maxBatchSize ?? 16;
-    this.#prefillChunk = deps.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
+    this.#prefillChunk = deps.prefillChunk ?? deps.decoder.prefillChunk;
   }
 
   /** Stops a call before its next step (finishReason 'abort'); calls not started yet end at once. */

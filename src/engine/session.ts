@@ -7,11 +7,6 @@ import * as ort from './ort.js';
 export interface SessionOptions {
   /** Intra-op threads; default: the number of cores. */
   threads?: number;
-  /**
-   * ORT's CPU memory arena (default on). The arena keeps the largest activations a session ever
-   * needed for its whole life; sessions whose big activations are rare can turn it off.
-   */
-  memoryArena?: boolean;
 }
 
 export function defaultThreads(): number {
@@ -72,7 +67,6 @@ export async function createSession(
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
-    enableCpuMemArena: options.memoryArena ?? true,
   };
   return openSession(source, sessionOptions);
 }

@@ -196,10 +196,7 @@ export class VisionEncoder {
     const geometry = visionGeometry(dims, options.imageSize);
     const session = await sessionForGraph(
       () => buildVisionGraph(dims, weights, { imageSize: geometry.imageSize, vitDtype }),
-      // Without ORT's arena a tile's activations (about 100 MB at 448 px) go back once it is encoded
-      // instead of staying reserved beside the language model's; encoding is as fast (the largest
-      // buffer, one head group's scores, is 17 MB).
-      { ...options, memoryArena: false },
+      options,
     );
     return new VisionEncoder(dims, geometry, session, tilesPerRun);
   }
