@@ -164,3 +164,27 @@ describe('loading fails cleanly', () => {
     }
   });
 });
+
+test('when the engine worker dies, the calls it was running fail clearly and the next call starts it again', async () => {
+  const model = await InternVLModel.load(goldenModelDir('tiny-internvl2_5-qwen2'), { cacheDir, threads: 1 });
+  try {
+    const c = await readCase('tiny-internvl2_5-qwen2', 'img1');
+    const image = { pixelValues: c.pixelValues!, numTiles: c.numTiles };
+    const before = await model.forwardLogits(c.inputIds, image);
+    // Stands in for the worker being killed (out of memory, a native crash) while a call runs.
+    const running = model.forwardLogits(c.inputIds, image);
+    await (model as unknown as { client: { terminate(): Promise<void> } }).client.terminate();
+    await assert.rejects(
+      running,
+      (err: unknown) => err instanceof InternVLError && /engine worker exited/.test(err.message),
+    );
+    const again = await model.forwardLogits(c.inputIds, image);
+    assert.equal(maxAbsDiff(again, before), 0);
+    assert.deepEqual(
+      await model.generateGreedy(c.inputIds, { ...image, maxNewTokens: c.greedy.length }),
+      c.greedy,
+    );
+  } finally {
+    await model.close();
+  }
+});

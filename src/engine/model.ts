@@ -36,37 +36,65 @@ function idList(inputIds: ArrayLike<number>): number[] {
   return ids;
 }
 
+/** Starts an engine worker and loads the checkpoint in it. */
+async function startEngine(
+  dir: string,
+  options: LoadOptions,
+): Promise<{ client: WorkerClient; config: ModelConfig }> {
+  const { onProgress, ...engineOptions } = options;
+  const client = new WorkerClient(workerUrl, { dir, options: engineOptions });
+  try {
+    const { config } = await client.call<{ config: ModelConfig }>('load', [], {
+      onEvent: (e) => {
+        const { done, total } = e as { done: number; total: number };
+        onProgress?.(done, total);
+      },
+    });
+    return { client, config };
+  } catch (err) {
+    await client.terminate();
+    throw err;
+  }
+}
+
 export class InternVLModel {
   private closed = false;
+  #restart: Promise<WorkerClient> | undefined;
 
   private constructor(
-    private readonly client: WorkerClient,
+    private client: WorkerClient,
     readonly config: ModelConfig,
     readonly dir: string,
+    private readonly options: LoadOptions,
   ) {}
 
   /** Loads a local checkpoint folder or a hub id (`Org/Name[@revision]`). */
   static async load(dirOrId: string, options: LoadOptions = {}): Promise<InternVLModel> {
     const dir = await resolveModel(dirOrId);
-    const { onProgress, ...engineOptions } = options;
-    const client = new WorkerClient(workerUrl, { dir, options: engineOptions });
-    try {
-      const { config } = await client.call<{ config: ModelConfig }>('load', [], {
-        onEvent: (e) => {
-          const { done, total } = e as { done: number; total: number };
-          onProgress?.(done, total);
-        },
-      });
-      return new InternVLModel(client, config, dir);
-    } catch (err) {
-      await client.terminate();
-      throw err;
-    }
+    const { client, config } = await startEngine(dir, options);
+    return new InternVLModel(client, config, dir, options);
   }
 
-  private call<T>(method: string, args: unknown[]): Promise<T> {
-    if (this.closed) return Promise.reject(new InternVLError('BAD_INPUT', 'the model is closed'));
-    return this.client.call<T>(method, args);
+  /**
+   * The engine worker, started again (graphs from the cache, chat sessions' caches empty) when the
+   * last one died, e.g. out of memory: the calls it was running fail, later calls work again.
+   */
+  private async engine(): Promise<WorkerClient> {
+    if (this.closed) throw new InternVLError('BAD_INPUT', 'the model is closed');
+    if (!this.client.exited) return this.client;
+    this.#restart ??= startEngine(this.dir, { ...this.options, onProgress: undefined })
+      .then(({ client }) => {
+        this.client = client;
+        return client;
+      })
+      .finally(() => {
+        this.#restart = undefined;
+      });
+    return this.#restart;
+  }
+
+  private async call<T>(method: string, args: unknown[]): Promise<T> {
+    return (await this.engine()).call<T>(method, args);
   }
 
   /** Projector output (image embeddings), [numTiles, 256, hidden]. */
@@ -105,16 +133,16 @@ export class InternVLModel {
       signal?: AbortSignal;
     } = {},
   ): Promise<GenerateResult> {
-    if (this.closed) throw new InternVLError('BAD_INPUT', 'the model is closed');
+    const engine = await this.engine();
     const { signal, onToken, onEncode } = options;
-    const call = this.client.start<GenerateResult>('generate', [request], {
+    const call = engine.start<GenerateResult>('generate', [request], {
       onEvent: (e) => {
         const event = e as GenerateEvent;
         if (event.type === 'token') onToken?.(event.token);
         else onEncode?.(event.done, event.total);
       },
     });
-    const abort = () => void this.client.call('abort', [call.id]).catch(() => {});
+    const abort = () => void engine.call('abort', [call.id]).catch(() => {});
     if (signal?.aborted) abort();
     signal?.addEventListener('abort', abort, { once: true });
     try {
@@ -126,14 +154,16 @@ export class InternVLModel {
 
   /** Forgets a chat session's KV cache in the engine. */
   async releaseSession(sessionId: string): Promise<void> {
-    if (!this.closed) await this.call('releaseSession', [sessionId]);
+    // A restarted engine has no sessions to forget.
+    if (!this.closed && !this.client.exited) await this.call('releaseSession', [sessionId]);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.#restart?.catch(() => {});
     try {
-      await this.client.call('close', []);
+      if (!this.client.exited) await this.client.call('close', []);
     } finally {
       await this.client.terminate();
     }

@@ -45,8 +45,14 @@ export class WorkerClient {
     { resolve: (v: unknown) => void; reject: (e: Error) => void; onEvent?: (e: unknown) => void }
   >();
   private failure: Error | undefined;
+  #exited = false;
 
-  constructor(url: URL, workerData: unknown) {
+  /** `name` goes into errors (e.g. "engine worker exited (code 1)"). */
+  constructor(
+    url: URL,
+    workerData: unknown,
+    private readonly name = 'engine',
+  ) {
     this.worker = url.pathname.endsWith('.ts')
       ? // Running from TypeScript sources (tests, development): load tsx's loader inside the worker first.
         new Worker(
@@ -57,9 +63,16 @@ export class WorkerClient {
     this.worker.on('message', (reply: Reply) => this.onReply(reply));
     this.worker.on('error', (err) => this.failAll(err));
     this.worker.on('exit', (code) => {
-      if (this.pending.size > 0)
-        this.failAll(new InternVLError('INTERNAL', `engine worker exited (code ${code})`));
+      this.#exited = true;
+      this.failAll(
+        this.failure ?? new InternVLError('INTERNAL', `${this.name} worker exited (code ${code})`),
+      );
     });
+  }
+
+  /** True once the worker thread has ended (crashed, ran out of memory, or was terminated); calls then fail. */
+  get exited(): boolean {
+    return this.#exited;
   }
 
   private onReply(reply: Reply): void {

@@ -351,7 +351,8 @@ export class Pipeline {
 
   /** The media worker, started on first use. */
   #mediaWorker(): WorkerClient {
-    this.#media ??= new WorkerClient(mediaWorkerUrl, {});
+    // A media worker that died (a decoder crash on some file) is replaced for the next request.
+    if (!this.#media || this.#media.exited) this.#media = new WorkerClient(mediaWorkerUrl, {}, 'media');
     return this.#media;
   }
 
