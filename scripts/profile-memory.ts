@@ -1,7 +1,8 @@
 /**
  * Resident memory after each stage of the bench's time-to-first-token run (fp32 ViT, int4 LLM):
- * node --import tsx scripts/profile-memory.ts MODEL_DIR. Reads VmRSS / VmHWM from /proc (Linux); graphs
- * come from the default graph cache (built there first when missing).
+ * node --import tsx scripts/profile-memory.ts MODEL_DIR [--prefill-chunk N]. Reads VmRSS / VmHWM from /proc
+ * (Linux) and times the encoding and the prefill; graphs come from the default graph cache (built there first
+ * when missing).
  */
 import { readFileSync } from 'node:fs';
 import { loadModelConfig } from '../src/config/model-config.js';
@@ -27,6 +28,8 @@ function memory(stage: string): void {
 }
 
 const dir = process.argv[2];
+const chunkFlag = process.argv.indexOf('--prefill-chunk');
+const prefillChunk = chunkFlag > 0 ? Number(process.argv[chunkFlag + 1]) : undefined;
 const precision = resolvePrecision({ llmDtype: 'int4' });
 const config = await loadModelConfig(dir);
 const checkpoint = await Checkpoint.open(dir);
@@ -42,6 +45,7 @@ memory('fp32 ViT session');
 const decoderDims = decoderDimsFromConfig(config);
 const decoder = await DecoderRunner.create(decoderDims, weights, {
   ...precision,
+  prefillChunk,
   cache: {
     dir: cacheDir,
     key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, 'int4')),
@@ -50,8 +54,9 @@ const decoder = await DecoderRunner.create(decoderDims, weights, {
 memory('int4 decoder session');
 const tiles = 7;
 const pixels = new Float32Array(tiles * 3 * visionDims.imageSize ** 2).map((_, i) => Math.sin(i));
+let t = performance.now();
 const features = await vision.encode(pixels, tiles);
-memory(`${tiles} tiles encoded`);
+memory(`${tiles} tiles encoded in ${((performance.now() - t) / 1000).toFixed(2)} s`);
 const contextId = 1000;
 const text = Array.from({ length: 40 }, (_, i) => 100 + i);
 const ids = [
@@ -59,6 +64,7 @@ const ids = [
   ...new Array(features.length / decoderDims.hiddenSize).fill(contextId),
   ...text.slice(20),
 ];
+t = performance.now();
 argmax(
   await decoder.forward(
     decoder.newSequence(),
@@ -66,7 +72,9 @@ argmax(
     ids.length,
   ),
 );
-memory(`${ids.length}-token prefill`);
+memory(
+  `${ids.length}-token prefill in ${((performance.now() - t) / 1000).toFixed(2)} s (chunks of ${decoder.prefillChunk})`,
+);
 await vision.release();
 await decoder.release();
 await checkpoint.close();
