@@ -129,10 +129,9 @@ export class Sequence {
 }
 
 /**
- * Longest prefill chunk per graph run, by the kernel that runs prefill (measured on the 1B shape):
- * fp32 MatMul and int8 DynamicQuantizeMatMul are fastest at 512 (int8, 300 tokens: 1384 tok/s against
- * 1297 at 256), int4 MatMulNBits at 256 (the 1832-token prefill of one image: 3.60 s against 3.75 s),
- * where the smaller chunk's activations also keep the peak memory about 80 MB lower.
+ * Longest prefill chunk per graph run, by the kernel that runs prefill (measured on the 1B shape, see
+ * docs/performance.md): fp32 MatMul and int8 DynamicQuantizeMatMul are fastest in chunks of 512; int4
+ * MatMulNBits is as fast in chunks of 256, whose smaller activations keep the peak memory 80 MB lower.
  */
 export function defaultPrefillChunk(prefillDtype: WeightDtype): number {
   return prefillDtype === 'int4' ? 256 : 512;
