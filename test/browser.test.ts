@@ -1,6 +1,7 @@
 /**
  * The in-browser demo (examples/browser) in headless Chromium: golden tiles byte-identical, the tiny
- * golden model on the WASM provider giving Node's greedy ids (golden case and image end to end), a
+ * golden model on the WASM provider giving Node's greedy ids (golden case and image end to end; an int4
+ * conversion against Node's int4 graphs), a
  * second visit loading from the Cache API with the model server gone, and the WebGPU path (run where
  * the browser has an adapter, reported otherwise).
  */
@@ -12,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import type { Page } from 'playwright-core';
 import { bundleForBrowser, DEMO_DIR, type DemoServer, startDemoServer } from '../scripts/browser-demo.js';
 import { convertModelForWeb } from '../src/cli/convert-web.js';
+import { InternVLModel } from '../src/engine/model.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import { type Pipeline, pipeline } from '../src/pipeline/pipeline.js';
 import { artifactPath, type Browser, chromiumMissing, launchChromium } from './browser-helpers.js';
@@ -242,6 +244,47 @@ describe('in-browser demo (Chromium, onnxruntime-web)', { skip: chromiumMissing 
       );
     } finally {
       await gpuBrowser?.close();
+    }
+  });
+
+  test('WASM: an int4 conversion (fused MatMulNBits) gives the greedy ids of int4 graphs in Node', async () => {
+    const int4Dir = path.join(tmp, 'model-int4');
+    await convertModelForWeb(goldenModelDir(MODEL), int4Dir, { llmDtype: 'int4' });
+    const int4Server = await startDemoServer({
+      modelDir: int4Dir,
+      bundle: path.join(tmp, 'demo.js'),
+      extra: { data: tmp },
+    });
+    const int4Page = await browser.context.newPage();
+    int4Page.on('pageerror', (e) => pageErrors.push(e.message));
+    // onnxruntime-web's WASM MatMulNBits computes in fp32 whatever the accuracy level: Node's ids at level 0
+    // are the exact reference (at level 4, int8 activations, random tiny weights diverge after two tokens).
+    const node = await InternVLModel.load(goldenModelDir(MODEL), {
+      cacheDir: path.join(tmp, 'graphs-int4'),
+      threads: 1,
+      llmDtype: 'int4',
+      accuracyLevel: 0,
+    });
+    try {
+      const { inputIds } = JSON.parse(readFileSync(path.join(tmp, 'img1.json'), 'utf8')) as Img1Case;
+      const pixelValues = new Float32Array(new Uint8Array(readFileSync(path.join(tmp, 'img1.f32'))).buffer);
+      const expected = await node.generateGreedy(inputIds, { pixelValues, numTiles: 1, maxNewTokens: 8 });
+      await int4Page.goto(int4Server.url);
+      await int4Page.click('#load');
+      await int4Page.waitForFunction("document.getElementById('status').dataset.ready", null, {
+        timeout: 30_000,
+      });
+      const got = await int4Page.evaluate(async () => {
+        const g = globalThis as unknown as { demo: { model: import('../src/web/index.js').WebInternVL } };
+        const { inputIds } = (await (await fetch('/data/img1.json')).json()) as Img1Case;
+        const pixelValues = new Float32Array(await (await fetch('/data/img1.f32')).arrayBuffer());
+        return g.demo.model.greedyIds(inputIds, 8, { pixelValues, numTiles: 1 });
+      });
+      assert.deepEqual(got, expected);
+    } finally {
+      await node.close();
+      await int4Page.close();
+      await int4Server.close();
     }
   });
 
