@@ -89,4 +89,17 @@ describe('internvl train', () => {
     );
     assert.match(stderr(), /--stage must be 1, 1.5 or 2/);
   });
+
+  it('checks the LoRA flags', async () => {
+    const base = ['--model', MODEL, '--data', shards, '--out', dir, '--stage', '2'];
+    for (const [flags, message] of [
+      [['--lora-dropout', '0.05'], /--lora-dropout needs --use-llm-lora R or --use-backbone-lora R/],
+      [['--use-backbone-lora', '0'], /--use-backbone-lora/],
+      [['--use-backbone-lora', '4', '--lora-dropout', '1'], /--lora-dropout must be in \[0, 1\)/],
+    ] as const) {
+      const { io, stderr } = memoryIo();
+      assert.equal(await trainCommand([...base, ...flags], io), 2, flags.join(' '));
+      assert.match(stderr(), message);
+    }
+  });
 });

@@ -12,6 +12,7 @@ import { dropPathRates, keepMask, keyedRandom } from '../src/train/random.js';
 import {
   excludedFromWeightDecay,
   isLoraTarget,
+  isVitLoraTarget,
   type TrainBatch,
   Trainer,
   trainableParameters,
@@ -88,6 +89,11 @@ describe('trainable sets (internvl_chat_finetune.py freeze flags)', () => {
     only(set(1, { unfreezeLmHead: true }), (n) => mlp(n) || n === 'language_model.lm_head.weight');
     // LoRA freezes the whole LLM base (PEFT), whatever --freeze-llm says.
     only(set(2, { llmLora: { rank: 2 } }), (n) => vit(n) || mlp(n));
+    // Backbone LoRA freezes the ViT base; --unfreeze-vit-layers still opens its layers (the official
+    // script applies it after wrap_backbone_lora).
+    only(set(2, { vitLora: { rank: 2 } }), (n) => llm(n) || mlp(n));
+    only(set(2, { vitLora: { rank: 2 }, unfreezeVitLayers: -1 }), (n) => llm(n) || mlp(n) || layer(1)(n));
+    only(set(1.5, { vitLora: { rank: 2 }, llmLora: { rank: 2 } }), mlp);
   });
 
   it('picks the LoRA targets and the no-decay parameters by name', () => {
@@ -102,6 +108,13 @@ describe('trainable sets (internvl_chat_finetune.py freeze flags)', () => {
           ),
         ),
     );
+    const vitTargets = names.filter(isVitLoraTarget).map((n) => n.replace(/layers\.\d+\./, 'layers.N.'));
+    assert.equal(vitTargets.length, 4 * config.vision_config.num_hidden_layers);
+    assert.deepEqual(
+      [...new Set(vitTargets)].sort(),
+      ['attn.proj', 'attn.qkv', 'mlp.fc1', 'mlp.fc2'].map((p) => `vision_model.encoder.layers.N.${p}.weight`),
+    );
+    assert.ok(!isVitLoraTarget('vision_model.encoder.layers.0.attn.qkv.bias'));
     assert.ok(isLoraTarget('language_model.model.layers.3.attention.wqkv.weight'));
     assert.ok(isLoraTarget('language_model.model.layers.3.feed_forward.w2.weight'));
     const noDecay = names.filter(excludedFromWeightDecay).map((n) => n.replace(/layers\.\d+\./, 'layers.N.'));
@@ -257,6 +270,67 @@ describe('trainer options on the golden pack', () => {
         assert.ok(err <= 1e-4, `LoRA forward vs fp32 merged weights: ${err}`);
       } finally {
         await plain.close();
+      }
+    } finally {
+      await trainer.close();
+    }
+  });
+  it('backbone LoRA trains only the ViT adapters (with dropout) and saves W + (α/r)·B·A that the engine loads', async () => {
+    const rank = 2;
+    const trainer = await Trainer.create({
+      model: goldenModelDir(MODEL),
+      stage: 2,
+      optimizer: { lr: 5e-2 },
+      vitLora: { rank, dropout: 0.1 },
+      seed: 5,
+    });
+    const out = path.join(dir, 'vit-lora');
+    try {
+      const vitBase = trainer.parameterNames().filter((n) => n.startsWith('vision_model.'));
+      assert.ok(vitBase.every((n) => !trainer.trainable.includes(n)));
+      const targets = vitBase.filter(isVitLoraTarget);
+      assert.equal(targets.length, 8);
+      const before = new Map(vitBase.map((n) => [n, trainer.parameter(n)]));
+      const { grads } = await trainer.lossAndGradients(batch);
+      for (const w of targets) {
+        assert.ok(
+          grads.get(loraParameterNames(w).b)!.some((x) => x !== 0),
+          `${w}: B receives a gradient`,
+        );
+      }
+      for (let i = 0; i < 3; i++) await trainer.step(batch);
+      for (const [n, v] of before) assert.deepEqual(trainer.parameter(n), v, `${n} stays frozen`);
+      await trainer.save(out);
+
+      const saved = await Checkpoint.open(out);
+      let moved = 0;
+      for (const w of targets) {
+        const names = loraParameterNames(w);
+        const merged = mergeLora(
+          before.get(w)!,
+          trainer.parameter(names.a),
+          trainer.parameter(names.b),
+          rank,
+        );
+        assert.deepEqual(await saved.readBytes(w), new Uint8Array(float32ToBf16(merged).buffer), w);
+        moved = Math.max(moved, maxAbsDiff(merged, before.get(w)!));
+      }
+      assert.ok(moved > 1e-2, 'the adapters moved the merged weights');
+      assert.ok(saved.names().every((n) => !n.includes('lora_')));
+      await saved.close();
+
+      // Un-merged trainer forward (no dropout outside training) vs the engine on the merged bf16 checkpoint.
+      const T = 489;
+      const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);
+      const single = { inputIds: ids, cuSeqlens: [0, T], pixelValues: batch.pixelValues, numTiles: 1 };
+      const unmerged = await trainer.logits(single);
+      const engine = await InternVLModel.load(out);
+      try {
+        const fromEngine = await engine.forwardLogits(ids, { pixelValues: batch.pixelValues, numTiles: 1 });
+        const err = maxAbsDiff(fromEngine, unmerged);
+        assert.ok(err <= 5e-2, `backbone LoRA forward vs the merged bf16 checkpoint in the engine: ${err}`);
+      } finally {
+        await engine.close();
       }
     } finally {
       await trainer.close();

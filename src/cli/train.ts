@@ -43,7 +43,8 @@ const USAGE = `Usage: internvl train --model DIR --data SHARDS --stage 1|1.5|2 -
   --freeze-llm, --freeze-backbone, --freeze-mlp, --unfreeze-vit-layers K, --unfreeze-lm-head
                          override the stage's trainable set (--unfreeze-vit-layers=-K: the last K ViT layers)
   --use-llm-lora R       LoRA of rank R (alpha 2R) on the LLM's Linear layers; the LLM base is frozen
-  --lora-dropout X       dropout on the LoRA input (default 0; the official scripts use 0.05)
+  --use-backbone-lora R  LoRA of rank R (alpha 2R) on InternViT's attn.qkv/proj and mlp.fc1/fc2; the ViT base is frozen
+  --lora-dropout X       dropout on the LoRA inputs (default 0; the official scripts use 0.05)
   --drop-path-rate X     ViT drop-path rate (default: the config's vision_config.drop_path_rate)
   --resume               continue from the newest complete checkpoint in --out
 Writes OUT/model.safetensors (bf16, LoRA merged) with the source's config and tokenizer files,
@@ -172,6 +173,7 @@ async function run(args: string[], io: TrainIo): Promise<number> {
     'unfreeze-vit-layers': { type: 'string' },
     'unfreeze-lm-head': { type: 'boolean' },
     'use-llm-lora': { type: 'string' },
+    'use-backbone-lora': { type: 'string' },
     'lora-dropout': { type: 'string' },
     'drop-path-rate': { type: 'string' },
     'decay-all': { type: 'boolean' },
@@ -201,9 +203,10 @@ async function run(args: string[], io: TrainIo): Promise<number> {
   const stopAfter = integerOption(values['stop-after'], 'stop-after', 1);
   const keep = integerOption(values['save-total-limit'], 'save-total-limit', 1) ?? 3;
   const loraRank = integerOption(values['use-llm-lora'], 'use-llm-lora', 1);
+  const vitLoraRank = integerOption(values['use-backbone-lora'], 'use-backbone-lora', 1);
   const loraDropout = numberOption(values['lora-dropout'], 'lora-dropout');
-  if (loraDropout !== undefined && loraRank === undefined)
-    throw new UsageError('--lora-dropout needs --use-llm-lora R');
+  if (loraDropout !== undefined && loraRank === undefined && vitLoraRank === undefined)
+    throw new UsageError('--lora-dropout needs --use-llm-lora R or --use-backbone-lora R');
   if (loraDropout !== undefined && !(loraDropout >= 0 && loraDropout < 1))
     throw new UsageError(`--lora-dropout must be in [0, 1), got '${values['lora-dropout']}'`);
   const dropPathRate = numberOption(values['drop-path-rate'], 'drop-path-rate');
@@ -236,6 +239,7 @@ async function run(args: string[], io: TrainIo): Promise<number> {
       decayNormsAndBiases: Boolean(values['decay-all']),
     },
     llmLora: loraRank !== undefined ? { rank: loraRank, dropout: loraDropout ?? 0 } : undefined,
+    vitLora: vitLoraRank !== undefined ? { rank: vitLoraRank, dropout: loraDropout ?? 0 } : undefined,
     dropPathRate,
     freezeLlm: values['freeze-llm'],
     freezeBackbone: values['freeze-backbone'],

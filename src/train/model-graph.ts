@@ -29,19 +29,18 @@ export interface TrainGraphSpec extends TrainGraphShape {
   paramShapes: ReadonlyMap<string, readonly number[]>;
   /** 'loss': scalar output `loss`; 'logits': output `logits` [T, vocab]. */
   mode: 'loss' | 'logits';
-  /** LoRA adapters on these LLM Linear weights: y = x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ. */
+  /** LoRA adapters on these Linear weights (LLM, ViT): y = x·Wᵀ + scale·(dropout(x)·Aᵀ)·Bᵀ. */
   lora?: LoraGraphSpec;
   /** ViT drop-path rate of each encoder layer; layers above 0 drop residual branches per tile (loss mode only). */
   dropPathRates?: readonly number[];
 }
 
 export interface LoraGraphSpec {
-  /** alpha / r. */
-  scale: number;
-  /** Checkpoint names of the adapted Linear weights. */
-  targets: ReadonlySet<string>;
-  /** Dropout probability on the adapter's input (loss mode only). */
-  dropout: number;
+  /**
+   * Checkpoint names of the adapted Linear weights, each with its alpha / r and the dropout
+   * probability on its input (loss mode only).
+   */
+  targets: ReadonlyMap<string, { scale: number; dropout: number }>;
 }
 
 /** A graph input of inverted-dropout scales (1/keep or 0) that the caller draws for each run. */
@@ -114,27 +113,31 @@ class ModelGraph {
     return name;
   }
 
-  /** x @ W^T (+ b) for a torch Linear weight [out, in]. */
-  linear(x: string, weight: string, bias?: string): string {
+  /**
+   * x @ W^T (+ b) for a torch Linear weight [out, in]. `rows` are x's dimensions before the last
+   * (default [T], the decoder's rows), the shape of a LoRA dropout mask.
+   */
+  linear(x: string, weight: string, bias?: string, rows: number[] = [this.seqLen]): string {
     const g = this.g;
     let y = g.matMul(x, g.transpose(this.param(weight), [1, 0]));
     if (bias && this.has(bias)) y = g.add(y, this.param(bias));
-    if (this.lora?.targets.has(weight)) y = g.add(y, this.#loraDelta(x, weight, this.lora));
+    const adapter = this.lora?.targets.get(weight);
+    if (adapter) y = g.add(y, this.#loraDelta(x, weight, adapter, rows));
     return y;
   }
 
-  /** scale·(dropout(x)·Aᵀ)·Bᵀ for a 2-D input x [T, in] (PEFT's lora.Linear). */
-  #loraDelta(x: string, weight: string, lora: LoraGraphSpec): string {
+  /** scale·(dropout(x)·Aᵀ)·Bᵀ for an input x [...rows, in] (PEFT's lora.Linear). */
+  #loraDelta(x: string, weight: string, adapter: { scale: number; dropout: number }, rows: number[]): string {
     const g = this.g;
     const { a, b } = loraParameterNames(weight);
     let input = x;
-    if (this.training && lora.dropout > 0) {
+    if (this.training && adapter.dropout > 0) {
       const inFeatures = (this.shapes.get(weight) as readonly number[])[1];
-      input = g.mul(x, this.noiseInput(`lora_dropout.${weight}`, [this.seqLen, inFeatures], lora.dropout));
+      input = g.mul(x, this.noiseInput(`lora_dropout.${weight}`, [...rows, inFeatures], adapter.dropout));
     }
     const down = g.matMul(input, g.transpose(this.param(a), [1, 0]));
     const up = g.matMul(down, g.transpose(this.param(b), [1, 0]));
-    return g.mul(up, g.scalarF32(lora.scale));
+    return g.mul(up, g.scalarF32(adapter.scale));
   }
 
   mean(x: string): string {
@@ -265,7 +268,7 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number, dropPath: re
         : value;
     g.within(`vit${i}`, () => {
       const h = norm(x, `${p}.norm1`);
-      const qkv = m.linear(h, `${p}.attn.qkv.weight`, v.qkv_bias ? `${p}.attn.qkv.bias` : undefined);
+      const qkv = m.linear(h, `${p}.attn.qkv.weight`, v.qkv_bias ? `${p}.attn.qkv.bias` : undefined, [N, Lt]);
       let q = g.slice(qkv, [0], [C], [2]);
       let k = g.slice(qkv, [C], [2 * C], [2]);
       const val = g.slice(qkv, [2 * C], [3 * C], [2]);
@@ -277,13 +280,14 @@ function visionTower(m: ModelGraph, config: ModelConfig, N: number, dropPath: re
       const scores = g.matMul(g.mul(heads(q), g.scalarF32(d ** -0.5)), g.transpose(heads(k), [0, 1, 3, 2]));
       const attn = g.matMul(g.softmax(scores, -1), heads(val));
       const merged = g.reshape(g.transpose(attn, [0, 2, 1, 3]), [N, Lt, C]);
-      const out = m.linear(merged, `${p}.attn.proj.weight`, `${p}.attn.proj.bias`);
+      const out = m.linear(merged, `${p}.attn.proj.weight`, `${p}.attn.proj.bias`, [N, Lt]);
       x = g.add(x, branch(g.mul(out, m.param(`${p}.ls1`)), 'attn'));
       const h2 = norm(x, `${p}.norm2`);
       const mlp = m.linear(
-        m.gelu(m.linear(h2, `${p}.mlp.fc1.weight`, `${p}.mlp.fc1.bias`)),
+        m.gelu(m.linear(h2, `${p}.mlp.fc1.weight`, `${p}.mlp.fc1.bias`, [N, Lt])),
         `${p}.mlp.fc2.weight`,
         `${p}.mlp.fc2.bias`,
+        [N, Lt],
       );
       x = g.add(x, branch(g.mul(mlp, m.param(`${p}.ls2`)), 'mlp'));
     });

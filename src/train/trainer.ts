@@ -39,7 +39,7 @@ export interface FreezeOptions {
   unfreezeLmHead?: boolean;
 }
 
-/** LoRA on the LLM's Linear layers, like the official `use_llm_lora r` (alpha 2r). */
+/** LoRA adapters of rank r and alpha 2r, like the official `use_llm_lora r` / `use_backbone_lora r`. */
 export interface LoraOptions {
   rank: number;
   /** Dropout on the adapter input (official scripts: 0.05); default 0. */
@@ -49,6 +49,11 @@ export interface LoraOptions {
 export interface TrainableSetOptions extends FreezeOptions {
   /** With LoRA the whole LLM base is frozen (PEFT's get_peft_model); only the adapters train there. */
   llmLora?: LoraOptions;
+  /**
+   * LoRA on InternViT's attn.qkv, attn.proj, mlp.fc1 and mlp.fc2 (`use_backbone_lora r`); the whole ViT
+   * base is then frozen and only its adapters train.
+   */
+  vitLora?: LoraOptions;
 }
 
 export interface TrainerOptions extends TrainableSetOptions {
@@ -117,6 +122,13 @@ export function isLoraTarget(name: string): boolean {
   return LORA_TARGET.test(name);
 }
 
+const VIT_LORA_TARGET = /^vision_model\.encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])\.weight$/;
+
+/** InternViT Linear weights that `use_backbone_lora` adapts (the official wrap_backbone_lora targets). */
+export function isVitLoraTarget(name: string): boolean {
+  return VIT_LORA_TARGET.test(name);
+}
+
 /**
  * Parameters the HF Trainer puts in its no-decay group: biases, and the weights of normalisation
  * layers (get_decay_parameter_names excludes nn.LayerNorm parameters and names containing "bias";
@@ -141,7 +153,7 @@ export function trainableParameters(
   }
   const lora = flags.llmLora !== undefined;
   const freezeLlm = lora || (flags.freezeLlm ?? stage !== 2);
-  const freezeBackbone = flags.freezeBackbone ?? stage === 1;
+  const freezeBackbone = flags.vitLora !== undefined || (flags.freezeBackbone ?? stage === 1);
   const freezeMlp = flags.freezeMlp ?? false;
   const layers = config.vision_config.num_hidden_layers;
   const k = flags.unfreezeVitLayers ?? 0;
@@ -177,7 +189,8 @@ export class Trainer {
     private readonly imageContextTokenId: number,
     private readonly threads: number | undefined,
     readonly seed: number,
-    private readonly lora: LoraSetup | undefined,
+    /** LoRA adapter groups (LLM, ViT); empty without LoRA. */
+    private readonly lora: readonly LoraSetup[],
     /** Drop-path rate of each ViT encoder layer (all zero: none). */
     readonly dropPathRates: readonly number[],
     /** The source folder's other files (config, tokenizer…), read at creation: the folder may go away. */
@@ -214,9 +227,11 @@ export class Trainer {
     } finally {
       await checkpoint.close();
     }
-    const lora = options.llmLora ? setUpLora(order, params, options.llmLora, options.seed ?? 0) : undefined;
+    const lora: LoraSetup[] = [];
+    if (options.llmLora) lora.push(setUpLora(order, params, options.llmLora, options.seed ?? 0, 'llmLora'));
+    if (options.vitLora) lora.push(setUpLora(order, params, options.vitLora, options.seed ?? 0, 'vitLora'));
     const trainable = trainableParameters(order, config, options.stage, options);
-    if (lora) for (const w of lora.targets) trainable.push(...Object.values(loraParameterNames(w)));
+    for (const w of lora.flatMap((l) => l.targets)) trainable.push(...Object.values(loraParameterNames(w)));
     const dropPathRate = options.dropPathRate ?? config.vision_config.drop_path_rate;
     if (!(dropPathRate >= 0 && dropPathRate < 1)) {
       throw new InternVLError('BAD_INPUT', `dropPathRate must be in [0, 1), got ${dropPathRate}`);
@@ -359,27 +374,26 @@ export class Trainer {
   /** W + scale·B·A for every LoRA target (fp32, accumulated in float64 per element). */
   #mergedLoraWeights(): Map<string, Float32Array> {
     const merged = new Map<string, Float32Array>();
-    if (!this.lora) return merged;
-    const { rank, scale } = this.lora;
-    for (const w of this.lora.targets) {
-      const base = this.params.get(w)!;
-      const names = loraParameterNames(w);
-      const A = this.params.get(names.a)!.data;
-      const B = this.params.get(names.b)!.data;
-      const [rows, cols] = base.shape;
-      const out = new Float32Array(base.data.length);
-      const delta = new Float64Array(cols);
-      for (let o = 0; o < rows; o++) {
-        delta.fill(0);
-        for (let k = 0; k < rank; k++) {
-          const b = B[o * rank + k];
-          if (b === 0) continue;
-          for (let i = 0; i < cols; i++) delta[i] += b * A[k * cols + i];
+    for (const { rank, scale, targets } of this.lora)
+      for (const w of targets) {
+        const base = this.params.get(w)!;
+        const names = loraParameterNames(w);
+        const A = this.params.get(names.a)!.data;
+        const B = this.params.get(names.b)!.data;
+        const [rows, cols] = base.shape;
+        const out = new Float32Array(base.data.length);
+        const delta = new Float64Array(cols);
+        for (let o = 0; o < rows; o++) {
+          delta.fill(0);
+          for (let k = 0; k < rank; k++) {
+            const b = B[o * rank + k];
+            if (b === 0) continue;
+            for (let i = 0; i < cols; i++) delta[i] += b * A[k * cols + i];
+          }
+          for (let i = 0; i < cols; i++) out[o * cols + i] = base.data[o * cols + i] + scale * delta[i];
         }
-        for (let i = 0; i < cols; i++) out[o * cols + i] = base.data[o * cols + i] + scale * delta[i];
+        merged.set(w, out);
       }
-      merged.set(w, out);
-    }
     return merged;
   }
 
@@ -453,11 +467,16 @@ export class Trainer {
       numTiles: prepared.numTiles,
       numSupervised: prepared.numSupervised,
       mode,
-      lora: this.lora && {
-        scale: this.lora.scale,
-        dropout: this.lora.dropout,
-        targets: new Set(this.lora.targets),
-      },
+      lora:
+        this.lora.length === 0
+          ? undefined
+          : {
+              targets: new Map(
+                this.lora.flatMap(({ scale, dropout, targets }) =>
+                  targets.map((w) => [w, { scale, dropout }] as const),
+                ),
+              ),
+            },
       dropPathRates: this.dropPathRates,
     });
     const used = new Set(forward.params);
@@ -528,7 +547,7 @@ export class Trainer {
       }
     }
     // model.safetensors holds the merged weights; resuming needs the frozen base of each LoRA target.
-    for (const name of this.lora?.targets ?? []) {
+    for (const name of this.lora.flatMap((l) => l.targets)) {
       const p = this.params.get(name)!;
       tensors[`lora_base.${name}`] =
         p.dtype === 'BF16'
@@ -576,7 +595,7 @@ export class Trainer {
     const file = path.join(dir, OPTIMIZER_FILE);
     const saved = await Checkpoint.open(file);
     try {
-      for (const name of this.lora?.targets ?? []) {
+      for (const name of this.lora.flatMap((l) => l.targets)) {
         if (!saved.has(`lora_base.${name}`)) {
           throw new InternVLError('BAD_CHECKPOINT', `${file}: lora_base.${name} is missing`);
         }
@@ -622,20 +641,23 @@ function setUpLora(
   params: Map<string, Parameter>,
   options: LoraOptions,
   seed: number,
+  option: 'llmLora' | 'vitLora',
 ): LoraSetup {
   const { rank } = options;
   const dropout = options.dropout ?? 0;
   if (!Number.isInteger(rank) || rank < 1) {
-    throw new InternVLError('BAD_INPUT', `llmLora.rank must be a positive integer, got ${rank}`);
+    throw new InternVLError('BAD_INPUT', `${option}.rank must be a positive integer, got ${rank}`);
   }
   if (!(dropout >= 0 && dropout < 1)) {
-    throw new InternVLError('BAD_INPUT', `llmLora.dropout must be in [0, 1), got ${dropout}`);
+    throw new InternVLError('BAD_INPUT', `${option}.dropout must be in [0, 1), got ${dropout}`);
   }
-  const targets = order.filter(isLoraTarget);
+  const targets = order.filter(option === 'llmLora' ? isLoraTarget : isVitLoraTarget);
   if (targets.length === 0) {
     throw new InternVLError(
       'BAD_CHECKPOINT',
-      'LoRA: the checkpoint has no Qwen2 or InternLM2 Linear layers to adapt',
+      option === 'llmLora'
+        ? 'LoRA: the checkpoint has no Qwen2 or InternLM2 Linear layers to adapt'
+        : 'LoRA: the checkpoint has no InternViT attn.qkv / attn.proj / mlp.fc1 / mlp.fc2 layers to adapt',
     );
   }
   for (const w of targets) {
