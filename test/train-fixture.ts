@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { dataCommand } from '../src/cli/data.js';
+import { InternVLModel } from '../src/engine/model.js';
 import { Checkpoint } from '../src/io/safetensors.js';
-import type { TrainBatch } from '../src/train/trainer.js';
+import type { TrainBatch, Trainer } from '../src/train/trainer.js';
 import { memoryIo } from './data-fixture.js';
 import { GOLDEN_DIR } from './helpers.js';
 
@@ -73,5 +74,23 @@ export async function goldenTrainBatch(model: string): Promise<TrainBatch> {
   } finally {
     await file.close();
     await pixels.close();
+  }
+}
+
+/**
+ * Sample 1 of the golden pack (one image tile, its first 489 tokens) as a sequence of its own, with the
+ * trainer's logits for it and the engine's on the checkpoint the trainer saved in `savedDir`.
+ */
+export async function trainerAndEngineLogits(trainer: Trainer, savedDir: string, batch: TrainBatch) {
+  const T = 489;
+  const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);
+  const single = { inputIds: ids, cuSeqlens: [0, T], pixelValues: batch.pixelValues, numTiles: 1 };
+  const trainerLogits = await trainer.logits(single);
+  const engine = await InternVLModel.load(savedDir);
+  try {
+    const engineLogits = await engine.forwardLogits(ids, { pixelValues: batch.pixelValues, numTiles: 1 });
+    return { single, trainerLogits, engineLogits };
+  } finally {
+    await engine.close();
   }
 }

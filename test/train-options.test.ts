@@ -4,7 +4,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { loadModelConfig } from '../src/config/model-config.js';
-import { InternVLModel } from '../src/engine/model.js';
 import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.js';
 import { loraParameterNames } from '../src/train/model-graph.js';
 import { adamwUpdate } from '../src/train/optimizer.js';
@@ -18,7 +17,7 @@ import {
   trainableParameters,
 } from '../src/train/trainer.js';
 import { goldenModelDir, maxAbsDiff } from './helpers.js';
-import { goldenTrainBatch } from './train-fixture.js';
+import { goldenTrainBatch, trainerAndEngineLogits } from './train-fixture.js';
 
 const MODEL = 'tiny-internvl2_5-qwen2';
 
@@ -246,18 +245,13 @@ describe('trainer options on the golden pack', () => {
       await saved.close();
 
       // Un-merged trainer forward vs the engine on the merged (bf16) checkpoint.
-      const T = 489;
-      const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);
-      const single = { inputIds: ids, cuSeqlens: [0, T], pixelValues: batch.pixelValues, numTiles: 1 };
-      const unmerged = await trainer.logits(single);
-      const engine = await InternVLModel.load(out);
-      try {
-        const fromEngine = await engine.forwardLogits(ids, { pixelValues: batch.pixelValues, numTiles: 1 });
-        const err = maxAbsDiff(fromEngine, unmerged);
-        assert.ok(err <= 5e-2, `LoRA forward vs the merged bf16 checkpoint in the engine: ${err}`);
-      } finally {
-        await engine.close();
-      }
+      const {
+        single,
+        trainerLogits: unmerged,
+        engineLogits,
+      } = await trainerAndEngineLogits(trainer, out, batch);
+      const err = maxAbsDiff(engineLogits, unmerged);
+      assert.ok(err <= 5e-2, `LoRA forward vs the merged bf16 checkpoint in the engine: ${err}`);
       // Without bf16 rounding: a plain trainer on fp32 merged weights (and the trained ViT/mlp1) gives the same logits.
       const fp32Dir = await mkdtemp(path.join(dir, 'merged-fp32-'));
       const plainDir = await modifiedCheckpoint(
@@ -320,18 +314,9 @@ describe('trainer options on the golden pack', () => {
       await saved.close();
 
       // Un-merged trainer forward (no dropout outside training) vs the engine on the merged bf16 checkpoint.
-      const T = 489;
-      const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);
-      const single = { inputIds: ids, cuSeqlens: [0, T], pixelValues: batch.pixelValues, numTiles: 1 };
-      const unmerged = await trainer.logits(single);
-      const engine = await InternVLModel.load(out);
-      try {
-        const fromEngine = await engine.forwardLogits(ids, { pixelValues: batch.pixelValues, numTiles: 1 });
-        const err = maxAbsDiff(fromEngine, unmerged);
-        assert.ok(err <= 5e-2, `backbone LoRA forward vs the merged bf16 checkpoint in the engine: ${err}`);
-      } finally {
-        await engine.close();
-      }
+      const { trainerLogits, engineLogits } = await trainerAndEngineLogits(trainer, out, batch);
+      const err = maxAbsDiff(engineLogits, trainerLogits);
+      assert.ok(err <= 5e-2, `backbone LoRA forward vs the merged bf16 checkpoint in the engine: ${err}`);
     } finally {
       await trainer.close();
     }

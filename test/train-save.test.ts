@@ -3,10 +3,9 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { InternVLModel } from '../src/engine/model.js';
 import { type TrainBatch, Trainer } from '../src/train/trainer.js';
 import { goldenModelDir, maxAbsDiff } from './helpers.js';
-import { goldenTrainBatch } from './train-fixture.js';
+import { goldenTrainBatch, trainerAndEngineLogits } from './train-fixture.js';
 
 const MODEL = 'tiny-internvl2_5-qwen2';
 const OPTIMIZER = { lr: 1e-3, weightDecay: 0.05 };
@@ -32,14 +31,8 @@ describe('trainer checkpoints', () => {
       for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) {
         assert.ok(files.includes(f), `${f} written`);
       }
-      // Sample 1 of the pack (one image tile) as a sequence of its own.
-      const T = 489;
-      const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);
-      const single = { inputIds: ids, cuSeqlens: [0, T], pixelValues: batch.pixelValues, numTiles: 1 };
-      const trainerLogits = await trainer.logits(single);
-      const engine = await InternVLModel.load(out);
-      try {
-        const engineLogits = await engine.forwardLogits(ids, { pixelValues: batch.pixelValues, numTiles: 1 });
+      const { single, trainerLogits, engineLogits } = await trainerAndEngineLogits(trainer, out, batch);
+      {
         // The engine runs on the bf16-rounded weights, the trainer on fp32 masters: allow bf16 rounding.
         assert.ok(maxAbsDiff(engineLogits, trainerLogits) <= 5e-2, 'fp32 masters vs saved bf16');
         // A trainer on the saved (bf16) weights computes the engine's logits to fp32 accuracy.
@@ -50,8 +43,6 @@ describe('trainer checkpoints', () => {
         } finally {
           await reloaded.close();
         }
-      } finally {
-        await engine.close();
       }
     } finally {
       await trainer.close();
