@@ -32,9 +32,7 @@ const session = await ort.InferenceSession.create(modelPath, {
   profileFilePrefix: prefix,
 });
 const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
-const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings, {
-  capacityStep: Number(process.env.CAP_STEP ?? 256),
-});
+const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings);
 const seq = runner.newSequence();
 const ids = Array.from({ length: past }, (_, i) => (i * 7919) % 150000);
 let logits = await runner.forward(seq, runner.embed(ids), ids.length);

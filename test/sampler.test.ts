@@ -1,19 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InternVLError } from '../src/errors.js';
-import { Sampler, type SamplingParams, Xoshiro128 } from '../src/pipeline/sampler.js';
+import { GREEDY_SAMPLING, Sampler, type SamplingParams, Xoshiro128 } from '../src/pipeline/sampler.js';
 
-const GREEDY: SamplingParams = {
-  temperature: 0,
-  topK: 0,
-  topP: 1,
-  minP: 0,
-  repetitionPenalty: 1,
-  logprobs: false,
-  topLogprobs: 0,
-};
 const sampling = (overrides: Partial<SamplingParams>): SamplingParams => ({
-  ...GREEDY,
+  ...GREEDY_SAMPLING,
   temperature: 1,
   seed: 1234,
   ...overrides,
@@ -101,7 +92,7 @@ describe('Xoshiro128', () => {
 
 describe('Sampler', () => {
   it('greedy picks the argmax, ties to the lowest id, ignoring filters', () => {
-    const sampler = new Sampler({ ...GREEDY, topK: 1, topP: 0.1, minP: 0.5 }, 5);
+    const sampler = new Sampler({ ...GREEDY_SAMPLING, topK: 1, topP: 0.1, minP: 0.5 }, 5);
     assert.equal(sampler.next(new Float32Array([0.1, 3, -1, 2.9, 0]), []).id, 1);
     assert.equal(sampler.next(new Float32Array([1, 2, 2, -Infinity, 2]), []).id, 1);
     assert.equal(sampler.next(new Float32Array([-5, -Infinity, -4, -4.5, -6]), []).id, 2);
@@ -198,7 +189,7 @@ describe('Sampler', () => {
       assert.ok(Math.abs(p - want[i]) < 1e-9);
     });
     // Greedy sees the penalised logits too: 2/2 = 1 ties with id 2, and the lower id wins.
-    const greedy = new Sampler({ ...GREEDY, repetitionPenalty: 2 }, 4);
+    const greedy = new Sampler({ ...GREEDY_SAMPLING, repetitionPenalty: 2 }, 4);
     assert.equal(greedy.next(new Float32Array([2, -2, 1.5, 0.5]), [0]).id, 2);
     assert.equal(greedy.next(logits, [0]).id, 0);
     // The caller's logits are not modified.
@@ -224,7 +215,7 @@ describe('Sampler', () => {
         assert.ok(Math.abs(t.logprob - (logits[t.id] - lse)) < 1e-6);
       });
     }
-    const plain = new Sampler(GREEDY, 6).next(logits, []);
+    const plain = new Sampler(GREEDY_SAMPLING, 6).next(logits, []);
     assert.equal(plain.logprob, undefined);
     assert.equal(plain.topLogprobs, undefined);
   });
@@ -257,7 +248,7 @@ describe('Sampler', () => {
     for (let i = 0; i < vocab; i++) logits[i] = (random.nextFloat() - 0.5) * 20;
     const previous = Array.from({ length: 2000 }, (_, i) => (i * 7919) % vocab);
     for (const p of [
-      GREEDY,
+      GREEDY_SAMPLING,
       sampling({ topK: 50, topP: 0.8, temperature: 0.8, repetitionPenalty: 1.1 }),
       sampling({ topP: 0.95, topLogprobs: 5, logprobs: true }),
       sampling({ minP: 0.05 }),

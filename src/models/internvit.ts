@@ -130,7 +130,7 @@ async function initializerFrom(
 }
 
 /** A torch Linear weight [out, in] as a MatMul right-hand side [in, out]. */
-export async function linearWeight(
+async function linearWeight(
   g: GraphBuilder,
   weights: WeightSource,
   name: string,

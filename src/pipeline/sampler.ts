@@ -72,6 +72,17 @@ export type SamplingParams = Pick<
   'temperature' | 'topK' | 'topP' | 'minP' | 'repetitionPenalty' | 'logprobs' | 'topLogprobs'
 > & { seed?: number };
 
+/** Plain greedy decoding: the most likely token at every step, no penalties, no logprobs. */
+export const GREEDY_SAMPLING: Readonly<SamplingParams> = {
+  temperature: 0,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  repetitionPenalty: 1,
+  logprobs: false,
+  topLogprobs: 0,
+};
+
 /** The part of a generation config that the sampler uses. */
 export function samplingParams(config: GenerationConfig): SamplingParams {
   const { temperature, topK, topP, minP, repetitionPenalty, logprobs, topLogprobs, seed } = config;

@@ -17,7 +17,7 @@ import {
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from '../pipeline/generation-config.js';
-import { samplingParams } from '../pipeline/sampler.js';
+import { GREEDY_SAMPLING, samplingParams } from '../pipeline/sampler.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { toPixelValues } from '../preprocess/pixels.js';
 import { dynamicPreprocess } from '../preprocess/tiles.js';
@@ -331,15 +331,7 @@ export class WebInternVL {
       {
         inputIds,
         images: image ? [{ key: `ids-${++sessionSeq}`, ...image }] : [],
-        sampling: {
-          temperature: 0,
-          topK: 0,
-          topP: 1,
-          minP: 0,
-          repetitionPenalty: 1,
-          logprobs: false,
-          topLogprobs: 0,
-        },
+        sampling: GREEDY_SAMPLING,
         maxNewTokens,
         endTokenIds: [],
       },
