@@ -20,6 +20,7 @@ export const DEMO_DIR = path.join(REPO_ROOT, 'examples/browser');
 export const BROWSER_ADAPTERS: Readonly<Record<string, string>> = {
   'src/engine/ort.ts': 'src/engine/ort-web.ts',
   'src/engine/session.ts': 'src/engine/session-web.ts',
+  'src/engine/cpu.ts': 'src/engine/cpu-web.ts',
 };
 
 const adapterPlugin: esbuild.Plugin = {

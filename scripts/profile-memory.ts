@@ -30,7 +30,7 @@ function memory(stage: string): void {
 const dir = process.argv[2];
 const chunkFlag = process.argv.indexOf('--prefill-chunk');
 const prefillChunk = chunkFlag > 0 ? Number(process.argv[chunkFlag + 1]) : undefined;
-const precision = resolvePrecision({ llmDtype: 'int4' });
+const precision = await resolvePrecision({ llmDtype: 'int4' });
 const config = await loadModelConfig(dir);
 const checkpoint = await Checkpoint.open(dir);
 const weights = checkpointWeights(checkpoint);
@@ -39,7 +39,10 @@ memory('modules loaded');
 const visionDims = visionDimsFromConfig(config);
 const vision = await VisionEncoder.create(visionDims, weights, {
   vitDtype: 'fp32',
-  cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag('fp32')) },
+  cache: {
+    dir: cacheDir,
+    key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag('fp32', precision.int8Kernel)),
+  },
 });
 memory('fp32 ViT session');
 const decoderDims = decoderDimsFromConfig(config);

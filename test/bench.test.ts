@@ -17,7 +17,7 @@ test('int4 weights are counted as stored and as MLAS streams them at accuracy le
   });
 });
 
-test('the 1B decoder streams 370.3 MB of int4 weights per token (316.3 MB as stored)', () => {
+test('the 1B decoder streams 370.3 MB of int4 weights per token (316.3 MB as stored)', async () => {
   const dims: DecoderDims = {
     arch: 'qwen2',
     hiddenSize: 896,
@@ -33,7 +33,7 @@ test('the 1B decoder streams 370.3 MB of int4 weights per token (316.3 MB as sto
     maxPositionEmbeddings: 32768,
     attentionBias: true,
   };
-  const bytes = decodeWeightBytes(dims, resolvePrecision({ llmDtype: 'int4' }));
+  const bytes = decodeWeightBytes(dims, await resolvePrecision({ llmDtype: 'int4' }));
   assert.equal(bytes.streamed, 370_295_520);
   assert.equal(bytes.stored, 316_293_516);
 });

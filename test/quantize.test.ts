@@ -3,32 +3,33 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import * as ort from 'onnxruntime-node';
 import { convertCommand, convertModel } from '../src/cli/convert.js';
 import { createRandomCommand } from '../src/cli/create-random.js';
 import { evalQuant } from '../src/cli/eval-quant.js';
 import { EngineCore } from '../src/engine/core.js';
+import {
+  type CpuInfo,
+  cpuInfo,
+  INT8_FLAGS,
+  INT8_KERNEL_ENV,
+  int8KernelFor,
+  parseCpuinfo,
+} from '../src/engine/cpu.js';
 import { resolvePrecision } from '../src/engine/graph-plan.js';
-import { decoderGraphQuant, llmCacheTag } from '../src/engine/precision.js';
+import { chooseInt8Kernel, probeInt8Kernels } from '../src/engine/int8-probe.js';
+import { decoderGraphQuant, llmCacheTag, vitCacheTag } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
-import { GraphBuilder, modelToBytes } from '../src/onnx/graph.js';
+import { GraphBuilder } from '../src/onnx/graph.js';
 import {
   dequantizeInt4,
   dequantizeInt8,
-  type LinearQuant,
+  type Int8Columns,
   quantizedMatMul,
   quantizeInt4,
   quantizeInt8,
 } from '../src/onnx/quantize.js';
 import { goldenModelDir, maxAbsDiff } from './helpers.js';
-
-function randomMatrix(length: number, seed: number, scale = 1): Float32Array {
-  let s = seed;
-  return Float32Array.from({ length }, () => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return ((s / 2 ** 32) * 2 - 1) * scale;
-  });
-}
+import { randomMatrix, runQuantized } from './quantized-matmul.js';
 
 /** x [M, K] · Wᵀ for W [N, K], in float64. */
 function matMulT(x: Float32Array, w: Float32Array, m: number, k: number, n: number): Float64Array {
@@ -43,24 +44,23 @@ function matMulT(x: Float32Array, w: Float32Array, m: number, k: number, n: numb
   return y;
 }
 
-async function runQuantized(
-  x: Float32Array,
-  w: Float32Array,
-  m: number,
-  k: number,
-  n: number,
-  quant: LinearQuant,
-): Promise<Float32Array> {
-  const g = new GraphBuilder('q');
-  const input = g.input('x', 'float32', [m, k]);
-  g.output(quantizedMatMul(g, input, 'w', w, n, k, quant), 'y', 'float32', [m, n]);
-  const session = await ort.InferenceSession.create(modelToBytes(g.graph), { intraOpNumThreads: 1 });
-  try {
-    const result = await session.run({ x: new ort.Tensor('float32', x, [m, k]) });
-    return result.y.data as Float32Array;
-  } finally {
-    await session.release();
-  }
+/**
+ * The CPU the kernels run on. Under qemu-user (test/cpu-kinds.test.ts) /proc/cpuinfo still shows the
+ * host, so the runner names the emulated CPU's flags in INTERNVL_TEST_EMULATED_CPU.
+ */
+function testedCpu(): CpuInfo {
+  const emulated = process.env.INTERNVL_TEST_EMULATED_CPU;
+  if (!emulated) return cpuInfo();
+  const [model, ...flagList] = emulated.split(/\s+/);
+  const flags = new Set(flagList);
+  const byFlags = int8KernelFor('x64', flags, true);
+  return {
+    arch: 'x64',
+    model: `${model} (emulated)`,
+    features: INT8_FLAGS.filter((f) => flags.has(f)),
+    int8KernelByFlags: byFlags.kernel,
+    int8KernelReason: byFlags.reason,
+  };
 }
 
 /** Round half to even, as ORT's DynamicQuantizeLinear. */
@@ -136,44 +136,132 @@ describe('int8 per-column quantisation (DynamicQuantizeMatMul)', () => {
     }
   });
 
-  test('ORT output equals the integer product of uint8 activations and the int8 weights', async () => {
-    const m = 4;
-    const k = 96;
-    const n = 16;
-    const x = randomMatrix(m * k, 9, 2);
-    const w = randomMatrix(n * k, 13, 0.1);
-    const q = quantizeInt8(w, n, k);
-    const out = await runQuantized(x, w, m, k, n, { dtype: 'int8' });
-    // DynamicQuantizeLinear over the whole activation tensor, then an exact integer GEMM.
+  /** DynamicQuantizeLinear of the whole activation tensor, as ORT does it before the integer GEMM. */
+  function quantizeActivations(x: Float32Array) {
     let lo = 0;
     let hi = 0;
     for (const v of x) {
       lo = Math.min(lo, v);
       hi = Math.max(hi, v);
     }
-    const aScale = Math.fround((hi - lo) / 255);
-    const aZero = Math.min(255, Math.max(0, roundEven(-lo / aScale)));
-    const qa = x.map((v) => Math.min(255, Math.max(0, roundEven(v / aScale) + aZero)));
+    const scale = Math.fround((hi - lo) / 255);
+    const zero = Math.min(255, Math.max(0, roundEven(-lo / scale)));
+    const q = x.map((v) => Math.min(255, Math.max(0, roundEven(v / scale) + zero)));
+    return { q, scale, zero };
+  }
+
+  /** The integer product Σ (qa − za) · qw, scaled: what an exact int8 kernel returns. */
+  function integerReference(x: Float32Array, w: Int8Columns, m: number): Float64Array {
+    const a = quantizeActivations(x);
+    const { k, n } = w;
+    const y = new Float64Array(m * n);
     for (let r = 0; r < m; r++) {
       for (let c = 0; c < n; c++) {
         let acc = 0;
-        for (let i = 0; i < k; i++) acc += (qa[r * k + i] - aZero) * q.weight[i * n + c];
-        const expected = acc * aScale * q.scales[c];
-        assert.ok(
-          Math.abs(out[r * n + c] - expected) <= 1e-5 * Math.max(1, Math.abs(expected)),
-          `[${r},${c}]`,
-        );
+        for (let i = 0; i < k; i++) acc += (a.q[r * k + i] - a.zero) * w.weight[i * n + c];
+        y[r * n + c] = acc * a.scale * w.scales[c];
       }
     }
-    // And close to the float product.
+    return y;
+  }
+
+  const m = 4;
+  const k = 96;
+  const n = 16;
+  // Activations up to 2 and weights up to ±127 steps: many adjacent uint8 × int8 pairs sum past 32767.
+  const x = randomMatrix(m * k, 9, 2);
+  const w = randomMatrix(n * k, 13, 0.1);
+  const q = quantizeInt8(w, n, k);
+  const exact = integerReference(x, q, m);
+  const relativeError = (out: Float32Array) =>
+    Math.max(...Array.from(out, (v, i) => Math.abs(v - exact[i]) / Math.max(1, Math.abs(exact[i]))));
+
+  test('U8U8 (uint8 weights, zero point 128) equals the integer product on every CPU', async () => {
+    const out = await runQuantized(x, w, m, k, n, { dtype: 'int8', int8Kernel: 'u8u8' });
+    assert.ok(relativeError(out) <= 1e-5, `relative error ${relativeError(out)}`);
+  });
+
+  test('U8S8 equals the integer product exactly where the CPU flags promise it (VNNI, AMX, ARM)', async (t) => {
+    // This test checks a CPU dependency on purpose: which branch runs depends on this machine.
+    const { arch, model, features, int8KernelByFlags } = testedCpu();
+    t.diagnostic(`${model} (${arch}): ${features.join(' ')}; flags choose ${int8KernelByFlags}`);
+    const out = await runQuantized(x, w, m, k, n, { dtype: 'int8', int8Kernel: 'u8s8' });
+    if (int8KernelByFlags === 'u8s8') {
+      assert.ok(relativeError(out) <= 1e-5, `relative error ${relativeError(out)}`);
+    } else {
+      assert.ok(relativeError(out) > 1e-3, 'without VNNI the U8S8 kernel saturates int16 pair sums');
+    }
+  });
+
+  test('the probe finds U8U8 exact everywhere and U8S8 exact where the flags say; auto picks U8S8 only then', async () => {
+    const probe = await probeInt8Kernels();
+    assert.equal(probe.u8u8, true);
+    assert.equal(probe.u8s8, testedCpu().int8KernelByFlags === 'u8s8');
+    const saved = process.env[INT8_KERNEL_ENV];
+    delete process.env[INT8_KERNEL_ENV];
+    try {
+      assert.deepEqual(await chooseInt8Kernel(), {
+        kernel: probe.u8s8 ? 'u8s8' : 'u8u8',
+        source: 'probe',
+      });
+      assert.deepEqual(await chooseInt8Kernel('u8u8'), { kernel: 'u8u8', source: 'option' });
+      process.env[INT8_KERNEL_ENV] = 'u8u8';
+      assert.deepEqual(await chooseInt8Kernel('auto'), { kernel: 'u8u8', source: 'env' });
+      process.env[INT8_KERNEL_ENV] = 'u8x8';
+      await assert.rejects(chooseInt8Kernel(), /INTERNVL_INT8_KERNEL must be u8s8 or u8u8/);
+    } finally {
+      if (saved === undefined) delete process.env[INT8_KERNEL_ENV];
+      else process.env[INT8_KERNEL_ENV] = saved;
+    }
+  });
+
+  test('the chosen kernel stays within the quantisation error bound of the float product', async () => {
+    // |Σ x·w − Σ x̂·ŵ| ≤ Σ (|x| · |w − ŵ| + |ŵ| · |x − x̂|), with |w − ŵ| ≤ s_w / 2 and |x − x̂| ≤ s_x / 2.
+    const { kernel } = await chooseInt8Kernel();
+    const out = await runQuantized(x, w, m, k, n, { dtype: 'int8', int8Kernel: kernel });
     const reference = matMulT(x, w, m, k, n);
-    assert.ok(maxAbsDiff(out, reference) < 0.02 * Math.max(...reference.map(Math.abs)));
+    const aScale = quantizeActivations(x).scale;
+    const back = dequantizeInt8(q);
+    for (let r = 0; r < m; r++) {
+      for (let c = 0; c < n; c++) {
+        let bound = 0;
+        for (let i = 0; i < k; i++) {
+          bound += Math.abs(x[r * k + i]) * (q.scales[c] / 2) + Math.abs(back[c * k + i]) * (aScale / 2);
+        }
+        const error = Math.abs(out[r * n + c] - reference[r * n + c]);
+        assert.ok(error <= bound * (1 + 1e-5), `[${r},${c}] error ${error} > bound ${bound}`);
+      }
+    }
+  });
+
+  test('parses /proc/cpuinfo flags and maps them to the exact scheme', () => {
+    const text =
+      'processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_vnni\n\nprocessor\t: 1\n';
+    const parsed = parseCpuinfo(text);
+    assert.equal(parsed.model, 'AMD EPYC');
+    assert.ok(parsed.flags.has('avx512_vnni'));
+    assert.equal(int8KernelFor('x64', parsed.flags, true).kernel, 'u8s8');
+    assert.equal(int8KernelFor('x64', new Set(['avx2', 'avx512f', 'avx512bw']), true).kernel, 'u8u8');
+    assert.equal(int8KernelFor('x64', new Set(['avx2', 'avx_vnni']), true).kernel, 'u8s8');
+    assert.equal(int8KernelFor('x64', new Set(['avx2', 'amx_int8']), true).kernel, 'u8s8');
+    assert.equal(int8KernelFor('x64', new Set(['sse4_2', 'avx']), true).kernel, 'u8s8');
+    assert.match(int8KernelFor('x64', new Set(), false).reason, /unknown/);
+    assert.equal(int8KernelFor('arm64', new Set(['asimd']), true).kernel, 'u8s8');
+  });
+
+  test('an int8 weight without a kernel is an internal error, not a silent default', () => {
+    const g = new GraphBuilder('q');
+    const input = g.input('x', 'float32', [1, 4]);
+    assert.throws(
+      () => quantizedMatMul(g, input, 'w', new Float32Array(8), 2, 4, { dtype: 'int8' }),
+      /no int8Kernel/,
+    );
   });
 });
 
 describe('precision options', () => {
-  test('defaults: fp32 everywhere, and the fp32 cache key is the historical one', () => {
-    const p = resolvePrecision({});
+  test('defaults: fp32 everywhere, and the fp32 cache key is the historical one', async () => {
+    const p = await resolvePrecision({});
     assert.equal(p.llmDtype, 'fp32');
     assert.equal(p.prefillDtype, 'fp32');
     assert.equal(p.vitDtype, 'fp32');
@@ -184,20 +272,38 @@ describe('precision options', () => {
     });
   });
 
-  test('dtype is a shorthand for llmDtype; quantised graphs get an int4 lm_head unless told', () => {
-    const p = resolvePrecision({ dtype: 'int8' });
+  test('dtype is a shorthand for llmDtype; quantised graphs get an int4 lm_head unless told', async () => {
+    const p = await resolvePrecision({ dtype: 'int8' });
     assert.equal(p.llmDtype, 'int8');
     assert.equal(decoderGraphQuant(p, 'int8').lmHeadQuant?.dtype, 'int4');
-    const q = resolvePrecision({ llmDtype: 'int4', lmHeadDtype: 'int8', blockSize: 128 });
+    const q = await resolvePrecision({ llmDtype: 'int4', lmHeadDtype: 'int8', blockSize: 128 });
     assert.equal(decoderGraphQuant(q, 'int4').lmHeadQuant?.dtype, 'int8');
-    assert.notDeepEqual(llmCacheTag(q, 'int4'), llmCacheTag(resolvePrecision({ llmDtype: 'int4' }), 'int4'));
+    assert.notDeepEqual(
+      llmCacheTag(q, 'int4'),
+      llmCacheTag(await resolvePrecision({ llmDtype: 'int4' }), 'int4'),
+    );
   });
 
-  test('bad values are InternVLErrors naming the option', () => {
-    assert.throws(() => resolvePrecision({ llmDtype: 'int3' as 'int4' }), /llmDtype/);
-    assert.throws(() => resolvePrecision({ vitDtype: 'int4' as 'int8' }), /vitDtype/);
-    assert.throws(() => resolvePrecision({ blockSize: 48 }), /blockSize/);
-    assert.throws(() => resolvePrecision({ accuracyLevel: 7 }), /accuracyLevel/);
+  test('int8 cache keys name the int8 kernel; fp32 and int4 keys do not depend on it', async () => {
+    const u8s8 = await resolvePrecision({ llmDtype: 'int8', vitDtype: 'int8', int8Kernel: 'u8s8' });
+    const u8u8 = await resolvePrecision({ llmDtype: 'int8', vitDtype: 'int8', int8Kernel: 'u8u8' });
+    assert.equal(u8u8.int8Kernel, 'u8u8');
+    assert.notDeepEqual(llmCacheTag(u8s8, 'int8'), llmCacheTag(u8u8, 'int8'));
+    assert.notDeepEqual(vitCacheTag('int8', 'u8s8'), vitCacheTag('int8', 'u8u8'));
+    assert.deepEqual(vitCacheTag('fp32', 'u8s8'), vitCacheTag('fp32', 'u8u8'));
+    assert.deepEqual(llmCacheTag(u8s8, 'int4'), llmCacheTag(u8u8, 'int4'));
+    assert.deepEqual(llmCacheTag(u8s8, 'fp32'), { dtype: 'fp32' });
+  });
+
+  test('bad values are InternVLErrors naming the option', async () => {
+    await assert.rejects(resolvePrecision({ llmDtype: 'int3' as 'int4' }), /llmDtype/);
+    await assert.rejects(resolvePrecision({ vitDtype: 'int4' as 'int8' }), /vitDtype/);
+    await assert.rejects(resolvePrecision({ blockSize: 48 }), /blockSize/);
+    await assert.rejects(resolvePrecision({ accuracyLevel: 7 }), /accuracyLevel/);
+    await assert.rejects(
+      resolvePrecision({ int8Kernel: 'u8x8' as 'u8u8' }),
+      /int8Kernel must be u8s8 or u8u8/,
+    );
   });
 });
 

@@ -18,6 +18,7 @@ import { checkpointWeights } from '../engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, scatterImageEmbeddings } from '../engine/decoder.js';
 import { defaultGraphCacheDir } from '../engine/graph-cache.js';
 import { engineGraphKey, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
+import { cpuReport } from '../engine/int8-probe.js';
 import { llmCacheTag, vitCacheTag, type WeightDtype } from '../engine/precision.js';
 import { createSession, defaultThreads } from '../engine/session.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
@@ -30,7 +31,7 @@ import { evalTokenIds, syntheticTile } from './eval-quant.js';
 
 const USAGE = `Usage: internvl bench [--shape InternVL2_5-1B] [--model DIR] [--llm-dtype int4]
                       [--prefill-dtype int4] [--vit-dtype fp32] [--block-size 32] [--accuracy-level 4]
-                      [--threads N] [--reps 3] [--json FILE]
+                      [--int8-kernel auto|u8s8|u8u8] [--threads N] [--reps 3] [--json FILE]
 
 Measures in one run: the fp32 GEMM roofline and weight-streaming bandwidth through ORT; ViT s/tile
 (batches of 1 and 7; fp32 and int8); prefill tok/s at 300 and 1800 tokens (fp32, int8 and the chosen
@@ -185,7 +186,8 @@ async function childLoad(modelDir: string, cacheDir: string, precision: Resolved
   const vision = await VisionEncoder.create(visionDims, weights, {
     threads,
     vitDtype: precision.vitDtype,
-    cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype)),
+    int8Kernel: precision.int8Kernel,
+    cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype, precision.int8Kernel)),
   });
   const decoder = await DecoderRunner.create(decoderDims, weights, {
     threads,
@@ -323,8 +325,12 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
       const encoder = await VisionEncoder.create(visionDims, weights, {
         threads,
         vitDtype: dtype,
+        int8Kernel: precision.int8Kernel,
         tilesPerRun,
-        cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag(dtype)) },
+        cache: {
+          dir: cacheDir,
+          key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag(dtype, precision.int8Kernel)),
+        },
       });
       const tile = syntheticTile(encoder.geometry.imageSize);
       const pixels = new Float32Array(tile.length * tilesPerRun);
@@ -403,7 +409,8 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
       load_s_cached: cached.load_s,
       threads,
       cpus: os.availableParallelism(),
-      cpu: os.cpus()[0]?.model ?? 'unknown',
+      cpu: await cpuReport(),
+      int8_kernel: precision.int8Kernel,
       versions: { onnxruntime: ort.env.versions.node, node: process.version },
     });
   } finally {
@@ -439,7 +446,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const flags = precisionFromFlags(values);
-  const precision = resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' });
+  const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' });
   const positive = (v: string | undefined, name: string) => {
     if (v === undefined) return undefined;
     const n = Number(v);

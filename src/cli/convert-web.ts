@@ -42,7 +42,8 @@ export async function convertModelForWeb(
   outDir: string,
   options: PrecisionOptions = {},
 ): Promise<WebManifest> {
-  const precision = resolvePrecision(options);
+  // The browser's CPU is unknown here: int8 weights default to U8U8, exact on every kernel.
+  const precision = await resolvePrecision({ ...options, int8Kernel: options.int8Kernel ?? 'u8u8' });
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
   try {

@@ -9,12 +9,13 @@ import { checkpointWeights } from '../engine/core.js';
 import { cachedGraph, defaultGraphCacheDir, writeGraphDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { checkWeightDtype } from '../onnx/quantize.js';
+import { checkInt8Kernel, checkWeightDtype } from '../onnx/quantize.js';
 import { convertModelForWeb } from './convert-web.js';
 
 const USAGE = `Usage: internvl convert MODEL [--llm-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
                         [--prefill-dtype fp32|int8|int4] [--lm-head-dtype auto|fp32|int8|int4]
-                        [--block-size 32|128] [--accuracy-level 0-4] [--out DIR] [--cache-dir DIR]
+                        [--block-size 32|128] [--accuracy-level 0-4] [--int8-kernel auto|u8s8|u8u8]
+                        [--out DIR] [--cache-dir DIR]
        internvl convert --target web MODEL --out DIR [precision flags]
 
 Builds the vision and decoder graphs of the checkpoint folder MODEL (and a prefill graph when
@@ -23,6 +24,8 @@ Builds the vision and decoder graphs of the checkpoint folder MODEL (and a prefi
 options finds them; with --out each graph is written to DIR/<role>/model.onnx + weights.bin.
 --target web writes DIR for the browser (onnxruntime-web): the graphs, the token embeddings, the
 config and tokenizer files and internvl-web.json; serve DIR and load it by URL (examples/browser).
+--int8-kernel: how int8 weights are stored; auto (default) picks the scheme exact on this CPU (u8s8
+with VNNI or AMX, u8u8 without), web targets default to u8u8.
 `;
 
 export interface ConvertOptions extends PrecisionOptions {
@@ -45,7 +48,7 @@ export async function convertModel(
   modelDir: string,
   options: ConvertOptions = {},
 ): Promise<ConvertedGraph[]> {
-  const precision = resolvePrecision(options);
+  const precision = await resolvePrecision(options);
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
   try {
@@ -78,6 +81,7 @@ export const PRECISION_FLAGS = {
   'lm-head-dtype': { type: 'string' },
   'block-size': { type: 'string' },
   'accuracy-level': { type: 'string' },
+  'int8-kernel': { type: 'string' },
 } as const;
 
 /** PrecisionOptions from parsed precision flags (validated later by resolvePrecision). */
@@ -102,6 +106,10 @@ export function precisionFromFlags(
         : checkWeightDtype('--lm-head-dtype', values['lm-head-dtype']),
     blockSize: num(values['block-size']),
     accuracyLevel: num(values['accuracy-level']),
+    int8Kernel:
+      values['int8-kernel'] === undefined || values['int8-kernel'] === 'auto'
+        ? undefined
+        : checkInt8Kernel('--int8-kernel', values['int8-kernel']),
   };
 }
 

@@ -9,7 +9,13 @@ import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
 import { defaultGraphCacheDir } from '../engine/graph-cache.js';
-import { engineGraphKey, type PrecisionOptions, resolvePrecision } from '../engine/graph-plan.js';
+import {
+  engineGraphKey,
+  type PrecisionOptions,
+  type ResolvedPrecision,
+  resolvePrecision,
+} from '../engine/graph-plan.js';
+import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
 import { llmCacheTag, vitCacheTag } from '../engine/precision.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { InternVLError } from '../errors.js';
@@ -37,7 +43,7 @@ export interface DiffStats {
 
 export interface EvalQuantReport {
   model: string;
-  precision: ReturnType<typeof resolvePrecision>;
+  precision: ResolvedPrecision;
   promptTokens: number;
   newTokens: number;
   /** Logits of every prompt position (the prefill graph when there is one). */
@@ -50,6 +56,8 @@ export interface EvalQuantReport {
   greedyIdenticalPrefix: number;
   /** Image embeddings, when vitDtype is not fp32. */
   vision: DiffStats | null;
+  /** The CPU, its int8-relevant flags and which int8 schemes are exact on it. */
+  cpu: CpuReport;
 }
 
 export function diffStats(reference: Float32Array, other: Float32Array): DiffStats {
@@ -104,7 +112,7 @@ export function syntheticTile(size: number): Float32Array {
 }
 
 export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}): Promise<EvalQuantReport> {
-  const precision = resolvePrecision(options);
+  const precision = await resolvePrecision(options);
   const promptTokens = options.promptTokens ?? 128;
   const newTokens = options.newTokens ?? 16;
   if (!Number.isInteger(promptTokens) || promptTokens < 1 || !Number.isInteger(newTokens) || newTokens < 1) {
@@ -170,13 +178,14 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
       const visionDims = visionDimsFromConfig(config);
       const ref = await VisionEncoder.create(visionDims, weights, {
         threads,
-        cache: cache('vision', visionDims, vitCacheTag('fp32')),
+        cache: cache('vision', visionDims, vitCacheTag('fp32', precision.int8Kernel)),
       });
       released.push(ref);
       const q = await VisionEncoder.create(visionDims, weights, {
         threads,
         vitDtype: precision.vitDtype,
-        cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype)),
+        int8Kernel: precision.int8Kernel,
+        cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype, precision.int8Kernel)),
       });
       released.push(q);
       const pixels = options.pixelValues ?? syntheticTile(ref.geometry.imageSize);
@@ -193,6 +202,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
       greedyAgreement: agree / newTokens,
       greedyIdenticalPrefix: identical,
       vision,
+      cpu: await cpuReport(),
     };
   } finally {
     for (const r of released) await r.release();
@@ -202,8 +212,8 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
 
 const USAGE = `Usage: internvl eval-quant MODEL [--dtype fp32|int8|int4] [--vit-dtype fp32|int8]
                            [--prefill-dtype …] [--lm-head-dtype …] [--block-size 32|128]
-                           [--accuracy-level 0-4] [--prompt-tokens 128] [--new-tokens 16]
-                           [--no-cache] [--json FILE]
+                           [--accuracy-level 0-4] [--int8-kernel auto|u8s8|u8u8]
+                           [--prompt-tokens 128] [--new-tokens 16] [--no-cache] [--json FILE]
 
 Compares the quantised model with fp32 on a fixed token prompt: logits max/mean abs difference
 (prompt positions and decode steps), greedy-token agreement (teacher-forced on the fp32 tokens) and

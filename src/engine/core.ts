@@ -80,7 +80,7 @@ export class EngineCore {
     options: EngineOptions = {},
     onProgress?: (done: number, total: number) => void,
   ): Promise<EngineCore> {
-    const { vitDtype, ...precision } = resolvePrecision(options);
+    const { vitDtype, ...precision } = await resolvePrecision(options);
     const config = await loadModelConfig(dir);
     const checkpoint = await Checkpoint.open(dir);
     try {
@@ -96,7 +96,8 @@ export class EngineCore {
       const vision = await VisionEncoder.create(visionDims, weights, {
         threads,
         vitDtype,
-        cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype)),
+        int8Kernel: precision.int8Kernel,
+        cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype, precision.int8Kernel)),
       });
       onProgress?.(1, 2);
       const decoderDims = decoderDimsFromConfig(config);

@@ -11,6 +11,7 @@ import type { WeightSource } from '../models/weights.js';
 import type { Graph } from '../onnx/graph.js';
 import { checkWeightDtype } from '../onnx/quantize.js';
 import { graphCacheKey } from './graph-cache.js';
+import { chooseInt8Kernel } from './int8-probe.js';
 import {
   decoderGraphQuant,
   type LlmPrecision,
@@ -33,11 +34,20 @@ export interface ResolvedPrecision extends LlmPrecision {
   vitDtype: VitDtype;
 }
 
-export function resolvePrecision(options: PrecisionOptions): ResolvedPrecision {
-  return {
-    ...resolveLlmPrecision({ ...options, llmDtype: options.llmDtype ?? options.dtype }),
-    vitDtype: checkWeightDtype('vitDtype', options.vitDtype ?? 'fp32', ['fp32', 'int8']) as VitDtype,
-  };
+/**
+ * Validates the precision options. When any graph has int8 weights and no int8 kernel is asked for,
+ * onnxruntime is probed once for the scheme that is exact on this CPU (int8-probe.ts).
+ */
+export async function resolvePrecision(options: PrecisionOptions): Promise<ResolvedPrecision> {
+  const vitDtype = checkWeightDtype('vitDtype', options.vitDtype ?? 'fp32', ['fp32', 'int8']) as VitDtype;
+  const llm = resolveLlmPrecision({ ...options, llmDtype: options.llmDtype ?? options.dtype });
+  const usesInt8 =
+    vitDtype === 'int8' ||
+    llm.llmDtype === 'int8' ||
+    llm.prefillDtype === 'int8' ||
+    llm.lmHeadDtype === 'int8';
+  if (!usesInt8) return { ...llm, vitDtype };
+  return { ...llm, int8Kernel: (await chooseInt8Kernel(options.int8Kernel)).kernel, vitDtype };
 }
 
 /** The cache key of one engine graph (the same formula EngineCore.load uses). */
@@ -83,8 +93,17 @@ export function planEngineGraphs(
     {
       role: 'vision',
       dtype: precision.vitDtype,
-      key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag(precision.vitDtype)),
-      build: () => buildVisionGraph(visionDims, weights, { vitDtype: precision.vitDtype }),
+      key: engineGraphKey(
+        checkpoint,
+        'vision',
+        visionDims,
+        vitCacheTag(precision.vitDtype, precision.int8Kernel),
+      ),
+      build: () =>
+        buildVisionGraph(visionDims, weights, {
+          vitDtype: precision.vitDtype,
+          int8Kernel: precision.int8Kernel,
+        }),
     },
   ];
   const decoderGraph = (role: string, dtype: WeightDtype): PlannedGraph => ({

@@ -7,12 +7,15 @@
 import {
   checkAccuracyLevel,
   checkBlockSize,
+  checkInt8Kernel,
   checkWeightDtype,
   DEFAULT_ACCURACY_LEVEL,
   DEFAULT_BLOCK_SIZE,
+  type Int8Kernel,
   type LinearQuant,
   type WeightDtype,
 } from '../onnx/quantize.js';
+import { defaultInt8Kernel } from './cpu.js';
 
 export type { WeightDtype } from '../onnx/quantize.js';
 export type VitDtype = 'fp32' | 'int8';
@@ -31,6 +34,8 @@ export interface LlmPrecisionOptions {
   blockSize?: number;
   /** MatMulNBits accuracy_level (default 4: int8 activations). */
   accuracyLevel?: number;
+  /** How int8 weights are stored (default 'auto': the scheme exact on this CPU, see cpu.ts). */
+  int8Kernel?: Int8Kernel | 'auto';
 }
 
 export interface LlmPrecision {
@@ -39,6 +44,7 @@ export interface LlmPrecision {
   lmHeadDtype: WeightDtype | 'auto';
   blockSize: number;
   accuracyLevel: number;
+  int8Kernel: Int8Kernel;
 }
 
 /** Chunks of at least this many tokens run on the prefill graph when there is one. */
@@ -55,7 +61,21 @@ export function resolveLlmPrecision(options: LlmPrecisionOptions): LlmPrecision 
         : checkWeightDtype('lmHeadDtype', options.lmHeadDtype),
     blockSize: checkBlockSize(options.blockSize ?? DEFAULT_BLOCK_SIZE),
     accuracyLevel: checkAccuracyLevel(options.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL),
+    int8Kernel:
+      options.int8Kernel === undefined || options.int8Kernel === 'auto'
+        ? defaultInt8Kernel()
+        : checkInt8Kernel('int8Kernel', options.int8Kernel),
   };
+}
+
+/** How a linear layer of `dtype` is stored under `precision`. */
+export function linearQuant(
+  precision: Pick<LlmPrecision, 'blockSize' | 'accuracyLevel' | 'int8Kernel'>,
+  dtype: WeightDtype,
+): LinearQuant | undefined {
+  if (dtype === 'fp32') return undefined;
+  if (dtype === 'int8') return { dtype, int8Kernel: precision.int8Kernel };
+  return { dtype, blockSize: precision.blockSize, accuracyLevel: precision.accuracyLevel };
 }
 
 /**
@@ -66,13 +86,12 @@ export function decoderGraphQuant(
   precision: LlmPrecision,
   dtype: WeightDtype,
 ): { linearQuant?: LinearQuant; lmHeadQuant?: LinearQuant } {
-  const quant = (d: WeightDtype): LinearQuant | undefined =>
-    d === 'fp32'
-      ? undefined
-      : { dtype: d, blockSize: precision.blockSize, accuracyLevel: precision.accuracyLevel };
   const lmHead =
     precision.lmHeadDtype === 'auto' ? (dtype === 'fp32' ? 'fp32' : 'int4') : precision.lmHeadDtype;
-  return { linearQuant: quant(dtype), lmHeadQuant: quant(lmHead) ?? { dtype: 'fp32' } };
+  return {
+    linearQuant: linearQuant(precision, dtype),
+    lmHeadQuant: linearQuant(precision, lmHead) ?? { dtype: 'fp32' },
+  };
 }
 
 /** The part of a graph cache key that the precision decides (fp32 keeps the historical key). */
@@ -82,6 +101,7 @@ export function llmCacheTag(precision: LlmPrecision, dtype: WeightDtype): Record
   return { dtype, linear: linearQuant ?? null, lmHead: lmHeadQuant };
 }
 
-export function vitCacheTag(vitDtype: VitDtype): Record<string, unknown> {
-  return { dtype: vitDtype };
+/** int8 keys name the kernel, so a cache copied to a CPU that needs the other one is rebuilt. */
+export function vitCacheTag(vitDtype: VitDtype, int8Kernel: Int8Kernel): Record<string, unknown> {
+  return vitDtype === 'int8' ? { dtype: vitDtype, int8Kernel } : { dtype: vitDtype };
 }

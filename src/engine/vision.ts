@@ -21,7 +21,8 @@ import {
 } from '../models/projector.js';
 import { checkTensorShapes, type WeightSource } from '../models/weights.js';
 import { type Graph, GraphBuilder } from '../onnx/graph.js';
-import { checkWeightDtype, type WeightDtype } from '../onnx/quantize.js';
+import { checkWeightDtype, type Int8Kernel, type WeightDtype } from '../onnx/quantize.js';
+import { defaultInt8Kernel } from './cpu.js';
 import type * as ort from './ort.js';
 import { Tensor } from './ort.js';
 import { type GraphCacheOptions, sessionForGraph } from './session.js';
@@ -69,6 +70,8 @@ export interface VisionGraphOptions {
   debugOutputs?: boolean;
   /** Storage of the encoder layers' linear weights (default fp32; mlp1 stays fp32). */
   vitDtype?: WeightDtype;
+  /** int8 weights: the integer kernel (default: the one exact on this CPU, cpu.ts). */
+  int8Kernel?: Int8Kernel;
 }
 
 /** Geometry of the graph for one tile size. */
@@ -123,7 +126,10 @@ export async function buildVisionGraph(
   const vit = await buildInternVit(g, dims.vit, weights, pixels, {
     imageSize: S,
     layers: geo.layers,
-    linearQuant: vitDtype === 'fp32' ? undefined : { dtype: vitDtype },
+    linearQuant:
+      vitDtype === 'fp32'
+        ? undefined
+        : { dtype: vitDtype, int8Kernel: options.int8Kernel ?? defaultInt8Kernel() },
   });
   const hidden = geo.layers === 0 ? vit.embeddings : vit.layers[geo.layers - 1];
 
@@ -162,6 +168,8 @@ export interface VisionEncoderOptions {
   tilesPerRun?: number;
   /** Encoder linear weights: fp32 (default) or int8 (DynamicQuantizeMatMul, about 2× faster on CPU). */
   vitDtype?: WeightDtype;
+  /** int8 weights: the integer kernel (default: the one exact on this CPU, cpu.ts). */
+  int8Kernel?: Int8Kernel;
 }
 
 /** Owns the vision ORT session; encodes [N, 3, S, S] float32 tiles. */
@@ -195,7 +203,12 @@ export class VisionEncoder {
     const vitDtype = checkWeightDtype('vitDtype', options.vitDtype ?? 'fp32', ['fp32', 'int8']);
     const geometry = visionGeometry(dims, options.imageSize);
     const session = await sessionForGraph(
-      () => buildVisionGraph(dims, weights, { imageSize: geometry.imageSize, vitDtype }),
+      () =>
+        buildVisionGraph(dims, weights, {
+          imageSize: geometry.imageSize,
+          vitDtype,
+          int8Kernel: options.int8Kernel,
+        }),
       options,
     );
     return new VisionEncoder(dims, geometry, session, tilesPerRun);

@@ -3,8 +3,10 @@
  *
  * - int4: MatMulNBits (bits 4), blockwise asymmetric along K with a uint8 zero point per block. The
  *   fastest M = 1 kernel on x86 (decode); with accuracy_level 4 the activations are quantised to int8.
- * - int8: DynamicQuantizeMatMul, symmetric per output column (int8 weights, float scales, no zero
- *   point); the activations are quantised to uint8 per call. The fast large-M kernel (prefill, ViT).
+ * - int8: DynamicQuantizeMatMul, symmetric per output column (scale = max|w| / 127); the activations
+ *   are quantised to uint8 per call. The fast large-M kernel (prefill, ViT). The weights are stored as
+ *   int8 (U8S8 kernel) or as uint8 = q + 128 with zero point 128 (U8U8 kernel): the same values, and the
+ *   scheme that is exact on the CPU is chosen by engine/cpu.ts.
  *
  * Weights come as torch Linear weights [N = out, K = in], row-major.
  */
@@ -14,6 +16,10 @@ import { type GraphBuilder, MS_DOMAIN } from './graph.js';
 export type WeightDtype = 'fp32' | 'int8' | 'int4';
 export const WEIGHT_DTYPES: readonly WeightDtype[] = ['fp32', 'int8', 'int4'];
 export const BLOCK_SIZES: readonly number[] = [16, 32, 64, 128, 256];
+/** DynamicQuantizeMatMul's integer product: uint8 activations × int8 or × uint8 weights. */
+export type Int8Kernel = 'u8s8' | 'u8u8';
+/** The zero point of U8U8 weights: uint8 q + 128 stands for int8 q. */
+export const U8U8_WEIGHT_ZERO_POINT = 128;
 
 /** How one linear layer's weight is stored in the graph. */
 export interface LinearQuant {
@@ -22,6 +28,8 @@ export interface LinearQuant {
   blockSize?: number;
   /** int4 only: MatMulNBits accuracy_level (0 = fp32 compute … 4 = int8 activations; default 4). */
   accuracyLevel?: number;
+  /** int8 only (required there): the integer kernel the weights are stored for. */
+  int8Kernel?: Int8Kernel;
 }
 
 export const DEFAULT_BLOCK_SIZE = 32;
@@ -35,6 +43,13 @@ export function checkWeightDtype(what: string, value: unknown, allowed = WEIGHT_
     );
   }
   return value as WeightDtype;
+}
+
+export function checkInt8Kernel(what: string, value: unknown): Int8Kernel {
+  if (value !== 'u8s8' && value !== 'u8u8') {
+    throw new InternVLError('BAD_INPUT', `${what} must be u8s8 or u8u8, got ${String(value)}`);
+  }
+  return value;
 }
 
 export function checkBlockSize(value: unknown): number {
@@ -196,9 +211,19 @@ export function quantizedMatMul(
 ): string {
   if (quant.dtype === 'int8') {
     const w = quantizeInt8(weight, outFeatures, inFeatures);
-    const b = g.initializer(`${name}:int8`, 'int8', [inFeatures, outFeatures], w.weight);
     const scales = g.initializer(`${name}:int8_scales`, 'float32', [outFeatures], w.scales);
-    return g.op('DynamicQuantizeMatMul', [x, b, scales], {}, MS_DOMAIN);
+    if (quant.int8Kernel === 'u8s8') {
+      const b = g.initializer(`${name}:int8`, 'int8', [inFeatures, outFeatures], w.weight);
+      return g.op('DynamicQuantizeMatMul', [x, b, scales], {}, MS_DOMAIN);
+    }
+    if (quant.int8Kernel === 'u8u8') {
+      const shifted = Uint8Array.from(w.weight, (q) => q + U8U8_WEIGHT_ZERO_POINT);
+      const b = g.initializer(`${name}:uint8`, 'uint8', [inFeatures, outFeatures], shifted);
+      const zeroPoints = new Uint8Array(outFeatures).fill(U8U8_WEIGHT_ZERO_POINT);
+      const zp = g.initializer(`${name}:uint8_zero_points`, 'uint8', [outFeatures], zeroPoints);
+      return g.op('DynamicQuantizeMatMul', [x, b, scales, zp], {}, MS_DOMAIN);
+    }
+    throw new InternVLError('INTERNAL', `int8 weight ${name} has no int8Kernel (u8s8 or u8u8)`);
   }
   if (quant.dtype === 'int4') {
     const blockSize = quant.blockSize ?? DEFAULT_BLOCK_SIZE;
