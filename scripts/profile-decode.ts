@@ -8,7 +8,7 @@ import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/deco
 import { cachedGraph, defaultGraphCacheDir, graphCacheKey } from '../src/engine/graph-cache.js';
 import { decoderGraphQuant, llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
 import { Checkpoint } from '../src/io/safetensors.js';
-import { buildQwen2Graph } from '../src/models/qwen2.js';
+import { buildDecoderGraph } from '../src/models/registry.js';
 
 const dir = process.argv[2];
 const past = Number(process.argv[3] ?? 300);
@@ -20,7 +20,7 @@ const dims = decoderDimsFromConfig(config);
 const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCacheTag(precision, 'int4') });
 // Built (and cached) first when missing, as the engine would.
 const { modelPath } = await cachedGraph(defaultGraphCacheDir(), key, () =>
-  buildQwen2Graph(dims, weights, decoderGraphQuant(precision, 'int4')),
+  buildDecoderGraph(dims, weights, decoderGraphQuant(precision, 'int4')),
 );
 const prefix = `/tmp/ivl-profile-${process.pid}`;
 const session = await ort.InferenceSession.create(modelPath, {

@@ -11,8 +11,10 @@ import {
   type ModelConfig,
   numImageTokens,
   parseModelConfig,
+  SUPPORTED_LLM_ARCHITECTURES,
 } from '../src/config/model-config.js';
 import { InternVLError } from '../src/errors.js';
+import { DECODER_ARCHITECTURES, decoderDimsFromConfig, decoderTensorSpecs } from '../src/models/registry.js';
 import { GOLDEN_MODELS, goldenModelDir } from './helpers.js';
 
 function isError(code: string, ...fragments: string[]) {
@@ -140,12 +142,17 @@ describe('model config', () => {
       assert.equal(config.ps_version, 'v2');
       assert.equal(config.max_dynamic_patch, 12);
       assert.equal(config.vision_config.hidden_size, 64);
-      assert.equal(config.llm_config.head_dim, 16);
+      // Qwen3 takes head_dim from the config (32), not hidden / heads (16).
+      assert.equal(config.llm_config.head_dim, name.includes('qwen3') ? 32 : 16);
       assert.equal(config.llm_config.num_key_value_heads, 2);
       assert.equal(config.llm_config.vocab_size, 320);
       assert.equal(numImageTokens(config), 256);
       assert.equal(imageSize(config), 448);
-      const expectedArch = name.includes('internlm2') ? 'InternLM2ForCausalLM' : 'Qwen2ForCausalLM';
+      const expectedArch = name.includes('internlm2')
+        ? 'InternLM2ForCausalLM'
+        : name.includes('qwen3')
+          ? 'Qwen3ForCausalLM'
+          : 'Qwen2ForCausalLM';
       assert.equal(llmArchitecture(config), expectedArch);
       const vit6b = name.includes('vit6b');
       assert.equal(config.vision_config.norm_type, vit6b ? 'rms_norm' : 'layer_norm');
@@ -156,6 +163,31 @@ describe('model config', () => {
       assert.equal((config.llm_config as unknown as Record<string, unknown>).use_cache, true);
     });
   }
+
+  test('every supported LLM architecture has an implementation in the registry, and no other', () => {
+    const implemented = DECODER_ARCHITECTURES.map((a) => a.modelType).sort();
+    const configured = SUPPORTED_LLM_ARCHITECTURES.map((arch) => {
+      const json = clone(internvl25_1b) as { llm_config: Record<string, unknown> };
+      json.llm_config.architectures = [arch];
+      delete json.llm_config.model_type;
+      delete json.llm_config.bias;
+      return parseModelConfig(json).llm_config.model_type;
+    }).sort();
+    assert.deepEqual(configured, implemented);
+  });
+
+  test('Qwen3 golden: head_dim from the config, tied embeddings, q/k norm tensors, no lm_head', async () => {
+    const config = await loadModelConfig(goldenModelDir('tiny-internvl3_5-qwen3'));
+    const dims = decoderDimsFromConfig(config);
+    assert.equal(dims.arch, 'qwen3');
+    assert.equal(dims.headDim, 32);
+    assert.equal(dims.tieWordEmbeddings, true);
+    assert.equal(dims.attentionBias, false);
+    const names = decoderTensorSpecs(dims).map((t) => t.name);
+    assert.ok(names.includes('language_model.model.layers.0.self_attn.q_norm.weight'));
+    assert.ok(!names.includes('language_model.lm_head.weight'));
+    assert.ok(!names.some((n) => n.endsWith('q_proj.bias')));
+  });
 
   test('InternLM2 golden: bias and rope scaling', async () => {
     const config = await loadModelConfig(goldenModelDir('tiny-internvl2_5-internlm2'));

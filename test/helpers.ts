@@ -8,6 +8,7 @@ export const GOLDEN_MODELS = [
   'tiny-internvl2_5-qwen2',
   'tiny-internvl2_5-vit6b-qwen2',
   'tiny-internvl2_5-internlm2',
+  'tiny-internvl3_5-qwen3',
 ];
 export const goldenModelDir = (name: string): string => path.join(GOLDEN_DIR, 'models', name);
 

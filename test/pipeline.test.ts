@@ -27,6 +27,21 @@ after(async () => {
   rmSync(cacheDir, { recursive: true, force: true });
 });
 
+describe('InternVL3.5 (Qwen3 LLM) through pipeline()', () => {
+  test('the golden text case: the same prompt tokens and greedy tokens as the reference', async () => {
+    const model = 'tiny-internvl3_5-qwen3';
+    const meta = JSON.parse(readFileSync(path.join(GOLDEN_DIR, 'cases', model, 'text.json'), 'utf8'));
+    const p = await pipeline(goldenModelDir(model), { cacheDir, threads: 1 });
+    try {
+      const r = await p.infer(meta.question, { maxNewTokens: 8, ignoreEos: true });
+      assert.equal(r.usage.promptTokens, meta.seq_len);
+      assert.deepEqual(r.tokenIds, meta.greedy_tokens);
+    } finally {
+      await p.close();
+    }
+  });
+});
+
 describe('pipeline inputs', () => {
   test('greedy tokens of an image prompt equal the reference path (preprocessing + template + engine)', async () => {
     const image = await loadImage(IMAGE);

@@ -4,9 +4,9 @@ import path from 'node:path';
 import { dataCommand } from '../src/cli/data.js';
 import { InternVLModel } from '../src/engine/model.js';
 import { Checkpoint } from '../src/io/safetensors.js';
-import type { TrainBatch, Trainer } from '../src/train/trainer.js';
+import { type TrainBatch, Trainer } from '../src/train/trainer.js';
 import { memoryIo } from './data-fixture.js';
-import { GOLDEN_DIR } from './helpers.js';
+import { GOLDEN_DIR, maxAbsDiff } from './helpers.js';
 
 export interface TrainLogLine {
   step: number;
@@ -81,6 +81,21 @@ export async function goldenTrainBatch(model: string): Promise<TrainBatch> {
  * Sample 1 of the golden pack (one image tile, its first 489 tokens) as a sequence of its own, with the
  * trainer's logits for it and the engine's on the checkpoint the trainer saved in `savedDir`.
  */
+/** A trainer on the checkpoint saved in `savedDir` computes the engine's logits to fp32 accuracy. */
+export async function assertReloadedTrainerMatchesEngine(
+  savedDir: string,
+  single: Parameters<Trainer['logits']>[0],
+  engineLogits: Float32Array,
+): Promise<void> {
+  const reloaded = await Trainer.create({ model: savedDir, stage: 2, optimizer: { lr: 1e-3 } });
+  try {
+    const err = maxAbsDiff(await reloaded.logits(single), engineLogits);
+    assert.ok(err <= 2e-4, `reloaded trainer vs engine: ${err}`);
+  } finally {
+    await reloaded.close();
+  }
+}
+
 export async function trainerAndEngineLogits(trainer: Trainer, savedDir: string, batch: TrainBatch) {
   const T = 489;
   const ids = Array.from(batch.inputIds as BigInt64Array, Number).slice(0, T);

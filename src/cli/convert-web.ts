@@ -10,9 +10,7 @@ import { writeGraphDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { decoderDimsFromConfig } from '../models/decoder.js';
-import { INTERNLM2_EMBEDDING } from '../models/internlm2.js';
-import { QWEN2_EMBEDDING } from '../models/qwen2.js';
+import { decoderDimsFromConfig, embeddingTensorName } from '../models/registry.js';
 import {
   WEB_FORMAT_VERSION,
   WEB_MANIFEST_FILE,
@@ -65,7 +63,7 @@ export async function convertModelForWeb(
       };
     }
     const dims = decoderDimsFromConfig(config);
-    const embeddingName = dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING;
+    const embeddingName = embeddingTensorName(dims);
     const bf16 = await weights.bfloat16?.(embeddingName);
     const table = bf16 ?? (await weights.float32(embeddingName));
     if (table.length % dims.hiddenSize !== 0) {

@@ -40,9 +40,6 @@ const tokenIds = () =>
     error: expected('a token id or a list of token ids'),
   });
 
-export const SUPPORTED_LLM_ARCHITECTURES = ['Qwen2ForCausalLM', 'InternLM2ForCausalLM'] as const;
-export type LlmArchitecture = (typeof SUPPORTED_LLM_ARCHITECTURES)[number];
-
 /** `vision_config` (InternVisionConfig); defaults are the config class's (InternViT-6B shaped). */
 export const visionConfigSchema = z.looseObject(
   {
@@ -91,11 +88,8 @@ const commonLlmFields = {
   pad_token_id: tokenIds().nullable().optional(),
 };
 
-export const qwen2LlmConfigSchema = z.looseObject({
-  ...commonLlmFields,
-  model_type: z.literal('qwen2', { error: expected('"qwen2" for Qwen2ForCausalLM') }).default('qwen2'),
-  max_position_embeddings: positiveInt().default(32768),
-  rope_scaling: z
+const ropeScalingObject = () =>
+  z
     .looseObject(
       {
         type: z.string().optional(),
@@ -105,7 +99,24 @@ export const qwen2LlmConfigSchema = z.looseObject({
       { error: expected('an object or null') },
     )
     .nullable()
-    .default(null),
+    .default(null);
+
+export const qwen2LlmConfigSchema = z.looseObject({
+  ...commonLlmFields,
+  model_type: z.literal('qwen2', { error: expected('"qwen2" for Qwen2ForCausalLM') }).default('qwen2'),
+  max_position_embeddings: positiveInt().default(32768),
+  rope_scaling: ropeScalingObject(),
+  use_sliding_window: bool().default(false),
+  sliding_window: positiveInt().nullable().optional(),
+});
+
+/** Qwen3 (InternVL3.5): q/k RMSNorm per head, `head_dim` from the config, no q/k/v bias by default. */
+export const qwen3LlmConfigSchema = z.looseObject({
+  ...commonLlmFields,
+  model_type: z.literal('qwen3', { error: expected('"qwen3" for Qwen3ForCausalLM') }).default('qwen3'),
+  max_position_embeddings: positiveInt().default(40960),
+  attention_bias: bool().default(false),
+  rope_scaling: ropeScalingObject(),
   use_sliding_window: bool().default(false),
   sliding_window: positiveInt().nullable().optional(),
 });
@@ -138,8 +149,21 @@ type Completed<T> = Omit<KnownFields<T>, 'num_key_value_heads' | 'head_dim'> & {
 };
 export type Qwen2LlmConfig = Completed<z.infer<typeof qwen2LlmConfigSchema>>;
 export type InternLM2LlmConfig = Completed<z.infer<typeof internlm2LlmConfigSchema>>;
-/** Narrow on `model_type` ('qwen2' | 'internlm2'). */
-export type LlmConfig = Qwen2LlmConfig | InternLM2LlmConfig;
+export type Qwen3LlmConfig = Completed<z.infer<typeof qwen3LlmConfigSchema>>;
+/** Narrow on `model_type`. */
+export type LlmConfig = Qwen2LlmConfig | InternLM2LlmConfig | Qwen3LlmConfig;
+
+/**
+ * The llm_config schema of each supported `llm_config.architectures[0]`. models/registry.ts holds the
+ * implementation of each (a test checks the two lists agree).
+ */
+const LLM_CONFIG_SCHEMAS = {
+  Qwen2ForCausalLM: qwen2LlmConfigSchema,
+  InternLM2ForCausalLM: internlm2LlmConfigSchema,
+  Qwen3ForCausalLM: qwen3LlmConfigSchema,
+} as const;
+export type LlmArchitecture = keyof typeof LLM_CONFIG_SCHEMAS;
+export const SUPPORTED_LLM_ARCHITECTURES = Object.keys(LLM_CONFIG_SCHEMAS) as LlmArchitecture[];
 
 /** Top level of config.json (InternVLChatConfig); defaults are the config class's. */
 export const modelConfigTopSchema = z.looseObject(
@@ -209,9 +233,10 @@ function fail(sourceName: string, field: string, message: string): never {
   throw new InternVLError('BAD_CONFIG', `${sourceName}: ${field}: ${message}`);
 }
 
-function completeLlm<
-  T extends z.infer<typeof qwen2LlmConfigSchema> | z.infer<typeof internlm2LlmConfigSchema>,
->(llm: T, sourceName: string): Completed<T> {
+function completeLlm<T extends z.infer<(typeof LLM_CONFIG_SCHEMAS)[LlmArchitecture]>>(
+  llm: T,
+  sourceName: string,
+): Completed<T> {
   const heads = llm.num_attention_heads;
   const kvHeads = llm.num_key_value_heads ?? heads;
   if (heads % kvHeads !== 0) {
@@ -239,21 +264,15 @@ export function parseModelConfig(json: unknown, sourceName = 'config.json'): Mod
   const top = modelConfigTopSchema.safeParse(json);
   if (!top.success) throw configError(sourceName, top.error);
   const arch = top.data.llm_config.architectures[0];
-  let llm: LlmConfig;
-  if (arch === 'Qwen2ForCausalLM') {
-    const r = qwen2LlmConfigSchema.safeParse(top.data.llm_config);
-    if (!r.success) throw configError(sourceName, r.error, ['llm_config']);
-    llm = completeLlm(r.data, sourceName);
-  } else if (arch === 'InternLM2ForCausalLM') {
-    const r = internlm2LlmConfigSchema.safeParse(top.data.llm_config);
-    if (!r.success) throw configError(sourceName, r.error, ['llm_config']);
-    llm = completeLlm(r.data, sourceName);
-  } else {
+  if (!Object.hasOwn(LLM_CONFIG_SCHEMAS, arch)) {
     throw new InternVLError(
       'UNSUPPORTED',
       `${sourceName}: llm_config.architectures[0] is ${JSON.stringify(arch)}; supported LLM architectures: ${SUPPORTED_LLM_ARCHITECTURES.join(', ')}`,
     );
   }
+  const r = LLM_CONFIG_SCHEMAS[arch as LlmArchitecture].safeParse(top.data.llm_config);
+  if (!r.success) throw configError(sourceName, r.error, ['llm_config']);
+  const llm = completeLlm(r.data, sourceName) as LlmConfig;
   const config: ModelConfig = { ...top.data, llm_config: llm };
   checkConsistency(config, sourceName);
   return config;
@@ -309,9 +328,9 @@ export function numImageTokens(config: ModelConfig): number {
   return Math.trunc(grid * grid * config.downsample_ratio ** 2);
 }
 
-/** The LLM architecture, e.g. for choosing the decoder implementation. */
+/** The LLM architecture (`llm_config.architectures[0]`, validated by parseModelConfig). */
 export function llmArchitecture(config: ModelConfig): LlmArchitecture {
-  return config.llm_config.model_type === 'qwen2' ? 'Qwen2ForCausalLM' : 'InternLM2ForCausalLM';
+  return config.llm_config.architectures[0] as LlmArchitecture;
 }
 
 /** Reads and validates `<dir>/config.json`. */

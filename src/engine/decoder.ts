@@ -1,5 +1,5 @@
 /**
- * Runs a Qwen2 / InternLM2 decoder graph with a KV cache owned by JS: per sequence and layer, K and V
+ * Runs a decoder graph (models/registry.ts) with a KV cache owned by JS: per sequence and layer, K and V
  * buffers [1, kvH, capacity, hd] (BNSH) are fed to GroupQueryAttention as its past, and the chunk's new
  * rotated keys and values come back as graph outputs and are appended here. Capacity grows in steps,
  * because GroupQueryAttention's cost follows the capacity, not the valid length.
@@ -7,8 +7,7 @@
 
 import { InternVLError } from '../errors.js';
 import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
-import { buildInternLM2Graph, INTERNLM2_EMBEDDING } from '../models/internlm2.js';
-import { buildQwen2Graph, QWEN2_EMBEDDING } from '../models/qwen2.js';
+import { buildDecoderGraph, embeddingTensorName } from '../models/registry.js';
 import type { TensorRows, WeightSource } from '../models/weights.js';
 import * as ort from './ort.js';
 import {
@@ -21,7 +20,8 @@ import {
 import { type RopeParams, rotaryTables } from './rope.js';
 import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
-export { type DecoderDims, decoderDimsFromConfig } from '../models/decoder.js';
+export type { DecoderDims } from '../models/decoder.js';
+export { decoderDimsFromConfig } from '../models/registry.js';
 
 /**
  * A [vocab, D] token-embedding table: float32, bf16 bit patterns (a bf16 checkpoint's table at half the
@@ -287,12 +287,10 @@ export class DecoderRunner {
     const precision = resolveLlmPrecision(options);
     const build = (dtype: typeof precision.llmDtype) => () => {
       const graphOptions = { hiddenStates: options.hiddenStates, ...decoderGraphQuant(precision, dtype) };
-      return dims.arch === 'qwen2'
-        ? buildQwen2Graph(dims, weights, graphOptions)
-        : buildInternLM2Graph(dims, weights, graphOptions);
+      return buildDecoderGraph(dims, weights, graphOptions);
     };
     const session = await sessionForGraph(build(precision.llmDtype), options);
-    const embeddingName = dims.arch === 'qwen2' ? QWEN2_EMBEDDING : INTERNLM2_EMBEDDING;
+    const embeddingName = embeddingTensorName(dims);
     // Rows read on demand where the source can: the table is 136 M values for the 1B model.
     const embeddings =
       weights.rows?.(embeddingName) ??
@@ -309,7 +307,7 @@ export class DecoderRunner {
   }
 
   /**
-   * A runner over sessions already opened on graphs from buildQwen2Graph / buildInternLM2Graph (e.g. in
+   * A runner over sessions already opened on graphs from buildDecoderGraph (e.g. in
    * a browser) and the token-embedding table [vocab, D] (float32, or bf16 bit patterns).
    */
   static fromSessions(

@@ -4,9 +4,7 @@
  */
 import type { ModelConfig } from '../config/model-config.js';
 import type { Checkpoint } from '../io/safetensors.js';
-import { type DecoderDims, decoderDimsFromConfig } from '../models/decoder.js';
-import { buildInternLM2Graph } from '../models/internlm2.js';
-import { buildQwen2Graph } from '../models/qwen2.js';
+import { buildDecoderGraph, decoderDimsFromConfig } from '../models/registry.js';
 import type { WeightSource } from '../models/weights.js';
 import type { Graph } from '../onnx/graph.js';
 import { checkWeightDtype } from '../onnx/quantize.js';
@@ -60,18 +58,6 @@ export function engineGraphKey(
   return graphCacheKey(checkpoint.files(), { component, dims, ...tag });
 }
 
-export function buildDecoderGraph(
-  dims: DecoderDims,
-  weights: WeightSource,
-  precision: LlmPrecision,
-  dtype: WeightDtype,
-): Promise<Graph> {
-  const options = decoderGraphQuant(precision, dtype);
-  return dims.arch === 'qwen2'
-    ? buildQwen2Graph(dims, weights, options)
-    : buildInternLM2Graph(dims, weights, options);
-}
-
 export interface PlannedGraph {
   /** 'vision', 'decoder' or 'decoder-prefill'. */
   role: string;
@@ -110,7 +96,7 @@ export function planEngineGraphs(
     role,
     dtype,
     key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, dtype)),
-    build: () => buildDecoderGraph(decoderDims, weights, precision, dtype),
+    build: () => buildDecoderGraph(decoderDims, weights, decoderGraphQuant(precision, dtype)),
   });
   plan.push(decoderGraph('decoder', precision.llmDtype));
   if (precision.prefillDtype !== precision.llmDtype) {

@@ -11,17 +11,18 @@
  *   outputs logits [N,V]; key.i/value.i [B,S,kvH·hd] (this chunk's rotated keys and values, for the
  *           engine to append to its buffers); with hiddenStates: hidden.i [B,S,D], final_norm [N,D].
  */
-import type { ModelConfig } from '../config/model-config.js';
+import type { LlmConfig } from '../config/model-config.js';
 import type { RopeScaling } from '../engine/rope.js';
 import { InternVLError } from '../errors.js';
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
 import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
-import { transposeMatrix, type WeightSource } from './weights.js';
+import { type TensorSpec, transposeMatrix, type WeightSource } from './weights.js';
 
 export type { RopeScaling } from '../engine/rope.js';
 
 export interface DecoderDims {
-  arch: 'qwen2' | 'internlm2';
+  /** The architecture's `model_type` (models/registry.ts). */
+  arch: string;
   hiddenSize: number;
   numLayers: number;
   numHeads: number;
@@ -33,14 +34,17 @@ export interface DecoderDims {
   ropeTheta: number;
   ropeScaling: RopeScaling | null;
   maxPositionEmbeddings: number;
-  /** Qwen2: q/k/v biases (always true). InternLM2: `bias` of config (wqkv and wo biases). */
+  /** Qwen2: q/k/v biases (always true). InternLM2: `bias` (wqkv and wo). Qwen3: `attention_bias`. */
   attentionBias: boolean;
+  /** The output head is the token-embedding table (no separate lm_head tensor). Default false. */
+  tieWordEmbeddings?: boolean;
 }
 
-/** The LLM dimensions of an InternVL config.json. */
-export function decoderDimsFromConfig(config: ModelConfig): DecoderDims {
-  const llm = config.llm_config;
-  const common = {
+/** The fields every architecture reads the same way from its llm_config. */
+export function commonDecoderDims(
+  llm: LlmConfig,
+): Omit<DecoderDims, 'arch' | 'ropeScaling' | 'attentionBias'> {
+  return {
     hiddenSize: llm.hidden_size,
     numLayers: llm.num_hidden_layers,
     numHeads: llm.num_attention_heads,
@@ -51,32 +55,49 @@ export function decoderDimsFromConfig(config: ModelConfig): DecoderDims {
     rmsNormEps: llm.rms_norm_eps,
     ropeTheta: llm.rope_theta,
     maxPositionEmbeddings: llm.max_position_embeddings,
+    tieWordEmbeddings: llm.tie_word_embeddings,
   };
-  if (llm.model_type === 'qwen2') {
-    const scaling = llm.rope_scaling;
-    const kind = scaling?.rope_type ?? scaling?.type;
-    let ropeScaling: RopeScaling | null = null;
-    if (scaling && kind !== undefined && kind !== 'default') {
-      if (kind !== 'dynamic' && kind !== 'linear') {
-        throw new InternVLError(
-          'UNSUPPORTED',
-          `llm_config.rope_scaling: type ${JSON.stringify(kind)} is not supported (supported: dynamic, linear)`,
-        );
-      }
-      if (scaling.factor === undefined) {
-        throw new InternVLError('BAD_CONFIG', `llm_config.rope_scaling: ${kind} scaling needs a factor`);
-      }
-      ropeScaling = { type: kind, factor: scaling.factor };
-    }
-    return { arch: 'qwen2', ...common, ropeScaling, attentionBias: true };
+}
+
+/** transformers' `rope_scaling` ({rope_type | type, factor}): default, dynamic NTK or linear. */
+export function hfRopeScaling(
+  scaling: { type?: string; rope_type?: string; factor?: number } | null,
+): RopeScaling | null {
+  const kind = scaling?.rope_type ?? scaling?.type;
+  if (!scaling || kind === undefined || kind === 'default') return null;
+  if (kind !== 'dynamic' && kind !== 'linear') {
+    throw new InternVLError(
+      'UNSUPPORTED',
+      `llm_config.rope_scaling: type ${JSON.stringify(kind)} is not supported (supported: dynamic, linear)`,
+    );
   }
-  const scaling = llm.rope_scaling;
-  return {
-    arch: 'internlm2',
-    ...common,
-    ropeScaling: scaling ? { type: scaling.type, factor: scaling.factor } : null,
-    attentionBias: llm.bias,
-  };
+  if (scaling.factor === undefined) {
+    throw new InternVLError('BAD_CONFIG', `llm_config.rope_scaling: ${kind} scaling needs a factor`);
+  }
+  return { type: kind, factor: scaling.factor };
+}
+
+/**
+ * One LLM architecture: how its config maps to DecoderDims, which checkpoint tensors it reads and how
+ * its decoder graph is built. models/registry.ts lists them; nothing else switches on the architecture.
+ */
+export interface DecoderArchitecture {
+  /** `llm_config.model_type`, also DecoderDims.arch. */
+  modelType: string;
+  /** The token-embedding table's checkpoint name. */
+  embeddingName: string;
+  /** The output head's checkpoint name when the embeddings are not tied. */
+  lmHeadName: string;
+  dims(llm: LlmConfig): DecoderDims;
+  /** Every tensor the decoder reads, with its checkpoint shape (embeddings and head included). */
+  tensorSpecs(dims: DecoderDims): TensorSpec[];
+  /** Builds the decoder graph (contract above) from checkpoint tensors. */
+  buildGraph(dims: DecoderDims, weights: WeightSource, options?: DecoderGraphOptions): Promise<Graph>;
+}
+
+/** The head the graph multiplies by: the embedding table when the config ties them. */
+export function outputHeadName(arch: DecoderArchitecture, dims: DecoderDims): string {
+  return dims.tieWordEmbeddings ? arch.embeddingName : arch.lmHeadName;
 }
 
 /** Names of the graph's inputs and outputs (see the module comment). */
@@ -173,7 +194,6 @@ export function linear(
   return bias ? g.add(y, g.initializer(bias.name, 'float32', [outFeatures], bias.data)) : y;
 }
 
-/** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
 /** One part of a fusedLinear: a torch Linear weight [outFeatures, inFeatures] and its optional bias. */
 export interface LinearPart {
   name: string;
@@ -213,6 +233,7 @@ export function fusedLinear(
   return ctx.g.node('Split', [y, sizes], { axis: { int: -1 } }, { outputs: parts.length });
 }
 
+/** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
 export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weight: Float32Array): string {
   const { g, dims } = ctx;
   const w = g.initializer(name, 'float32', [weight.length], weight);
@@ -221,6 +242,19 @@ export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weigh
     epsilon: dims.rmsNormEps,
     stash_type: { int: 1 },
   });
+}
+
+/** RMSNorm over each head's vector of x [B,S,heads·hd] with one weight [hd] (Qwen3's q_norm/k_norm). */
+export function perHeadRmsNorm(
+  ctx: DecoderGraphContext,
+  x: string,
+  heads: number,
+  name: string,
+  weight: Float32Array,
+): string {
+  const { g, dims } = ctx;
+  const perHead = g.reshape(x, [0, 0, heads, dims.headDim]);
+  return g.reshape(rmsNorm(ctx, perHead, name, weight), [0, 0, heads * dims.headDim]);
 }
 
 /**

@@ -7,11 +7,15 @@
 import type { Graph } from '../onnx/graph.js';
 import {
   checkpointLayers,
+  commonDecoderDims,
+  type DecoderArchitecture,
   type DecoderDims,
   type DecoderGraphOptions,
   finishDecoderGraph,
   fusedLinear,
+  hfRopeScaling,
   layerOutput,
+  outputHeadName,
   ResidualStream,
   selfAttention,
   startDecoderGraph,
@@ -25,7 +29,7 @@ const LM_HEAD = 'language_model.output.weight';
 const layerPrefix = (i: number) => `language_model.model.layers.${i}.`;
 
 /** Every tensor the InternLM2 decoder reads, with its checkpoint shape. */
-export function internlm2TensorSpecs(dims: DecoderDims): TensorSpec[] {
+function internlm2TensorSpecs(dims: DecoderDims): TensorSpec[] {
   const { hiddenSize: d, headDim, numHeads, numKvHeads, intermediateSize: ff, vocabSize } = dims;
   const qkvWidth = (numHeads + 2 * numKvHeads) * headDim;
   const specs: TensorSpec[] = [{ name: INTERNLM2_EMBEDDING, shape: [vocabSize, d] }];
@@ -47,7 +51,8 @@ export function internlm2TensorSpecs(dims: DecoderDims): TensorSpec[] {
       );
     }
   }
-  specs.push({ name: FINAL_NORM, shape: [d] }, { name: LM_HEAD, shape: [vocabSize, d] });
+  specs.push({ name: FINAL_NORM, shape: [d] });
+  if (!dims.tieWordEmbeddings) specs.push({ name: LM_HEAD, shape: [vocabSize, d] });
   return specs;
 }
 
@@ -83,7 +88,7 @@ export function splitPackedQkv(packed: Float32Array, dims: DecoderDims, cols: nu
 }
 
 /** Builds the decoder graph (contract in ./decoder.ts) from checkpoint tensors. */
-export async function buildInternLM2Graph(
+async function buildInternLM2Graph(
   dims: DecoderDims,
   weights: WeightSource,
   options: DecoderGraphOptions = {},
@@ -142,5 +147,24 @@ export async function buildInternLM2Graph(
     residual.add(await proj(swiGlu(ctx, gate, up), `${p}feed_forward.w2`, d, ff));
     layerOutput(ctx, i, residual);
   }
-  return finishDecoderGraph(ctx, residual.value(), await named(FINAL_NORM), await named(LM_HEAD));
+  return finishDecoderGraph(
+    ctx,
+    residual.value(),
+    await named(FINAL_NORM),
+    await named(outputHeadName(internlm2Architecture, dims)),
+  );
 }
+
+export const internlm2Architecture: DecoderArchitecture = {
+  modelType: 'internlm2',
+  embeddingName: INTERNLM2_EMBEDDING,
+  lmHeadName: LM_HEAD,
+  dims: (llm) => ({
+    arch: 'internlm2',
+    ...commonDecoderDims(llm),
+    ropeScaling: hfRopeScaling(llm.rope_scaling),
+    attentionBias: 'bias' in llm && llm.bias,
+  }),
+  tensorSpecs: internlm2TensorSpecs,
+  buildGraph: buildInternLM2Graph,
+};

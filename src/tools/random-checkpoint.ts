@@ -9,11 +9,9 @@ import path from 'node:path';
 import { type ModelConfig, parseModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { writeSafetensorsStreaming } from '../io/safetensors.js';
-import { decoderDimsFromConfig } from '../models/decoder.js';
-import { internlm2TensorSpecs } from '../models/internlm2.js';
 import { internVitDimsFromConfig, internVitTensorSpecs } from '../models/internvit.js';
 import { projectorTensorSpecs } from '../models/projector.js';
-import { qwen2TensorSpecs } from '../models/qwen2.js';
+import { decoderDimsFromConfig, decoderTensorSpecs } from '../models/registry.js';
 
 interface LlmShape {
   arch: 'qwen2' | 'internlm2';
@@ -337,7 +335,7 @@ function randomTensors(config: ModelConfig): RandomTensor[] {
   return [
     ...internVitTensorSpecs(vit, vit.numLayers),
     ...projectorTensorSpecs(projector),
-    ...(llm.arch === 'qwen2' ? qwen2TensorSpecs(llm) : internlm2TensorSpecs(llm)),
+    ...decoderTensorSpecs(llm),
   ].map(({ name, shape }) => ({ name, shape, ...distribution(name, shape) }));
 }
 

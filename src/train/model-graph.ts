@@ -13,6 +13,7 @@
 import type { ModelConfig } from '../config/model-config.js';
 import { imageSize, numImageTokens } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
+import { decoderArchitecture } from '../models/registry.js';
 import { type Graph, GraphBuilder } from '../onnx/graph.js';
 
 /** The parts of a packed batch that fix the graph's shapes. */
@@ -178,11 +179,8 @@ export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
   const llm = config.llm_config;
 
   const inputIds = g.input(BATCH_INPUTS.inputIds, 'int64', [T]);
-  const embedName =
-    llm.model_type === 'qwen2'
-      ? 'language_model.model.embed_tokens.weight'
-      : 'language_model.model.tok_embeddings.weight';
-  let hidden = g.gather(m.param(embedName), inputIds);
+  const architecture = decoderArchitecture(llm.model_type);
+  let hidden = g.gather(m.param(architecture.embeddingName), inputIds);
   if (N > 0) {
     const imageEmbeds = visionTower(m, config, N, spec.mode === 'loss' ? (spec.dropPathRates ?? []) : []);
     const rows = g.input(BATCH_INPUTS.imageRows, 'int64', [N * numImageTokens(config), 1]);
@@ -210,14 +208,11 @@ export function buildTrainingGraph(spec: TrainGraphSpec): TrainGraph {
 
 function lmHeadName(m: ModelGraph, config: ModelConfig): string {
   const llm = config.llm_config;
-  const head = llm.model_type === 'qwen2' ? 'language_model.lm_head.weight' : 'language_model.output.weight';
-  if (m.has(head)) return head;
-  if (llm.tie_word_embeddings || config.tie_word_embeddings) {
-    return llm.model_type === 'qwen2'
-      ? 'language_model.model.embed_tokens.weight'
-      : 'language_model.model.tok_embeddings.weight';
-  }
-  throw new InternVLError('BAD_CHECKPOINT', `${head}: missing from the checkpoint`);
+  const architecture = decoderArchitecture(llm.model_type);
+  if (llm.tie_word_embeddings) return architecture.embeddingName;
+  if (m.has(architecture.lmHeadName)) return architecture.lmHeadName;
+  if (config.tie_word_embeddings) return architecture.embeddingName;
+  throw new InternVLError('BAD_CHECKPOINT', `${architecture.lmHeadName}: missing from the checkpoint`);
 }
 
 /** InternViT → drop CLS → pixel shuffle → mlp1; returns [N·tokensPerTile, D]. */
@@ -316,6 +311,12 @@ function decoder(m: ModelGraph, config: ModelConfig, input: string, T: number): 
   const rep = H / KV;
   const d = llm.head_dim;
   const eps = llm.rms_norm_eps;
+  // Training writes the two block layouts out in primitive ops; other architectures are refused.
+  const modelType: string = llm.model_type;
+  const qwenFamily = modelType === 'qwen2' || modelType === 'qwen3';
+  if (!qwenFamily && modelType !== 'internlm2') {
+    throw new InternVLError('UNSUPPORTED', `training is not implemented for LLM model_type ${modelType}`);
+  }
 
   const seg = g.input(BATCH_INPUTS.segmentIds, 'int64', [T]);
   const pos = g.input(BATCH_INPUTS.positionIds, 'int64', [T]);
@@ -346,13 +347,20 @@ function decoder(m: ModelGraph, config: ModelConfig, input: string, T: number): 
       let v: string;
       let o: string;
       let h: string;
-      if (llm.model_type === 'qwen2') {
-        const p = `language_model.model.layers.${i}`;
-        h = m.rmsNorm(x, `${p}.input_layernorm.weight`, eps);
-        q = grouped(m.linear(h, `${p}.self_attn.q_proj.weight`, `${p}.self_attn.q_proj.bias`), rep);
-        k = grouped(m.linear(h, `${p}.self_attn.k_proj.weight`, `${p}.self_attn.k_proj.bias`), 1);
-        v = grouped(m.linear(h, `${p}.self_attn.v_proj.weight`, `${p}.self_attn.v_proj.bias`), 1);
-        o = `${p}.self_attn.o_proj.weight`;
+      if (qwenFamily) {
+        const p = `language_model.model.layers.${i}.self_attn`;
+        h = m.rmsNorm(x, `language_model.model.layers.${i}.input_layernorm.weight`, eps);
+        let qh = m.linear(h, `${p}.q_proj.weight`, `${p}.q_proj.bias`);
+        let kh = m.linear(h, `${p}.k_proj.weight`, `${p}.k_proj.bias`);
+        if (m.has(`${p}.q_norm.weight`)) {
+          // Qwen3: RMSNorm over each head's q and k before RoPE.
+          qh = g.reshape(m.rmsNorm(g.reshape(qh, [T, H, d]), `${p}.q_norm.weight`, eps), [T, H * d]);
+          kh = g.reshape(m.rmsNorm(g.reshape(kh, [T, KV, d]), `${p}.k_norm.weight`, eps), [T, KV * d]);
+        }
+        q = grouped(qh, rep);
+        k = grouped(kh, 1);
+        v = grouped(m.linear(h, `${p}.v_proj.weight`, `${p}.v_proj.bias`), 1);
+        o = `${p}.o_proj.weight`;
       } else {
         const p = `language_model.model.layers.${i}`;
         h = m.rmsNorm(x, `${p}.attention_norm.weight`, eps);
@@ -371,11 +379,8 @@ function decoder(m: ModelGraph, config: ModelConfig, input: string, T: number): 
       const scores = g.matMul(rope(q), g.transpose(rope(k), [0, 1, 3, 2]));
       const probs = g.softmax(g.add(g.mul(scores, g.scalarF32(d ** -0.5)), mask), -1);
       const attn = g.reshape(g.transpose(g.matMul(probs, v), [2, 0, 1, 3]), [T, H * d]);
-      x = g.add(
-        x,
-        m.linear(attn, o, llm.model_type === 'qwen2' ? undefined : `${o.slice(0, -'.weight'.length)}.bias`),
-      );
-      if (llm.model_type === 'qwen2') {
+      x = g.add(x, m.linear(attn, o, `${o.slice(0, -'.weight'.length)}.bias`));
+      if (qwenFamily) {
         const p = `language_model.model.layers.${i}`;
         const h2 = m.rmsNorm(x, `${p}.post_attention_layernorm.weight`, eps);
         const gate = m.silu(m.linear(h2, `${p}.mlp.gate_proj.weight`));
