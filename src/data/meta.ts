@@ -273,13 +273,12 @@ export interface DatasetLines {
   issues: DataIssue[];
 }
 
-/** Lines checked at once: image decoding runs on libuv's pool (4 threads by default). */
-const LINES_IN_FLIGHT = 4;
-
 /**
- * Reads a dataset's JSONL annotation, streaming it line by line (a few lines checked at a time, results
- * kept in line order). Blank lines are not samples; every other line is a sample or an issue, or with
- * `strict` the first issue is thrown. An annotation file that cannot be read is an error naming it.
+ * Reads a dataset's JSONL annotation, streaming it line by line. Blank lines are not samples; every other
+ * line is a sample or an issue, or with `strict` the first issue is thrown. An annotation file that cannot
+ * be read is an error naming it. Lines are checked one at a time: libvips keeps one error buffer per
+ * process, and images decoded concurrently lose each other's error text ("Unknown error"), while every
+ * bad image must be reported with its reason.
  */
 export async function readDataset(
   dataset: DatasetSpec,
@@ -296,37 +295,26 @@ export async function readDataset(
   const lineOptions: LineCheckOptions = { ...options, media: new MediaChecker() };
   const input = createReadStream(dataset.annotation, 'utf8');
   const reader = createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
-  let batch: { line: number; result: Promise<AnnotationSample | string> }[] = [];
-  const settle = async () => {
-    for (const { line, result } of batch) {
-      const value = await result;
-      if (typeof value !== 'string') {
-        samples.push(value);
-        continue;
-      }
-      const issue = { dataset: dataset.name, file: dataset.annotation, line, message: value };
-      if (options.strict) throw new InternVLError('BAD_INPUT', formatIssue(issue));
-      issues.push(issue);
-    }
-    batch = [];
-  };
   let line = 0;
   try {
     for await (const text of reader) {
       line++;
       if (text.trim() === '') continue;
-      batch.push({ line, result: parseAnnotationLine(text, dataset, line, lineOptions) });
-      if (batch.length >= LINES_IN_FLIGHT) await settle();
+      const result = await parseAnnotationLine(text, dataset, line, lineOptions);
+      if (typeof result !== 'string') {
+        samples.push(result);
+        continue;
+      }
+      const issue = { dataset: dataset.name, file: dataset.annotation, line, message: result };
+      if (options.strict) throw new InternVLError('BAD_INPUT', formatIssue(issue));
+      issues.push(issue);
     }
-    await settle();
   } catch (err) {
-    // Let the lines still in flight finish before the error leaves (no unhandled rejections).
-    await Promise.allSettled(batch.map((b) => b.result));
     // Only errors of the file itself (EACCES, EIO…) are about reading the annotation.
     if (err instanceof InternVLError || !(err instanceof Error) || !('syscall' in err)) throw err;
     throw new InternVLError(
       'BAD_INPUT',
-      `dataset "${dataset.name}": cannot read annotation ${dataset.annotation} after line ${line} (${(err as Error).message})`,
+      `dataset "${dataset.name}": cannot read annotation ${dataset.annotation} after line ${line} (${err.message})`,
       { cause: err },
     );
   } finally {
