@@ -50,8 +50,10 @@ async function exists(file: string): Promise<boolean> {
  * Checks the media files annotation lines refer to. Every image is decoded completely, exactly as
  * training decodes it (`loadImage`: Pillow's limits, strict decoding), so an unreadable, truncated or
  * oversized image is a bad line here and not a crash later; each distinct file is decoded once per
- * checker (many lines often share an image). Videos must exist (a file or a folder of frames); they
- * are decoded only when their frames are sampled.
+ * checker (many lines often share an image). A complete decode costs about 16 ms for a 1024×768 JPEG
+ * and 174 ms for 4000×3000 on the 2-core development machine (a header read, which misses truncation:
+ * 1–8 ms). Videos must exist (a file or a folder of frames); they are decoded only when their frames
+ * are sampled (`pack --tiles`, where one that fails is skipped and reported).
  */
 export class MediaChecker {
   readonly #images = new Map<string, Promise<ImageSize | string>>();
