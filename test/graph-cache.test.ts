@@ -230,15 +230,26 @@ test('temporary folders of dead conversions are removed; a live process keeps it
     assert.equal(finished.status, 0);
     const dead = path.join(c.dir, `k2.tmp-${finished.pid}-1700000000000`);
     const live = path.join(c.dir, `k3.tmp-${process.pid}-1700000000000`);
-    for (const dir of [dead, live]) {
+    const hostTag = createHash('sha256').update(os.hostname()).digest('hex').slice(0, 8);
+    const ours = `k5.tmp-${finished.pid}-1700000000000-${hostTag}`;
+    const otherHost = path.join(c.dir, `k6.tmp-${finished.pid}-1700000000000-0badcafe`);
+    for (const dir of [dead, live, path.join(c.dir, ours), otherHost]) {
       mkdirSync(dir);
       writeFileSync(path.join(dir, 'weights.bin'), 'half written');
     }
     const again = await cachedGraph(c.dir, 'k', c.build, { onWarning: c.onWarning });
     assert.equal(again.hit, true);
     assert.equal(existsSync(dead), false, 'the dead process folder is gone');
+    assert.equal(existsSync(path.join(c.dir, ours)), false, "this host's dead process folder is gone");
     assert.equal(existsSync(path.join(live, 'weights.bin')), true, 'the live process folder stays');
-    assert.deepEqual(c.warnings, [`removed ${dead}, left by a graph conversion whose process is gone`]);
+    assert.equal(existsSync(otherHost), true, "another host's folder stays: its pid means nothing here");
+    assert.deepEqual(
+      c.warnings.sort(),
+      [
+        `removed ${dead}, left by a graph conversion whose process is gone`,
+        `removed ${path.join(c.dir, ours)}, left by a graph conversion whose process is gone`,
+      ].sort(),
+    );
     assert.deepEqual(removeStaleTempEntries(c.dir), [], 'nothing else to remove');
   } finally {
     rmSync(c.dir, { recursive: true, force: true });

@@ -11,8 +11,9 @@
  * machine), so every chat or server start would pay about 2 s for InternVL2_5-1B's fp32 graphs and
  * minutes for the largest models; sizes catch truncation, the model.onnx hash catches a damaged graph,
  * and a load ONNX Runtime refuses is rebuilt too (see session.ts). A damaged entry is rebuilt with a
- * warning naming it. Temporary folders left by a killed conversion (`<key>.tmp-<pid>-<time>` whose
- * process is gone) are removed; one whose process still runs is being written and is left alone.
+ * warning naming it. Temporary folders left by a killed conversion (`<key>.tmp-<pid>-<time>-<host>`
+ * whose process on this host is gone) are removed; one whose process still runs, or that another host
+ * is writing into a shared cache, is left alone.
  */
 import { createHash, type Hash } from 'node:crypto';
 import {
@@ -161,13 +162,15 @@ function processIsAlive(pid: number): boolean {
   }
 }
 
-const TEMP_ENTRY = /^.+\.tmp-(\d+)-\d+$/;
+/** `<key>.tmp-<pid>-<time>-<host>`: the host tag (hash of the host name) scopes the pid to its machine. */
+const TEMP_ENTRY = /^.+\.tmp-(\d+)-\d+(?:-([0-9a-f]{8}))?$/;
+const HOST_TAG = createHash('sha256').update(os.hostname()).digest('hex').slice(0, 8);
 
 /**
  * Removes the temporary folders of conversions whose process is gone (killed mid-write); returns their
- * paths. Folders of live processes (this one included) are being written and stay. A pid is only
- * meaningful on this machine: a cache folder shared between machines should not hold conversions in
- * progress from several of them.
+ * paths. Folders of live processes (this one included) are being written and stay. A pid means
+ * something only on its own machine (or container): folders another host is writing into a shared
+ * cache are never removed here (folders without a host tag, from older versions, count as this host's).
  */
 export function removeStaleTempEntries(cacheDir: string): string[] {
   const removed: string[] = [];
@@ -179,7 +182,7 @@ export function removeStaleTempEntries(cacheDir: string): string[] {
   }
   for (const name of names) {
     const m = TEMP_ENTRY.exec(name);
-    if (!m || processIsAlive(Number(m[1]))) continue;
+    if (!m || (m[2] !== undefined && m[2] !== HOST_TAG) || processIsAlive(Number(m[1]))) continue;
     const dir = path.join(cacheDir, name);
     rmSync(dir, { recursive: true, force: true });
     removed.push(dir);
@@ -194,7 +197,7 @@ export function removeStaleTempEntries(cacheDir: string): string[] {
  */
 export function writeGraphDir(graph: Graph, dir: string, options: { keepExisting?: boolean } = {}): string {
   const modelPath = path.join(dir, 'model.onnx');
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}-${HOST_TAG}`;
   mkdirSync(tmp, { recursive: true });
   try {
     const { modelChunks, external } = serializeModel(graph, { externalData: { location: 'weights.bin' } });
