@@ -111,13 +111,26 @@ function zodMessage(error: z.ZodError): string {
 /** Reads and validates a meta JSON file; relative `root`/`annotation` paths resolve against its folder. */
 export async function loadMeta(file: string): Promise<MetaFile> {
   const metaPath = path.resolve(file);
-  let json: unknown;
+  let text: string;
   try {
-    json = JSON.parse(await readFile(metaPath, 'utf8'));
+    text = await readFile(metaPath, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new InternVLError('NOT_FOUND', `meta file ${metaPath} does not exist`);
     throw new InternVLError('BAD_INPUT', `meta file ${metaPath}: ${(err as Error).message}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    // V8 says "at position N"; FILE:LINE:COLUMN is what an editor jumps to.
+    const message = (err as Error).message;
+    const at = /at position (\d+)/.exec(message);
+    const before = at ? text.slice(0, Number(at[1])).split('\n') : undefined;
+    const where = before ? `:${before.length}:${before[before.length - 1].length + 1}` : '';
+    throw new InternVLError('BAD_INPUT', `${metaPath}${where}: invalid meta JSON (${message})`, {
+      cause: err,
+    });
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new InternVLError('BAD_INPUT', `meta file ${metaPath}: expected an object of dataset entries`);
