@@ -67,6 +67,16 @@ describe('meta file and annotation lines', () => {
     await assert.rejects(loadMeta(bad), /dataset "x": annotation: must be a \.jsonl file/);
   });
 
+  test('a meta file that is not valid JSON is an error naming FILE:LINE:COLUMN', async () => {
+    const bad = path.join(fixture.dir, 'broken-meta.json');
+    await writeFile(bad, '{\n  "x": {"root": "media",\n    annotation: "a.jsonl"}\n}\n');
+    await assert.rejects(loadMeta(bad), (err: unknown) => {
+      assert.ok(err instanceof InternVLError);
+      assert.ok(err.message.startsWith(`${bad}:3:5: invalid meta JSON`), err.message);
+      return true;
+    });
+  });
+
   test('turn order and unanswered questions are bad lines', async () => {
     const meta = await loadMeta(fixture.meta);
     const file = path.join(fixture.dir, 'data/order.jsonl');

@@ -58,6 +58,7 @@ describe('packing', () => {
           line: i + 1,
           kind: s.tiles > 0 ? ('image' as const) : ('text' as const),
           images: s.tiles > 0 ? [image] : [],
+          imageSizes: [],
           video: undefined,
           conversations: [
             { from: 'human' as const, value: s.question },
@@ -83,7 +84,7 @@ describe('packing', () => {
       const summary = await writePackShard(file, [{ items, numTokens: 0, numTiles: 2 }], {
         reduction: 'square',
       });
-      assert.deepEqual([summary.packs, summary.samples, summary.tiles], [1, 2, 2]);
+      assert.deepEqual([summary?.packs, summary?.samples, summary?.tiles], [1, 2, 2]);
       const shard = await Checkpoint.open(file);
       assert.deepEqual(toNumbers(await shard.readInt64('labels')), toNumbers(arrays.labels));
       assert.deepEqual(toNumbers(await shard.readInt32('pack_cu_seqlens')), [0, arrays.inputIds.length]);

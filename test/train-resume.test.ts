@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -95,6 +95,90 @@ describe('internvl train: kill, resume, freeze flags', () => {
       await x.close();
       await y.close();
     }
+  });
+
+  it('--resume falls back past damaged newer checkpoints to the newest intact one, bit-exact', async () => {
+    const common = ['--model', MODEL, '--data', shards, '--stage', '2', '--steps', '8', '--seed', '5'];
+    common.push('--lr', '1e-3', '--warmup-steps', '2');
+    const straight = path.join(dir, 'fallback-straight');
+    const quiet = memoryIo();
+    assert.equal(await trainCommand([...common, '--out', straight], quiet.io), 0, quiet.stderr());
+    const partial = path.join(dir, 'fallback-partial');
+    const first = memoryIo();
+    const stopped = [...common, '--out', partial, '--save-every', '2', '--stop-after', '6'];
+    assert.equal(await trainCommand(stopped, first.io), 0, first.stderr());
+    assert.deepEqual(
+      (await listCheckpoints(partial)).map((c) => c.step),
+      [6, 4, 2],
+    );
+    const state = JSON.parse(await readFile(path.join(partial, 'checkpoint-6/trainer_state.json'), 'utf8'));
+    assert.ok(state.files['model.safetensors'].sha256, 'the state records checksums');
+
+    // One copy with a flipped optimizer byte in checkpoint-6 (only a checksum sees it): back to step 4.
+    // Another with checkpoint-6's weights truncated and checkpoint-4's state file garbled: back to step 2.
+    const flipped = path.join(dir, 'fallback-flipped');
+    const twice = path.join(dir, 'fallback-twice');
+    await cp(partial, flipped, { recursive: true });
+    await cp(partial, twice, { recursive: true });
+    const optimizer = path.join(flipped, 'checkpoint-6/optimizer_state.safetensors');
+    const bytes = await readFile(optimizer);
+    bytes[bytes.length - 3] ^= 0x10;
+    await writeFile(optimizer, bytes);
+    await truncate(path.join(twice, 'checkpoint-6/model.safetensors'), 1000);
+    await writeFile(path.join(twice, 'checkpoint-4/trainer_state.json'), '{"step": 4, "trai');
+
+    for (const [out, from, damaged] of [
+      [flipped, 4, ['checkpoint-6']],
+      [twice, 2, ['checkpoint-6', 'checkpoint-4']],
+    ] as const) {
+      const resumed = memoryIo();
+      assert.equal(
+        await trainCommand([...common, '--out', out, '--resume'], resumed.io),
+        0,
+        resumed.stderr(),
+      );
+      const err = resumed.stderr();
+      for (const name of damaged) {
+        assert.match(err, new RegExp(`not resuming from ${path.join(out, name)}: `), err);
+        assert.ok((await readdir(out)).includes(`${name}.damaged`), `${name} is kept aside`);
+      }
+      if (damaged.length === 1) assert.match(err, /optimizer_state\.safetensors does not match the SHA-256/);
+      else {
+        assert.match(err, /model\.safetensors is 1000 bytes; it was saved with \d+/);
+        assert.match(err, /trainer_state\.json: not a readable trainer state/);
+      }
+      assert.match(
+        err,
+        new RegExp(`resuming from ${path.join(out, `checkpoint-${from}`)} \\(step ${from}\\)`),
+      );
+      const a = await readTrainLog(straight);
+      const b = await readTrainLog(out);
+      assert.deepEqual(
+        b.map((l) => [l.step, l.loss, l.lr]),
+        a.map((l) => [l.step, l.loss, l.lr]),
+      );
+      const x = await Checkpoint.open(straight);
+      const y = await Checkpoint.open(out);
+      try {
+        for (const name of x.names())
+          assert.deepEqual(await y.readBytes(name), await x.readBytes(name), name);
+      } finally {
+        await x.close();
+        await y.close();
+      }
+    }
+
+    // With every checkpoint damaged, --resume stops with the reasons and deletes nothing.
+    const none = path.join(dir, 'fallback-none');
+    await cp(partial, none, { recursive: true });
+    for (const step of [2, 4, 6]) await truncate(path.join(none, `checkpoint-${step}/model.safetensors`), 10);
+    const failed = memoryIo();
+    assert.equal(await trainCommand([...common, '--out', none, '--resume'], failed.io), 1);
+    assert.match(failed.stderr(), /--resume: no checkpoint in .* can be resumed from/);
+    assert.deepEqual(
+      (await listCheckpoints(none)).map((c) => c.step),
+      [6, 4, 2],
+    );
   });
 
   it('--freeze-* flags train exactly the official set and leave the rest bit-identical', async () => {

@@ -59,10 +59,12 @@ export async function convertModel(
         const file = writeGraphDir(await graph.build(), path.join(options.out, graph.role));
         done.push({ role: graph.role, dtype: graph.dtype, path: file, cached: false });
       } else {
+        // An explicit conversion checks cached entries in full (weights.bin's SHA-256 too).
         const { modelPath, hit } = await cachedGraph(
           options.cacheDir ?? defaultGraphCacheDir(),
           graph.key,
           graph.build,
+          { verify: 'full' },
         );
         done.push({ role: graph.role, dtype: graph.dtype, path: modelPath, cached: hit });
       }

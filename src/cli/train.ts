@@ -17,13 +17,14 @@ import {
   readFile,
   rename,
   rm,
+  stat,
   writeFile,
 } from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
 import { mulberry32 } from '../train/random.js';
 import { readShardFolder } from '../train/shard-batches.js';
-import { Trainer, type TrainingStage } from '../train/trainer.js';
+import { Trainer, type TrainerOptions, type TrainingStage } from '../train/trainer.js';
 import { integerOption, numberOption, parseCommandArgs, UsageError } from './args.js';
 
 const USAGE = `Usage: internvl train --model DIR --data SHARDS --stage 1|1.5|2 --out DIR [options]
@@ -46,7 +47,8 @@ const USAGE = `Usage: internvl train --model DIR --data SHARDS --stage 1|1.5|2 -
   --use-backbone-lora R  LoRA of rank R (alpha 2R) on InternViT's attn.qkv/proj and mlp.fc1/fc2; the ViT base is frozen
   --lora-dropout X       dropout on the LoRA inputs (default 0; the official scripts use 0.05)
   --drop-path-rate X     ViT drop-path rate (default: the config's vision_config.drop_path_rate)
-  --resume               continue from the newest complete checkpoint in --out
+  --resume               continue from the newest intact checkpoint in --out (a damaged newer one is
+                         reported and renamed checkpoint-<step>.damaged)
 Writes OUT/model.safetensors (bf16, LoRA merged) with the source's config and tokenizer files,
 OUT/checkpoint-<step>/ (the same plus optimiser state), and OUT/train_log.jsonl (one JSON object per step).
 `;
@@ -132,6 +134,56 @@ async function removeLeftovers(out: string): Promise<void> {
     if (name.startsWith('.') && name.includes('.tmp-'))
       await rm(path.join(out, name), { recursive: true, force: true });
   }
+}
+
+/** Errors that make one checkpoint unusable (damaged or missing files), as opposed to a wrong command. */
+const DAMAGED_CHECKPOINT_CODES = new Set(['BAD_CHECKPOINT', 'NOT_FOUND', 'BAD_CONFIG', 'BAD_TOKENIZER']);
+
+/**
+ * `--resume`: the newest checkpoint that loads, trying older ones when a newer one is damaged (its
+ * files differ from their saved checksums, or cannot be read). Each skipped checkpoint is reported with
+ * its reason and renamed to checkpoint-<step>.damaged, out of the way of later resumes and pruning but
+ * kept for inspection. Undefined when `out` holds no checkpoint; an error when none of them loads.
+ */
+async function resumeNewestIntact(
+  out: string,
+  load: (dir: string) => Promise<Trainer>,
+  io: TrainIo,
+): Promise<{ checkpoint: { step: number; dir: string }; trainer: Trainer } | undefined> {
+  const candidates = await listCheckpoints(out);
+  const skipped: { dir: string; reason: string }[] = [];
+  for (const checkpoint of candidates) {
+    let trainer: Trainer;
+    try {
+      trainer = await load(checkpoint.dir);
+    } catch (err) {
+      if (!(err instanceof InternVLError) || !DAMAGED_CHECKPOINT_CODES.has(err.code)) throw err;
+      io.stderr.write(`internvl train: not resuming from ${checkpoint.dir}: ${err.message}\n`);
+      skipped.push({ dir: checkpoint.dir, reason: err.message });
+      continue;
+    }
+    for (const { dir } of skipped) {
+      const taken = await stat(`${dir}.damaged`).then(
+        () => true,
+        () => false,
+      );
+      const aside = taken ? `${dir}.damaged-${Date.now()}` : `${dir}.damaged`;
+      await rename(dir, aside);
+      io.stderr.write(`internvl train: moved the damaged ${path.basename(dir)} to ${aside}\n`);
+    }
+    const newer = skipped.map(({ dir }) => path.basename(dir)).join(', ');
+    io.stderr.write(
+      `internvl train: resuming from ${checkpoint.dir} (step ${checkpoint.step})` +
+        `${newer ? `, the newest intact checkpoint (${newer} damaged)` : ''}\n`,
+    );
+    return { checkpoint, trainer };
+  }
+  if (candidates.length === 0) return undefined;
+  throw new InternVLError(
+    'BAD_CHECKPOINT',
+    `--resume: no checkpoint in ${out} can be resumed from (${skipped.map((s) => s.reason).join('; ')}); ` +
+      'they are left as they are',
+  );
 }
 
 export async function trainCommand(args: string[], io: TrainIo = process): Promise<number> {
@@ -222,11 +274,9 @@ async function run(args: string[], io: TrainIo): Promise<number> {
   const warmupSteps =
     integerOption(values['warmup-steps'], 'warmup-steps', 0) ?? Math.min(100, Math.ceil(0.03 * totalSteps));
   const logFile = path.join(out, 'train_log.jsonl');
-  const latest = values.resume ? (await listCheckpoints(out))[0] : undefined;
-
-  const trainer = await Trainer.create({
-    model: latest ? latest.dir : path.resolve(values.model),
-    resume: latest !== undefined,
+  const trainerOptions = (model: string, resume: boolean): TrainerOptions => ({
+    model,
+    resume,
     stage,
     seed,
     optimizer: {
@@ -247,6 +297,12 @@ async function run(args: string[], io: TrainIo): Promise<number> {
     unfreezeVitLayers: integerOption(values['unfreeze-vit-layers'], 'unfreeze-vit-layers', -1_000_000),
     unfreezeLmHead: values['unfreeze-lm-head'],
   });
+  const resumed = values.resume
+    ? await resumeNewestIntact(out, (dir) => Trainer.create(trainerOptions(dir, true)), io)
+    : undefined;
+  const latest = resumed?.checkpoint;
+  const trainer =
+    resumed?.trainer ?? (await Trainer.create(trainerOptions(path.resolve(values.model), false)));
   try {
     await mkdir(out, { recursive: true });
     await removeLeftovers(out);

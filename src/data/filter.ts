@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import sharp from 'sharp';
 import { InternVLError } from '../errors.js';
 import type { TrainingTurn } from '../text/training.js';
 import { conversationForJudge, type JudgeAspect, type JudgeClient, mapWithConcurrency } from './judge.js';
@@ -111,29 +110,23 @@ export function textRuleViolations(
   return reasons;
 }
 
-/** Visual anomaly rules: unreadable, tiny or extremely elongated images. */
-export async function imageRuleViolations(
-  images: readonly string[],
-  options: RuleOptions = {},
-): Promise<DropReason[]> {
+/** An image of a sample with its size from a complete decode (`AnnotationSample.imageSizes`). */
+export interface SizedImage {
+  file: string;
+  width: number;
+  height: number;
+}
+
+/**
+ * Visual anomaly rules: tiny or extremely elongated images. Unreadable and truncated images never get
+ * here: reading the annotation decodes every image and reports those lines as invalid.
+ */
+export function imageRuleViolations(images: readonly SizedImage[], options: RuleOptions = {}): DropReason[] {
   const minSide = options.minImageSide ?? 28;
   const maxAspect = options.maxAspectRatio ?? 50;
   const reasons: DropReason[] = [];
-  for (const file of images) {
-    let width: number | undefined;
-    let height: number | undefined;
-    try {
-      ({ width, height } = await sharp(file, { limitInputPixels: false }).metadata());
-    } catch (err) {
-      reasons.push({
-        rule: 'image-anomaly',
-        detail: `${file} is not a readable image (${(err as Error).message})`,
-      });
-      continue;
-    }
-    if (!width || !height) {
-      reasons.push({ rule: 'image-anomaly', detail: `${file} has no dimensions` });
-    } else if (Math.min(width, height) < minSide) {
+  for (const { file, width, height } of images) {
+    if (Math.min(width, height) < minSide) {
       reasons.push({
         rule: 'image-anomaly',
         detail: `${file} is ${width}×${height}, a side below ${minSide} px`,
@@ -226,6 +219,10 @@ export interface FilterOptions {
   concurrency?: number;
   rules?: RuleOptions;
   strict?: boolean;
+  /** Accept media paths outside a dataset's root (refused as invalid lines by default). */
+  allowOutsideRoot?: boolean;
+  /** Called with each dataset's invalid lines as soon as it has been read. */
+  onIssues?: (issues: readonly DataIssue[]) => void;
   /** Called after each judged sample. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -290,12 +287,16 @@ export async function filterMeta(meta: MetaFile, options: FilterOptions): Promis
   }
   const perDataset: { issues: DataIssue[]; candidates: Candidate[] }[] = [];
   for (const dataset of meta.datasets) {
-    const { samples, issues } = await readDataset(dataset, { strict: options.strict });
+    const { samples, issues } = await readDataset(dataset, {
+      strict: options.strict,
+      allowOutsideRoot: options.allowOutsideRoot,
+    });
+    options.onIssues?.(issues);
     const candidates: Candidate[] = [];
     for (const sample of samples) {
       const reasons = textRuleViolations(sample.conversations, options.rules);
-      if (sample.images.length > 0)
-        reasons.push(...(await imageRuleViolations(sample.images, options.rules)));
+      const sized = sample.images.map((file, i) => ({ file, ...sample.imageSizes[i] }));
+      reasons.push(...imageRuleViolations(sized, options.rules));
       candidates.push({ sample, reasons });
     }
     perDataset.push({ issues, candidates });

@@ -6,6 +6,15 @@ import { z } from 'zod';
 import { InternVLError } from '../errors.js';
 import { countImagePlaceholders } from '../text/prompt.js';
 import type { TrainingTurn } from '../text/training.js';
+import {
+  type ImageSize,
+  MediaChecker,
+  outsideRootProblem,
+  resolveDataPath,
+  URL_PATTERN,
+} from './media-check.js';
+
+export { resolveDataPath } from './media-check.js';
 
 /** One dataset of a meta file (`shell/data/*.json`), paths resolved against the meta file's folder. */
 export interface DatasetSpec {
@@ -38,6 +47,8 @@ export interface AnnotationSample {
   kind: SampleKind;
   /** Resolved image paths, in placeholder order (empty unless kind is image / multi_image). */
   images: string[];
+  /** Each image's size from a complete decode; empty when files were not checked. */
+  imageSizes: ImageSize[];
   /** Resolved video path (kind video). */
   video: string | undefined;
   conversations: TrainingTurn[];
@@ -97,24 +108,29 @@ function zodMessage(error: z.ZodError): string {
     .join('; ');
 }
 
-/** Local paths are joined to the root; `s3://`-style roots are concatenated, as the official loader does. */
-const URL_PATTERN = /^[a-z][a-z0-9+.-]*:\/\//i;
-
-export function resolveDataPath(root: string, file: string): string {
-  if (URL_PATTERN.test(root)) return root + file;
-  return path.resolve(root, file);
-}
-
 /** Reads and validates a meta JSON file; relative `root`/`annotation` paths resolve against its folder. */
 export async function loadMeta(file: string): Promise<MetaFile> {
   const metaPath = path.resolve(file);
-  let json: unknown;
+  let text: string;
   try {
-    json = JSON.parse(await readFile(metaPath, 'utf8'));
+    text = await readFile(metaPath, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new InternVLError('NOT_FOUND', `meta file ${metaPath} does not exist`);
     throw new InternVLError('BAD_INPUT', `meta file ${metaPath}: ${(err as Error).message}`, { cause: err });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    // V8 says "at position N"; FILE:LINE:COLUMN is what an editor jumps to.
+    const message = (err as Error).message;
+    const at = /at position (\d+)/.exec(message);
+    const before = at ? text.slice(0, Number(at[1])).split('\n') : undefined;
+    const where = before ? `:${before.length}:${before[before.length - 1].length + 1}` : '';
+    throw new InternVLError('BAD_INPUT', `${metaPath}${where}: invalid meta JSON (${message})`, {
+      cause: err,
+    });
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new InternVLError('BAD_INPUT', `meta file ${metaPath}: expected an object of dataset entries`);
@@ -176,25 +192,26 @@ async function isFile(file: string): Promise<boolean> {
   }
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await stat(file);
-    return true;
-  } catch {
-    return false;
-  }
+export interface LineCheckOptions {
+  /** Check the media: every image decoded completely, videos present (default true). */
+  checkFiles?: boolean;
+  /** Accept image/video paths that leave the dataset root (`../…`, absolute); refused by default. */
+  allowOutsideRoot?: boolean;
+  /** Shares decoded-image results across lines; a fresh one per call when absent. */
+  media?: MediaChecker;
 }
 
 /**
  * Validates one annotation line: JSON, schema, alternating turns with non-empty answers, `<image>`
  * placeholders matching the images (a single image may omit it; it is then prepended at training time),
- * and that every image/video exists. Returns the sample or a problem description.
+ * media paths inside the dataset root, every image decodable to the end and every video present.
+ * Returns the sample or a problem description.
  */
 export async function parseAnnotationLine(
   text: string,
   dataset: DatasetSpec,
   line: number,
-  options: { checkFiles?: boolean } = {},
+  options: LineCheckOptions = {},
 ): Promise<AnnotationSample | string> {
   let json: unknown;
   try {
@@ -223,19 +240,28 @@ export async function parseAnnotationLine(
   }
   if (kind === 'video' && placeholders > 0) return 'a video sample must not contain <image> placeholders';
 
+  const writtenVideo = kind === 'video' && video ? video : undefined;
+  if (!options.allowOutsideRoot) {
+    for (const file of imageList) {
+      const outside = outsideRootProblem(dataset.root, file, 'image');
+      if (outside) return outside;
+    }
+    const outside = writtenVideo && outsideRootProblem(dataset.root, writtenVideo, 'video');
+    if (outside) return outside;
+  }
   const images = imageList.map((p) => resolveDataPath(dataset.root, p));
-  const videoPath = kind === 'video' && video ? resolveDataPath(dataset.root, video) : undefined;
+  const videoPath = writtenVideo === undefined ? undefined : resolveDataPath(dataset.root, writtenVideo);
+  const imageSizes: ImageSize[] = [];
   if (options.checkFiles !== false) {
-    const remote = [...images, ...(videoPath === undefined ? [] : [videoPath])].find((p) =>
-      URL_PATTERN.test(p),
-    );
-    if (remote !== undefined) return `${remote}: remote (object-store) paths are not supported here`;
+    const media = options.media ?? new MediaChecker();
     for (const [i, file] of images.entries()) {
-      if (!(await isFile(file))) return `image ${imageList[i]} not found (${file})`;
+      const size = await media.image(file, imageList[i]);
+      if (typeof size === 'string') return size;
+      imageSizes.push(size);
     }
     // A video may be a file or a folder of frames.
-    if (videoPath !== undefined && !(await exists(videoPath)))
-      return `video ${video} not found (${videoPath})`;
+    const videoProblem = videoPath && (await media.video(videoPath, writtenVideo as string));
+    if (videoProblem) return videoProblem;
   }
   return {
     dataset: dataset.name,
@@ -243,17 +269,16 @@ export async function parseAnnotationLine(
     line,
     kind,
     images,
+    imageSizes,
     video: videoPath,
     conversations: conversations.map((turn) => ({ from: turn.from, value: turn.value })),
     source: text,
   };
 }
 
-export interface ReadDatasetOptions {
+export interface ReadDatasetOptions extends Omit<LineCheckOptions, 'media'> {
   /** Throw on the first bad line instead of reporting it (`--strict`). */
   strict?: boolean;
-  /** Check that images and videos exist (default true). */
-  checkFiles?: boolean;
 }
 
 export interface DatasetLines {
@@ -263,7 +288,10 @@ export interface DatasetLines {
 
 /**
  * Reads a dataset's JSONL annotation, streaming it line by line. Blank lines are not samples; every other
- * line is a sample or an issue, or with `strict` the first issue is thrown.
+ * line is a sample or an issue, or with `strict` the first issue is thrown. An annotation file that cannot
+ * be read is an error naming it. Lines are checked one at a time: libvips keeps one error buffer per
+ * process, and images decoded concurrently lose each other's error text ("Unknown error"), while every
+ * bad image must be reported with its reason.
  */
 export async function readDataset(
   dataset: DatasetSpec,
@@ -277,25 +305,34 @@ export async function readDataset(
   }
   const samples: AnnotationSample[] = [];
   const issues: DataIssue[] = [];
-  const reader = createInterface({
-    input: createReadStream(dataset.annotation, 'utf8'),
-    crlfDelay: Number.POSITIVE_INFINITY,
-  });
+  const lineOptions: LineCheckOptions = { ...options, media: new MediaChecker() };
+  const input = createReadStream(dataset.annotation, 'utf8');
+  const reader = createInterface({ input, crlfDelay: Number.POSITIVE_INFINITY });
   let line = 0;
-  for await (const text of reader) {
-    line++;
-    if (text.trim() === '') continue;
-    const result = await parseAnnotationLine(text, dataset, line, options);
-    if (typeof result === 'string') {
-      const issue = { dataset: dataset.name, file: dataset.annotation, line, message: result };
-      if (options.strict) {
-        reader.close();
-        throw new InternVLError('BAD_INPUT', formatIssue(issue));
+  try {
+    for await (const text of reader) {
+      line++;
+      if (text.trim() === '') continue;
+      const result = await parseAnnotationLine(text, dataset, line, lineOptions);
+      if (typeof result !== 'string') {
+        samples.push(result);
+        continue;
       }
+      const issue = { dataset: dataset.name, file: dataset.annotation, line, message: result };
+      if (options.strict) throw new InternVLError('BAD_INPUT', formatIssue(issue));
       issues.push(issue);
-    } else {
-      samples.push(result);
     }
+  } catch (err) {
+    // Only errors of the file itself (EACCES, EIO…) are about reading the annotation.
+    if (err instanceof InternVLError || !(err instanceof Error) || !('syscall' in err)) throw err;
+    throw new InternVLError(
+      'BAD_INPUT',
+      `dataset "${dataset.name}": cannot read annotation ${dataset.annotation} after line ${line} (${err.message})`,
+      { cause: err },
+    );
+  } finally {
+    reader.close();
+    input.destroy();
   }
   return { samples, issues };
 }

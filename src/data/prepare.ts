@@ -1,4 +1,3 @@
-import sharp from 'sharp';
 import { InternVLError } from '../errors.js';
 import { loadImage } from '../io/image.js';
 import { decodeVideoFrames, probeVideo } from '../io/video.js';
@@ -54,16 +53,12 @@ export interface PreparedSample {
   jpegQualities: number[] | null;
 }
 
-async function imageSize(file: string): Promise<{ width: number; height: number }> {
-  try {
-    const meta = await sharp(file, { limitInputPixels: false }).metadata();
-    if (!meta.width || !meta.height) throw new Error('no dimensions');
-    return { width: meta.width, height: meta.height };
-  } catch (err) {
-    throw new InternVLError('BAD_IMAGE', `${file} is not a readable image (${(err as Error).message})`, {
-      cause: err,
-    });
-  }
+/** The size a line's check recorded, else a complete decode's (never a header's: truncation counts). */
+async function imageSize(sample: AnnotationSample, i: number): Promise<{ width: number; height: number }> {
+  const known = sample.imageSizes[i];
+  if (known) return known;
+  const { width, height } = await loadImage(sample.images[i]);
+  return { width, height };
 }
 
 /** Image tile budget of a dataset: its own `max_dynamic_patch`, else the global one. */
@@ -88,8 +83,8 @@ export async function prepareSample(
   let jpegQualities: number[] | null = null;
   if (sample.kind === 'image' || sample.kind === 'multi_image') {
     const maxTiles = maxTilesPerImage(datasetMaxTiles(dataset, options), sample.images.length);
-    for (const file of sample.images) {
-      const { width, height } = await imageSize(file);
+    for (const i of sample.images.keys()) {
+      const { width, height } = await imageSize(sample, i);
       const plan = planTiles(width, height, {
         minTiles: Math.min(options.minDynamicPatch ?? 1, maxTiles),
         maxTiles,

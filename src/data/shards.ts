@@ -4,7 +4,7 @@ import { toPixelValues } from '../preprocess/pixels.js';
 import type { LossReduction } from '../text/training.js';
 import type { DatasetSpec } from './meta.js';
 import { buildShardArrays, type Pack, type TokenizedItem } from './pack.js';
-import { loadSampleTiles, type PreparedSample, type PrepareOptions } from './prepare.js';
+import { loadSampleTiles, type PreparedSample, type PrepareOptions, type SampleTiles } from './prepare.js';
 import type { Rng } from './sampling.js';
 
 export const SHARD_FORMAT = 'internvl-ts.packed-shard.v1';
@@ -51,6 +51,70 @@ export interface WriteShardOptions {
   reduction: LossReduction;
   /** Decode and store the tiles (`pixel_values` BF16, `image_flags`); otherwise only references. */
   tiles?: { rng: Rng; prepare: PrepareOptions };
+  /**
+   * Called for a sample whose tiles cannot be decoded (a video that does not open, an image changed
+   * since it was checked); the sample is left out of its pack. Without it such a sample is an error.
+   */
+  onSkip?: (item: ShardItem, message: string) => void;
+}
+
+interface PackTiles {
+  /** The packs without the samples that failed to decode; packs left empty are gone. */
+  packs: Pack<ShardItem>[];
+  pixels: Uint16Array;
+  flags: Int32Array;
+  tileCount: number;
+}
+
+/**
+ * Decodes every item's tiles straight into BF16 pixel values (one sample's tiles in memory at a time),
+ * leaving out through onSkip the items that fail.
+ */
+async function loadPackTiles(
+  packs: readonly Pack<ShardItem>[],
+  tiles: NonNullable<WriteShardOptions['tiles']>,
+  onSkip: WriteShardOptions['onSkip'],
+): Promise<PackTiles> {
+  const size = tiles.prepare.tileSize ?? 448;
+  const tileValues = 3 * size * size;
+  const planned = packs.reduce((sum, pack) => sum + pack.numTiles, 0);
+  const pixels = new Uint16Array(planned * tileValues);
+  const flags = new Int32Array(planned);
+  let tile = 0;
+  const kept: Pack<ShardItem>[] = [];
+  for (const pack of packs) {
+    const items: ShardItem[] = [];
+    for (const item of pack.items) {
+      const { file: annotation, line } = item.prepared.sample;
+      let loaded: SampleTiles;
+      try {
+        loaded = await loadSampleTiles(item.prepared, item.dataset, tiles.rng, tiles.prepare);
+      } catch (err) {
+        if (!(err instanceof InternVLError) || !onSkip) throw err;
+        onSkip(item, err.message);
+        continue;
+      }
+      if (loaded.tiles.length !== item.numTiles) {
+        throw new InternVLError(
+          'INTERNAL',
+          `${annotation}:${line}: decoded ${loaded.tiles.length} tiles, planned ${item.numTiles}`,
+        );
+      }
+      float32ToBf16(toPixelValues(loaded.tiles), pixels.subarray(tile * tileValues));
+      flags.set(loaded.imageFlags, tile);
+      tile += loaded.tiles.length;
+      items.push(item);
+    }
+    if (items.length === 0) continue;
+    const sum = (key: 'numTokens' | 'numTiles') => items.reduce((n, item) => n + item[key], 0);
+    kept.push({ items, numTokens: sum('numTokens'), numTiles: sum('numTiles') });
+  }
+  return {
+    packs: kept,
+    pixels: pixels.subarray(0, tile * tileValues),
+    flags: flags.subarray(0, tile),
+    tileCount: tile,
+  };
 }
 
 function toInt64(values: Int32Array): BigInt64Array {
@@ -65,12 +129,16 @@ function toInt64(values: Int32Array): BigInt64Array {
  * flattened tokens), `pack_cu_seqlens` I32 [P+1] and `pack_sample_offsets` I32 [P+1] (pack boundaries in
  * tokens and in samples), `sample_tiles` I32 [S]; with tiles also `pixel_values` BF16 [N,3,S,S] and
  * `image_flags` I32 [N]. `__metadata__.samples` lists each sample's source line and visual references.
+ * Returns undefined, writing nothing, when no pack is left (every sample skipped through onSkip).
  */
 export async function writePackShard(
   file: string,
-  packs: readonly Pack<ShardItem>[],
+  allPacks: readonly Pack<ShardItem>[],
   options: WriteShardOptions,
-): Promise<ShardSummary> {
+): Promise<ShardSummary | undefined> {
+  const decoded = options.tiles ? await loadPackTiles(allPacks, options.tiles, options.onSkip) : undefined;
+  const packs = decoded?.packs ?? allPacks;
+  if (packs.length === 0) return undefined;
   const arrays = buildShardArrays(packs, options.reduction);
   const items = packs.flatMap((pack) => pack.items);
   const tensors: Record<string, TensorToWrite> = {
@@ -91,31 +159,10 @@ export async function writePackShard(
     },
   };
   const tileCount = items.reduce((sum, item) => sum + item.numTiles, 0);
-  if (options.tiles) {
+  if (options.tiles && decoded) {
     const size = options.tiles.prepare.tileSize ?? 448;
-    const pixels = new Uint16Array(tileCount * 3 * size * size);
-    const flags = new Int32Array(tileCount);
-    let tile = 0;
-    for (const item of items) {
-      const loaded = await loadSampleTiles(
-        item.prepared,
-        item.dataset,
-        options.tiles.rng,
-        options.tiles.prepare,
-      );
-      if (loaded.tiles.length !== item.numTiles) {
-        const { file: annotation, line } = item.prepared.sample;
-        throw new InternVLError(
-          'INTERNAL',
-          `${annotation}:${line}: decoded ${loaded.tiles.length} tiles, planned ${item.numTiles}`,
-        );
-      }
-      float32ToBf16(toPixelValues(loaded.tiles), pixels.subarray(tile * 3 * size * size));
-      flags.set(loaded.imageFlags, tile);
-      tile += loaded.tiles.length;
-    }
-    tensors.pixel_values = { dtype: 'BF16', shape: [tileCount, 3, size, size], data: pixels };
-    tensors.image_flags = { dtype: 'I32', shape: [tileCount], data: flags };
+    tensors.pixel_values = { dtype: 'BF16', shape: [tileCount, 3, size, size], data: decoded.pixels };
+    tensors.image_flags = { dtype: 'I32', shape: [tileCount], data: decoded.flags };
   }
   const samples: ShardSampleReference[] = items.map(({ prepared }) => ({
     dataset: prepared.sample.dataset,

@@ -55,6 +55,7 @@ export async function createSession(
 export interface GraphCacheOptions {
   dir: string;
   key: string;
+  onWarning?: (message: string) => void;
 }
 
 /** A session for the graph `build` makes, built in memory (a cache folder cannot be used here). */

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { InternVLError } from '../errors.js';
 import { type Graph, modelToBytes } from '../onnx/graph.js';
-import { cachedGraph } from './graph-cache.js';
+import { cachedGraph, warnOnStderr } from './graph-cache.js';
 import * as ort from './ort.js';
 
 export interface SessionOptions {
@@ -55,6 +55,13 @@ async function openSession(
   }
 }
 
+/** ONNX Runtime's error text made readable: no ANSI colour codes, the first line only. */
+export function ortErrorText(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  const plain = message.replace(/\u001b\[[0-9;]*[A-Za-z]/g, '').trim();
+  return plain.split('\n')[0] || 'unknown error';
+}
+
 /** An onnxruntime-node session (CPU, or CUDA when asked for) for a graph in memory or a model file on disk. */
 export async function createSession(
   model: Graph | Uint8Array | string,
@@ -75,17 +82,46 @@ export async function createSession(
 export interface GraphCacheOptions {
   dir: string;
   key: string;
+  /** Where a warning about a damaged entry goes (default: a line on stderr). */
+  onWarning?: (message: string) => void;
 }
 
 /**
  * A session for the graph `build` makes: from the on-disk cache when given (built and written on a
- * miss; required above ONNX's 2 GiB in-memory limit), else built in memory.
+ * miss; required above ONNX's 2 GiB in-memory limit), else built in memory. A cached entry that fails
+ * its checks, or that ONNX Runtime cannot load, is rebuilt once with a warning naming it; a graph that
+ * still does not load is an error with ONNX Runtime's reason in plain text.
  */
 export async function sessionForGraph(
   build: () => Promise<Graph>,
   options: SessionOptions & { cache?: GraphCacheOptions },
 ): Promise<ort.InferenceSession> {
   if (!options.cache) return createSession(await build(), options);
-  const { modelPath } = await cachedGraph(options.cache.dir, options.cache.key, build);
-  return createSession(modelPath, options);
+  const { dir, key } = options.cache;
+  const onWarning = options.cache.onWarning ?? warnOnStderr;
+  const first = await cachedGraph(dir, key, build, { onWarning });
+  try {
+    return await createSession(first.modelPath, options);
+  } catch (err) {
+    if (err instanceof InternVLError) throw err;
+    if (!first.hit) throw unloadableGraph(first.modelPath, err);
+    const rebuilt = await cachedGraph(dir, key, build, {
+      onWarning,
+      rebuild: { reason: `ONNX Runtime cannot load it: ${ortErrorText(err)}` },
+    });
+    try {
+      return await createSession(rebuilt.modelPath, options);
+    } catch (again) {
+      if (again instanceof InternVLError) throw again;
+      throw unloadableGraph(rebuilt.modelPath, again);
+    }
+  }
+}
+
+function unloadableGraph(modelPath: string, err: unknown): InternVLError {
+  return new InternVLError(
+    'INTERNAL',
+    `ONNX Runtime cannot load the freshly built graph ${modelPath}: ${ortErrorText(err)}`,
+    { cause: err },
+  );
 }

@@ -14,6 +14,7 @@ import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from 
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { appendBackward, GRAD_PREFIX } from './autodiff.js';
 import { type PreparedBatch, prepareBatch, type TrainBatch } from './batch.js';
+import { checksumFiles, verifyCheckpointFiles } from './checkpoint-integrity.js';
 import { BATCH_INPUTS, buildTrainingGraph, loraParameterNames, type NoiseInput } from './model-graph.js';
 import {
   type AdamState,
@@ -199,6 +200,8 @@ export class Trainer {
 
   static async create(options: TrainerOptions): Promise<Trainer> {
     const dir = path.resolve(options.model);
+    // A checkpoint to resume from is checked against its saved checksums before any file is read.
+    if (options.resume) await verifyCheckpointFiles(dir, STATE_FILE);
     const config = await loadModelConfig(dir);
     const optimizer = resolveOptimizer(options.optimizer);
     const tokenizer = await loadTokenizer(dir);
@@ -561,6 +564,8 @@ export class Trainer {
       seed: this.seed,
       trainable: this.trainable,
       ...(extra ? { extra } : {}),
+      // Every file save wrote, so a resume can tell a damaged checkpoint from an intact one.
+      files: await checksumFiles(dir, [...this.sideFiles.keys(), 'model.safetensors', OPTIMIZER_FILE]),
     };
     const file = path.join(dir, STATE_FILE);
     await writeFile(`${file}.tmp`, `${JSON.stringify(state, null, 1)}\n`);
@@ -578,7 +583,7 @@ export class Trainer {
     }
     if (!Number.isInteger(state.step) || (state.step as number) < 0) {
       throw new InternVLError(
-        'BAD_INPUT',
+        'BAD_CHECKPOINT',
         `${path.join(dir, STATE_FILE)}: "step" must be a non-negative integer`,
       );
     }
