@@ -11,7 +11,7 @@ import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
@@ -25,6 +25,7 @@ import { Checkpoint } from '../io/safetensors.js';
 import type { DecoderDims } from '../models/decoder.js';
 import { GraphBuilder } from '../onnx/graph.js';
 import { createRandomCheckpoint } from '../tools/random-checkpoint.js';
+import { noPositionals, parseCommandArgs } from './args.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
 
@@ -37,6 +38,10 @@ Measures in one run: the fp32 GEMM roofline and weight-streaming bandwidth throu
 LLM precision); decode tok/s at past 300 and 1500; and, in child processes, load time (cold and from
 the graph cache), time to first token for one image of 6 tiles + thumbnail, and peak RSS. Without
 --model a random checkpoint of --shape is created once under the cache folder. Prints JSON.
+
+Examples:
+  npx internvl bench --reps 3                                  # random weights at the InternVL2_5-1B shape
+  npx internvl bench --model ./InternVL2_5-1B --llm-dtype int8 --json bench.json
 `;
 
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
@@ -414,22 +419,20 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
 
 export async function benchCommand(argv: string[]): Promise<number> {
   const parse = () =>
-    parseArgs({
-      args: argv,
-      options: {
-        ...PRECISION_FLAGS,
-        shape: { type: 'string' },
-        model: { type: 'string' },
-        threads: { type: 'string' },
-        reps: { type: 'string' },
-        json: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
+    parseCommandArgs(argv, {
+      ...PRECISION_FLAGS,
+      shape: { type: 'string' },
+      model: { type: 'string' },
+      threads: { type: 'string' },
+      reps: { type: 'string' },
+      json: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     });
   let values: ReturnType<typeof parse>['values'];
   try {
-    ({ values } = parse());
+    const parsed = parse();
+    values = parsed.values;
+    noPositionals(parsed.positionals);
   } catch (err) {
     process.stderr.write(`internvl bench: ${(err as Error).message}\n${USAGE}`);
     return 2;

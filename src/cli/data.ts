@@ -1,31 +1,22 @@
-import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { loadModelConfig, numImageTokens } from '../config/model-config.js';
 import { filterMeta } from '../data/filter.js';
 import { createOpenAIJudge } from '../data/judge.js';
-import {
-  type AnnotationSample,
-  type DataIssue,
-  type DatasetSpec,
-  formatIssue,
-  loadMeta,
-  readDataset,
-} from '../data/meta.js';
-import { interleaveDatasets, type Pack, Packer } from '../data/pack.js';
-import { type PrepareOptions, prepareSample } from '../data/prepare.js';
-import { applyRepeatTime, createRng, shuffled } from '../data/sampling.js';
-import {
-  SHARD_FORMAT,
-  type ShardItem,
-  type ShardSummary,
-  toShardItem,
-  writePackShard,
-} from '../data/shards.js';
+import { loadMeta, readDataset } from '../data/meta.js';
+import { prepareSample } from '../data/prepare.js';
+import { applyRepeatTime, createRng } from '../data/sampling.js';
 import { InternVLError } from '../errors.js';
-import { createTaskProgress } from '../io/progress.js';
-import { loadTokenizer } from '../io/tokenizer-files.js';
-import type { LossReduction } from '../text/training.js';
+import { didYouMean, parseCommandArgs, UsageError } from './args.js';
+import {
+  type DataIo,
+  intOption,
+  loadPrepareOptions,
+  numberOption,
+  progressLine,
+  reportIssues,
+} from './data-helpers.js';
+import { packCommand } from './data-pack.js';
+
+export type { DataIo } from './data-helpers.js';
 
 const USAGE = `Usage: internvl data <command> META [options]
 
@@ -38,59 +29,19 @@ Commands:
       and report.json. The judge's API key, if it needs one, is read from INTERNVL_JUDGE_API_KEY.
   pack META --model DIR --out DIR --max-len N [--loss-reduction token|sample|square] [--seed N]
        [--max-tiles 48] [--max-buffers 20] [--max-dynamic-patch N] [--min-num-frame 8]
-       [--max-num-frame 32] [--packs-per-shard N] [--tiles] [--strict]
-      tokenised packed shards (safetensors) and index.json
+       [--max-num-frame 32] [--packs-per-shard N] [--no-tiles] [--strict]
+      tokenised packed shards (safetensors) and index.json; the image tiles of image and video samples are
+      stored (training needs them) unless --no-tiles (token-only shards, for inspection); --tiles stores
+      them even for text-only data
 
 Bad annotation lines are reported as FILE:LINE: message and skipped; --strict makes the first one fatal.
+
+Examples (the sample dataset in examples/data; any InternVL 2.5 checkpoint for --model):
+  npx internvl data stats examples/data/meta.json --model ./InternVL2_5-1B
+  npx internvl data filter examples/data/meta.json --out cleaned/
+  npx internvl data pack examples/data/meta.json --model ./InternVL2_5-1B --out shards/ --max-len 4096
+  npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 1 --out run/ --steps 2
 `;
-
-class UsageError extends Error {}
-
-/** Where the command writes; progress bars are drawn only when `stderr.isTTY`. */
-export interface DataIo {
-  stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown; isTTY?: boolean };
-}
-
-function intOption(value: string | undefined, name: string, fallback: number, min = 0): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min)
-    throw new UsageError(`--${name} must be an integer ≥ ${min}, got '${value}'`);
-  return n;
-}
-
-function numberOption(value: string | undefined, name: string, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${value}'`);
-  return n;
-}
-
-/** A one-line counter on stderr, drawn only when stderr is a terminal; the line ends when done. */
-function progressLine(io: DataIo, label: string): (done: number, total: number) => void {
-  const draw = createTaskProgress(io.stderr);
-  return (done, total) => draw({ label, done, total });
-}
-
-function reportIssues(io: DataIo, issues: readonly DataIssue[]): void {
-  for (const issue of issues) io.stderr.write(`${formatIssue(issue)}\n`);
-}
-
-async function loadPrepareOptions(
-  modelDir: string,
-  maxDynamicPatch: string | undefined,
-): Promise<PrepareOptions> {
-  const [config, tokenizer] = await Promise.all([loadModelConfig(modelDir), loadTokenizer(modelDir)]);
-  return {
-    tokenizer,
-    numImageToken: numImageTokens(config),
-    maxDynamicPatch: intOption(maxDynamicPatch, 'max-dynamic-patch', config.max_dynamic_patch, 1),
-    minDynamicPatch: config.min_dynamic_patch,
-    useThumbnail: config.use_thumbnail,
-    tileSize: config.force_image_size ?? config.vision_config.image_size,
-  };
-}
 
 /** How many times each sample index occurs after repeat_time. */
 function repeatCounts(length: number, repeatTime: number): number[] {
@@ -112,17 +63,18 @@ interface DatasetStats {
 }
 
 async function statsCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      json: { type: 'boolean' },
-      model: { type: 'string' },
-      seed: { type: 'string' },
-      strict: { type: 'boolean' },
-      'max-dynamic-patch': { type: 'string' },
-    },
+  const { values, positionals } = parseCommandArgs(args, {
+    json: { type: 'boolean' },
+    model: { type: 'string' },
+    seed: { type: 'string' },
+    strict: { type: 'boolean' },
+    'max-dynamic-patch': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
   });
+  if (values.help) {
+    io.stdout.write(USAGE);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('data stats takes exactly one META file');
   const meta = await loadMeta(positionals[0]);
   const seed = intOption(values.seed, 'seed', 0);
@@ -183,22 +135,23 @@ async function statsCommand(args: string[], io: DataIo): Promise<number> {
 }
 
 async function filterCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      out: { type: 'string' },
-      'judge-url': { type: 'string' },
-      'judge-model': { type: 'string' },
-      'min-score': { type: 'string' },
-      'min-repetition-score': { type: 'string' },
-      concurrency: { type: 'string' },
-      retries: { type: 'string' },
-      'retry-delay-ms': { type: 'string' },
-      strict: { type: 'boolean' },
-      json: { type: 'boolean' },
-    },
+  const { values, positionals } = parseCommandArgs(args, {
+    out: { type: 'string' },
+    'judge-url': { type: 'string' },
+    'judge-model': { type: 'string' },
+    'min-score': { type: 'string' },
+    'min-repetition-score': { type: 'string' },
+    concurrency: { type: 'string' },
+    retries: { type: 'string' },
+    'retry-delay-ms': { type: 'string' },
+    strict: { type: 'boolean' },
+    json: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
   });
+  if (values.help) {
+    io.stdout.write(USAGE);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('data filter takes exactly one META file');
   if (!values.out) throw new UsageError('data filter needs --out DIR');
   const meta = await loadMeta(positionals[0]);
@@ -243,143 +196,9 @@ async function filterCommand(args: string[], io: DataIo): Promise<number> {
   return 0;
 }
 
-const REDUCTIONS: readonly LossReduction[] = ['token', 'sample', 'square'];
-
-async function packCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      model: { type: 'string' },
-      out: { type: 'string' },
-      'max-len': { type: 'string' },
-      'loss-reduction': { type: 'string' },
-      seed: { type: 'string' },
-      'max-tiles': { type: 'string' },
-      'max-buffers': { type: 'string' },
-      'max-dynamic-patch': { type: 'string' },
-      'min-num-frame': { type: 'string' },
-      'max-num-frame': { type: 'string' },
-      'packs-per-shard': { type: 'string' },
-      tiles: { type: 'boolean' },
-      strict: { type: 'boolean' },
-    },
-  });
-  if (positionals.length !== 1) throw new UsageError('data pack takes exactly one META file');
-  if (!values.model) throw new UsageError('data pack needs --model DIR');
-  if (!values.out) throw new UsageError('data pack needs --out DIR');
-  if (values['max-len'] === undefined) throw new UsageError('data pack needs --max-len N');
-  const maxLen = intOption(values['max-len'], 'max-len', 0, 1);
-  // The 2.5 stage scripts train with square averaging; the official flag's default is token.
-  const reduction = (values['loss-reduction'] ?? 'square') as LossReduction;
-  if (!REDUCTIONS.includes(reduction)) {
-    throw new UsageError(`--loss-reduction must be token, sample or square, got '${reduction}'`);
-  }
-  const seed = intOption(values.seed, 'seed', 0);
-  const packsPerShard = intOption(values['packs-per-shard'], 'packs-per-shard', values.tiles ? 8 : 256, 1);
-  const meta = await loadMeta(positionals[0]);
-  const prepare = await loadPrepareOptions(values.model, values['max-dynamic-patch']);
-  prepare.minNumFrame = intOption(values['min-num-frame'], 'min-num-frame', 8, 1);
-  prepare.maxNumFrame = intOption(values['max-num-frame'], 'max-num-frame', 32, prepare.minNumFrame);
-  const packer = new Packer<ShardItem>({
-    maxTokens: maxLen,
-    maxTiles: intOption(values['max-tiles'], 'max-tiles', 48, 1),
-    maxBuffers: intOption(values['max-buffers'], 'max-buffers', 20, 1),
-  });
-  const outDir = path.resolve(values.out);
-  await mkdir(outDir, { recursive: true });
-
-  const dropped: DataIssue[] = [];
-  const queues: AnnotationSample[][] = [];
-  for (const dataset of meta.datasets) {
-    const { samples, issues } = await readDataset(dataset, { strict: values.strict });
-    dropped.push(...issues);
-    // Per-dataset shuffle seeded by the dataset index, as the packed loader does.
-    queues.push(shuffled(applyRepeatTime(samples, dataset.repeatTime), createRng(seed, dataset.index)));
-  }
-  reportIssues(io, dropped);
-
-  const prepareRng = createRng(seed, meta.datasets.length);
-  const tileRng = createRng(seed, meta.datasets.length + 1);
-  const shards: ShardSummary[] = [];
-  const pending: Pack<ShardItem>[] = [];
-  const writeShards = async (all: boolean) => {
-    while (pending.length >= packsPerShard || (all && pending.length > 0)) {
-      const packs = pending.splice(0, packsPerShard);
-      const file = path.join(outDir, `shard-${String(shards.length).padStart(5, '0')}.safetensors`);
-      shards.push(
-        await writePackShard(file, packs, {
-          reduction,
-          tiles: values.tiles ? { rng: tileRng, prepare } : undefined,
-        }),
-      );
-    }
-  };
-  const drop = (sample: AnnotationSample, message: string) => {
-    const issue = { dataset: sample.dataset, file: sample.file, line: sample.line, message };
-    if (values.strict) throw new InternVLError('BAD_INPUT', formatIssue(issue));
-    io.stderr.write(`${formatIssue(issue)}\n`);
-    dropped.push(issue);
-  };
-
-  const totalSamples = queues.reduce((sum, q) => sum + q.length, 0);
-  const cursors = queues.map(() => 0);
-  const bar = progressLine(io, 'packing');
-  let processed = 0;
-  try {
-    for (const d of interleaveDatasets(
-      queues.map((q) => q.length),
-      createRng(seed, meta.datasets.length + 2),
-    )) {
-      const sample = queues[d][cursors[d]++];
-      const dataset: DatasetSpec = meta.datasets[d];
-      bar(++processed, totalSamples);
-      let item: ShardItem;
-      try {
-        item = toShardItem(await prepareSample(sample, dataset, prepareRng, prepare), dataset);
-      } catch (err) {
-        if (!(err instanceof InternVLError)) throw err;
-        drop(sample, err.message);
-        continue;
-      }
-      const refusal = packer.refusal(item);
-      if (refusal) {
-        drop(sample, refusal);
-        continue;
-      }
-      pending.push(...packer.add(item));
-      await writeShards(false);
-    }
-    pending.push(...packer.flush());
-    await writeShards(true);
-  } finally {
-  }
-
-  const index = {
-    format: SHARD_FORMAT,
-    meta: meta.file,
-    max_len: maxLen,
-    max_tiles: packer.maxTiles,
-    loss_reduction: reduction,
-    seed,
-    tiles: Boolean(values.tiles),
-    shards: shards.map((s) => ({ ...s, file: path.basename(s.file) })),
-    dropped: dropped.map((issue) => ({
-      dataset: issue.dataset,
-      file: issue.file,
-      line: issue.line,
-      reason: issue.message,
-    })),
-  };
-  await writeFile(path.join(outDir, 'index.json'), `${JSON.stringify(index, null, 2)}\n`);
-  const packs = shards.reduce((sum, s) => sum + s.packs, 0);
-  const samples = shards.reduce((sum, s) => sum + s.samples, 0);
-  const tokens = shards.reduce((sum, s) => sum + s.tokens, 0);
-  io.stdout.write(
-    `${samples} samples in ${packs} packs (${tokens} tokens) across ${shards.length} shards in ${outDir}; ` +
-      `${dropped.length} dropped\n`,
-  );
-  return 0;
+function unknownCommand(command: string): string {
+  const guess = didYouMean(command, ['stats', 'filter', 'pack']);
+  return `unknown data command '${command}'${guess ? `; did you mean '${guess}'?` : ''}`;
 }
 
 /** `internvl data …`; returns the exit code. */
@@ -395,7 +214,7 @@ export async function dataCommand(
       case 'filter':
         return await filterCommand(rest, io);
       case 'pack':
-        return await packCommand(rest, io);
+        return await packCommand(rest, io, USAGE);
       case undefined:
       case 'help':
       case '--help':
@@ -403,10 +222,10 @@ export async function dataCommand(
         io.stdout.write(USAGE);
         return command === undefined ? 2 : 0;
       default:
-        throw new UsageError(`unknown data command '${command}'`);
+        throw new UsageError(unknownCommand(command));
     }
   } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (err instanceof UsageError) {
       io.stderr.write(`internvl data: ${(err as Error).message}\n${USAGE}`);
       return 2;
     }

@@ -1,0 +1,53 @@
+/** Helpers shared by the `internvl data` subcommands. */
+import { loadModelConfig, numImageTokens } from '../config/model-config.js';
+import { type DataIssue, formatIssue } from '../data/meta.js';
+import type { PrepareOptions } from '../data/prepare.js';
+import { createTaskProgress } from '../io/progress.js';
+import { loadTokenizer } from '../io/tokenizer-files.js';
+import { UsageError } from './args.js';
+
+/** Where the command writes; progress bars are drawn only when `stderr.isTTY`. */
+export interface DataIo {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown; isTTY?: boolean };
+}
+
+export function intOption(value: string | undefined, name: string, fallback: number, min = 0): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < min)
+    throw new UsageError(`--${name} must be an integer ≥ ${min}, got '${value}'`);
+  return n;
+}
+
+export function numberOption(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${value}'`);
+  return n;
+}
+
+/** A one-line counter on stderr, drawn only when stderr is a terminal; the line ends when done. */
+export function progressLine(io: DataIo, label: string): (done: number, total: number) => void {
+  const draw = createTaskProgress(io.stderr);
+  return (done, total) => draw({ label, done, total });
+}
+
+export function reportIssues(io: DataIo, issues: readonly DataIssue[]): void {
+  for (const issue of issues) io.stderr.write(`${formatIssue(issue)}\n`);
+}
+
+export async function loadPrepareOptions(
+  modelDir: string,
+  maxDynamicPatch: string | undefined,
+): Promise<PrepareOptions> {
+  const [config, tokenizer] = await Promise.all([loadModelConfig(modelDir), loadTokenizer(modelDir)]);
+  return {
+    tokenizer,
+    numImageToken: numImageTokens(config),
+    maxDynamicPatch: intOption(maxDynamicPatch, 'max-dynamic-patch', config.max_dynamic_patch, 1),
+    minDynamicPatch: config.min_dynamic_patch,
+    useThumbnail: config.use_thumbnail,
+    tileSize: config.force_image_size ?? config.vision_config.image_size,
+  };
+}
