@@ -136,7 +136,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     });
     process.stderr.write(
       `internvl serve: ${server.modelName} on ${address.url}/v1 (max batch ${server.limiter.slots}` +
-        `${args.options.apiKey ? ', API key required' : ''})\n`,
+        `${args.options.apiKey ? ', API key required' : ''}); chat page: ${address.url}/\n`,
     );
     await new Promise<void>((resolve) => {
       const stop = () => {
