@@ -13,7 +13,7 @@ import { internVitTensorSpecs } from '../src/models/internvit.js';
 import { projectorTensorSpecs } from '../src/models/projector.js';
 import { qwen2TensorSpecs } from '../src/models/qwen2.js';
 import { checkTensorShapes } from '../src/models/weights.js';
-import { createRandomCheckpoint, RANDOM_SHAPES } from '../src/tools/random-checkpoint.js';
+import { createRandomCheckpoint, hasWeights, RANDOM_SHAPES } from '../src/tools/random-checkpoint.js';
 import { madeUpWord } from '../src/tools/random-tokenizer.js';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'ivl-random-'));
@@ -193,6 +193,7 @@ test('weights are written in shards with an index when they exceed the shard siz
   const files = readdirSync(sharded).filter((f) => f.endsWith('.safetensors'));
   assert.ok(files.length >= 2, files.join(', '));
   assert.ok(files.every((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)));
+  assert.ok(hasWeights(sharded) && hasWeights(single));
   const [a, b] = await Promise.all([Checkpoint.open(single), Checkpoint.open(sharded)]);
   assert.deepEqual(b.names().sort(), a.names().sort());
   for (const name of a.names()) assert.deepEqual(await b.readBytes(name), await a.readBytes(name), name);
@@ -203,4 +204,5 @@ test('weights are written in shards with an index when they exceed the shard siz
     readdirSync(sharded).filter((f) => f.includes('safetensors')),
     [],
   );
+  assert.ok(!hasWeights(sharded));
 });

@@ -6,7 +6,7 @@
  * the peak RSS is that of a process holding only the model.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,7 +24,7 @@ import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { Checkpoint } from '../io/safetensors.js';
 import type { DecoderDims } from '../models/decoder.js';
 import { GraphBuilder } from '../onnx/graph.js';
-import { createRandomCheckpoint } from '../tools/random-checkpoint.js';
+import { createRandomCheckpoint, hasWeights } from '../tools/random-checkpoint.js';
 import { noPositionals, parseCommandArgs } from './args.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
@@ -296,7 +296,7 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   const precision = options.precision;
   const cacheDir = defaultGraphCacheDir();
   const modelDir = options.model ?? path.join(path.dirname(cacheDir), 'random-models', `${shape}-seed0`);
-  if (!options.model && !existsSync(path.join(modelDir, 'model.safetensors'))) {
+  if (!options.model && !hasWeights(modelDir)) {
     log(`creating random ${shape} checkpoint in ${modelDir}`);
     await createRandomCheckpoint({ shape, out: modelDir, seed: 0 });
   }

@@ -6,6 +6,7 @@
  * the same files. Weights are generated and written a chunk at a time, in shards like the published
  * checkpoints, so even the 78B shape needs little memory; or they can be left out.
  */
+import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { type ModelConfig, parseModelConfig } from '../config/model-config.js';
@@ -315,6 +316,11 @@ async function removeOldWeights(dir: string): Promise<void> {
     (f) => f === 'model.safetensors' || f === INDEX_FILE || /^model-\d+-of-\d+\.safetensors$/.test(f),
   );
   await Promise.all(old.map((f) => rm(path.join(dir, f), { force: true })));
+}
+
+/** Whether `dir` holds a complete checkpoint's weights (model.safetensors, or the shards' index, written last). */
+export function hasWeights(dir: string): boolean {
+  return existsSync(path.join(dir, 'model.safetensors')) || existsSync(path.join(dir, INDEX_FILE));
 }
 
 /** Writes a random checkpoint folder; returns the folder. */
