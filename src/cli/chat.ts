@@ -64,7 +64,7 @@ Examples:
   npx internvl chat ./InternVL2_5-1B --image a.jpg --image b.jpg "What differs between the two images?"
   npx internvl chat ./InternVL2_5-1B --video clip.mp4 --json "What happens in this video?"
   npx internvl chat ./InternVL2_5-1B                 # interactive
-  npx internvl create-random --shape InternVL2_5-1B --out ./random-1b && npx internvl chat ./random-1b "Hi"
+  npx internvl chat ./random-1b --max-new-tokens 32 "Hi"   # a create-random checkpoint: made-up words
 
 Exit status: 0 done; 1 an error (interactive: a message or /image failed); 2 bad usage;
 130 Ctrl-C stopped a one-shot answer.

@@ -30,7 +30,7 @@ about 2 bytes per parameter (InternVL2_5-78B: about 157 GB).
 
 Examples:
   npx internvl create-random --shape InternVL2_5-1B --out ./random-1b
-  npx internvl chat ./random-1b "Hello"                      # random words: the weights are random
+  npx internvl chat ./random-1b --max-new-tokens 32 "Hello"  # made-up words: the weights are random
   npx internvl create-random --shape InternVL2_5-78B --out ./random-78b --no-weights
   npx internvl create-random --shape InternVL2_5-8B --out ./small-8b --vit-layers 2 --llm-layers 2
 `;
