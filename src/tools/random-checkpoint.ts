@@ -49,9 +49,10 @@ const INTERNLM = { arch: 'internlm2', vocab: 92553, rmsEps: 1e-5 } as const;
 
 /**
  * The published InternVL 2.5 shapes (spec §1.3–1.4). The LLM dims of 26B, 38B and 78B are those of
- * internlm2_5-20b-chat, Qwen2.5-32B-Instruct and Qwen2.5-72B-Instruct; their rope_theta / rms eps are
- * the upstream configs' values as the spec notes them (marked "verify" there), which random weights do
- * not depend on.
+ * internlm2_5-20b-chat, Qwen2.5-32B-Instruct and Qwen2.5-72B-Instruct (the spec's table; the parameter
+ * counts match the published checkpoints'). Not confirmed from the published configs (the spec marks
+ * them "verify"): rope_theta 5e7 for 26B (internlm2_5-20b's value as recalled, not read from its
+ * config) and rms eps 1e-6 for 38B/78B; random weights do not depend on them.
  */
 export const RANDOM_SHAPES: Record<string, { vit: VitShape; llm: LlmShape }> = {
   'InternVL2_5-1B': {
