@@ -13,6 +13,7 @@ import { internVitTensorSpecs } from '../src/models/internvit.js';
 import { projectorTensorSpecs } from '../src/models/projector.js';
 import { qwen2TensorSpecs } from '../src/models/qwen2.js';
 import { checkTensorShapes } from '../src/models/weights.js';
+import { StreamDecoder } from '../src/text/stream-decoder.js';
 import { createRandomCheckpoint, hasWeights, RANDOM_SHAPES } from '../src/tools/random-checkpoint.js';
 import { madeUpWord } from '../src/tools/random-tokenizer.js';
 
@@ -120,6 +121,15 @@ for (const shape of ['InternVL2_5-1B', 'InternVL2_5-8B']) {
     });
     const text = tokenizer.decode(ids, { skipSpecialTokens: true });
     assert.ok(text.trim().split(/\s+/).length >= 50, text);
+    // Streamed as the server and the chat command stream it: each word id sends its word at once.
+    const stream = new StreamDecoder(tokenizer, { skipSpecialTokens: true });
+    const pieces = ids.map((id) => stream.push(id));
+    assert.equal(pieces.join('') + stream.flush(), text);
+    const words = ids.filter((id) => /^ [a-z]+$/.test(tokenizer.decode([id])));
+    assert.ok(words.length >= 50);
+    ids.forEach((id, i) => {
+      if (words.includes(id)) assert.match(pieces[i], /^ [a-z]+$/, `id ${id}`);
+    });
     // The specials sit at the real ids and decode to themselves unless skipped.
     const specials = [
       ...tokenizer.encode('<|im_start|><|im_end|><img></img><IMG_CONTEXT>', { addSpecialTokens: false }),
