@@ -9,7 +9,6 @@
  *     [--requests 2] [--max-tokens 32] [--image] [--threads N] [--time-limit-s 600] [--json FILE]
  *     [--llm-dtype fp32|int8|int4] [--prefill-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
  */
-import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -18,7 +17,7 @@ import { PRECISION_FLAGS, precisionOptions } from '../src/cli/args.js';
 import { defaultGraphCacheDir } from '../src/engine/graph-cache.js';
 import { pipeline } from '../src/pipeline/pipeline.js';
 import { createServer } from '../src/server/server.js';
-import { createRandomCheckpoint } from '../src/tools/random-checkpoint.js';
+import { createRandomCheckpoint, hasWeights } from '../src/tools/random-checkpoint.js';
 
 const { values } = parseArgs({
   options: {
@@ -49,7 +48,7 @@ const deadline = AbortSignal.timeout(positiveInt(values['time-limit-s'], 'time-l
 
 const modelDir =
   values.model ?? path.join(path.dirname(defaultGraphCacheDir()), 'random-models', `${values.shape}-seed0`);
-if (!values.model && !existsSync(path.join(modelDir, 'model.safetensors'))) {
+if (!values.model && !hasWeights(modelDir)) {
   process.stderr.write(`creating random ${values.shape} checkpoint in ${modelDir}\n`);
   await createRandomCheckpoint({ shape: values.shape, out: modelDir, seed: 0 });
 }

@@ -136,7 +136,9 @@ describe('internvl data pack', () => {
     const out = path.join(fixture.dir, 'packed');
     const { io, stderr } = memoryIo();
     const model = goldenModelDir('tiny-internvl2_5-qwen2');
+    // Token-only shards (--no-tiles): this test is about packing, not tile decoding.
     const args = ['pack', fixture.meta, '--model', model, '--out', out, '--max-len', '9000', '--seed', '3'];
+    args.push('--no-tiles');
     assert.equal(await dataCommand([...args, '--packs-per-shard', '2'], io), 0, stderr());
     const index = JSON.parse(await readFile(path.join(out, 'index.json'), 'utf8'));
     assert.equal(index.loss_reduction, 'square');

@@ -36,6 +36,8 @@ test('internvl serve listens, answers with the API key, and exits 0 on SIGTERM',
       child.on('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
     });
     assert.match(stderr, /tiny-internvl2_5-qwen2 on http/);
+    assert.match(stderr, /chat page: http:\/\/127\.0\.0\.1:\d+\/\n/);
+    assert.match(await (await fetch(`${url}/`)).text(), /<title>InternVL chat<\/title>/);
     assert.equal((await fetch(`${url}/v1/models`)).status, 401);
     const models = await fetch(`${url}/v1/models`, { headers: { authorization: 'Bearer k1' } });
     assert.equal(((await models.json()) as { data: { id: string }[] }).data[0].id, 'tiny-internvl2_5-qwen2');

@@ -11,7 +11,64 @@ export class UsageError extends Error {
 
 type ParseArgsOptions = NonNullable<ParseArgsConfig['options']>;
 
-/** `util.parseArgs` (strict, positionals allowed) whose errors are UsageErrors. */
+/** Edit distance with adjacent transpositions (optimal string alignment): 'mdoel' → 'model' is 1. */
+export function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/**
+ * The candidate closest to a mistyped `word`: within 1 edit (2 for words of 5 letters or more), or the
+ * only candidate that starts with it; undefined when none is close.
+ */
+export function didYouMean(word: string, candidates: Iterable<string>): string | undefined {
+  const list = [...candidates];
+  let best: string | undefined;
+  let bestDistance = word.length >= 5 ? 2 : 1;
+  for (const c of list) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (d < bestDistance || (d === bestDistance && best === undefined)) {
+      best = c;
+      bestDistance = d;
+    }
+  }
+  if (best !== undefined) return best;
+  const prefixed = list.filter((c) => word.length >= 2 && c.startsWith(word));
+  return prefixed.length === 1 ? prefixed[0] : undefined;
+}
+
+/** What is wrong with `args` for `options`, in our words; undefined when nothing is found. */
+function explainArgs(args: string[], options: ParseArgsOptions): string | undefined {
+  const { tokens } = parseArgs({ args, options, allowPositionals: true, strict: false, tokens: true });
+  for (const token of tokens) {
+    if (token.kind !== 'option') continue;
+    const spec = Object.hasOwn(options, token.name) ? options[token.name] : undefined;
+    if (spec === undefined) {
+      const guess = didYouMean(token.name, Object.keys(options));
+      return `unknown option '${token.rawName}'${guess ? `; did you mean --${guess}?` : ''}`;
+    }
+    const long = `--${token.name}`;
+    if (spec.type === 'string' && token.value === undefined) return `${long} needs a value`;
+    if (spec.type === 'string' && !token.inlineValue && token.value?.startsWith('-')) {
+      return `${long} needs a value, got the option '${token.value}' (write ${long}=${token.value} for a value that starts with '-')`;
+    }
+    if (spec.type === 'boolean' && token.inlineValue)
+      return `${long} takes no value, got '${token.rawName}=${token.value}'`;
+  }
+  return undefined;
+}
+
+/** `util.parseArgs` (strict, positionals allowed) whose errors are UsageErrors in our own words. */
 export function parseCommandArgs<const T extends ParseArgsOptions>(
   args: string[],
   options: T,
@@ -19,8 +76,14 @@ export function parseCommandArgs<const T extends ParseArgsOptions>(
   try {
     return parseArgs({ args, options, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new UsageError(err instanceof Error ? err.message : String(err));
+    const message = err instanceof Error ? err.message : String(err);
+    throw new UsageError(explainArgs(args, options) ?? message);
   }
+}
+
+/** A command's positionals must be empty: a UsageError naming the first one otherwise. */
+export function noPositionals(positionals: string[]): void {
+  if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
 }
 
 /** An integer option ≥ `min`, or undefined when not given. */

@@ -6,12 +6,12 @@
  * the peak RSS is that of a process holding only the model.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
@@ -25,7 +25,8 @@ import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { Checkpoint } from '../io/safetensors.js';
 import type { DecoderDims } from '../models/decoder.js';
 import { GraphBuilder } from '../onnx/graph.js';
-import { createRandomCheckpoint } from '../tools/random-checkpoint.js';
+import { createRandomCheckpoint, hasWeights } from '../tools/random-checkpoint.js';
+import { noPositionals, parseCommandArgs } from './args.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
 
@@ -38,6 +39,10 @@ Measures in one run: the fp32 GEMM roofline and weight-streaming bandwidth throu
 LLM precision); decode tok/s at past 300 and 1500; and, in child processes, load time (cold and from
 the graph cache), time to first token for one image of 6 tiles + thumbnail, and peak RSS. Without
 --model a random checkpoint of --shape is created once under the cache folder. Prints JSON.
+
+Examples:
+  npx internvl bench --reps 3                                  # random weights at the InternVL2_5-1B shape
+  npx internvl bench --model ./InternVL2_5-1B --llm-dtype int8 --json bench.json
 `;
 
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
@@ -293,7 +298,7 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   const precision = options.precision;
   const cacheDir = defaultGraphCacheDir();
   const modelDir = options.model ?? path.join(path.dirname(cacheDir), 'random-models', `${shape}-seed0`);
-  if (!options.model && !existsSync(path.join(modelDir, 'model.safetensors'))) {
+  if (!options.model && !hasWeights(modelDir)) {
     log(`creating random ${shape} checkpoint in ${modelDir}`);
     await createRandomCheckpoint({ shape, out: modelDir, seed: 0 });
   }
@@ -421,22 +426,20 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
 
 export async function benchCommand(argv: string[]): Promise<number> {
   const parse = () =>
-    parseArgs({
-      args: argv,
-      options: {
-        ...PRECISION_FLAGS,
-        shape: { type: 'string' },
-        model: { type: 'string' },
-        threads: { type: 'string' },
-        reps: { type: 'string' },
-        json: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
+    parseCommandArgs(argv, {
+      ...PRECISION_FLAGS,
+      shape: { type: 'string' },
+      model: { type: 'string' },
+      threads: { type: 'string' },
+      reps: { type: 'string' },
+      json: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     });
   let values: ReturnType<typeof parse>['values'];
   try {
-    ({ values } = parse());
+    const parsed = parse();
+    values = parsed.values;
+    noPositionals(parsed.positionals);
   } catch (err) {
     process.stderr.write(`internvl bench: ${(err as Error).message}\n${USAGE}`);
     return 2;

@@ -59,6 +59,13 @@ Ctrl-C during an answer stops that answer. Each answer is streamed as it is gene
 by a newline. The prompt marker '> ' is shown only when stdin is a terminal, so a pipe gets
 nothing on stdout but the answers. Notes and errors go to stderr.
 
+Examples:
+  npx internvl chat OpenGVLab/InternVL2_5-1B --image photo.jpg "Describe this image in detail."
+  npx internvl chat ./InternVL2_5-1B --image a.jpg --image b.jpg "What differs between the two images?"
+  npx internvl chat ./InternVL2_5-1B --video clip.mp4 --json "What happens in this video?"
+  npx internvl chat ./InternVL2_5-1B                 # interactive
+  npx internvl chat ./random-1b --max-new-tokens 32 "Hi"   # a create-random checkpoint: made-up words
+
 Exit status: 0 done; 1 an error (interactive: a message or /image failed); 2 bad usage;
 130 Ctrl-C stopped a one-shot answer.
 `;

@@ -3,13 +3,13 @@
  * the graph cache (where `InternVLModel.load` with the same options finds them) or into a folder.
  */
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { cachedGraph, defaultGraphCacheDir, writeGraphDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { checkInt8Kernel, checkWeightDtype } from '../onnx/quantize.js';
+import { parseCommandArgs } from './args.js';
 import { convertModelForWeb } from './convert-web.js';
 
 const USAGE = `Usage: internvl convert MODEL [--llm-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
@@ -26,6 +26,11 @@ options finds them; with --out each graph is written to DIR/<role>/model.onnx + 
 config and tokenizer files and internvl-web.json; serve DIR and load it by URL (examples/browser).
 --int8-kernel: how int8 weights are stored; auto (default) picks the scheme exact on this CPU (u8s8
 with VNNI or AMX, u8u8 without), web targets default to u8u8.
+
+Examples:
+  npx internvl convert ./InternVL2_5-1B --llm-dtype int4 --prefill-dtype int8   # into the graph cache
+  npx internvl convert ./random-8b --llm-dtype int4 --out graphs-8b               # a create-random checkpoint
+  npx internvl convert --target web ./InternVL2_5-1B --llm-dtype int4 --out web-model
 `;
 
 export interface ConvertOptions extends PrecisionOptions {
@@ -118,17 +123,12 @@ export function precisionFromFlags(
 export async function convertCommand(argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parse>;
   const parse = () =>
-    parseArgs({
-      args: argv,
-      options: {
-        ...PRECISION_FLAGS,
-        out: { type: 'string' },
-        target: { type: 'string' },
-        'cache-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
+    parseCommandArgs(argv, {
+      ...PRECISION_FLAGS,
+      out: { type: 'string' },
+      target: { type: 'string' },
+      'cache-dir': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     });
   try {
     parsed = parse();

@@ -1,42 +1,92 @@
 /** `internvl create-random`: a random-weight checkpoint at a real InternVL 2.5 shape. */
-import { parseArgs } from 'node:util';
-import { createRandomCheckpoint, RANDOM_SHAPES } from '../tools/random-checkpoint.js';
+import {
+  createRandomCheckpoint,
+  DEFAULT_MAX_SHARD_BYTES,
+  RANDOM_SHAPES,
+} from '../tools/random-checkpoint.js';
+import { integerOption, noPositionals, parseCommandArgs, UsageError } from './args.js';
 
-const USAGE = `Usage: internvl create-random --shape NAME --out DIR [--seed N]
+const USAGE = `Usage: internvl create-random --shape NAME --out DIR [options]
 
-Writes config.json, a byte-level tokenizer with the real special-token ids and model.safetensors with
-seeded random bf16 weights at the real shapes. Shapes: ${Object.keys(RANDOM_SHAPES).join(', ')}.
+Writes a checkpoint folder in the published format with seeded random bf16 weights: config.json,
+generation_config.json, a byte-level BPE tokenizer of the real vocabulary size with the real special-token
+ids (every other id decodes to a made-up word, so generated text is always visible) and the weights,
+in model-0000N-of-0000M.safetensors shards with an index once they exceed --max-shard-size.
+
+Shapes: ${Object.keys(RANDOM_SHAPES).join(', ')}
+
+Options:
+  --shape NAME          one of the shapes above (required)
+  --out DIR             output folder (required); weight files of an earlier run there are replaced
+  --seed N              random seed (default 0); the same seed gives the same files
+  --no-weights          write the config and tokenizer only (no safetensors)
+  --vit-layers N        ViT layers instead of the shape's (real widths, fewer layers: small test models)
+  --llm-layers N        LLM layers instead of the shape's
+  --max-shard-size S    bytes per shard: a number with an optional KB, MB or GB (default 5GB)
+  -h, --help            show this help
+
+Weights are generated and written a chunk at a time, so memory stays small at any shape; the disk needs
+about 2 bytes per parameter (InternVL2_5-78B: about 157 GB).
+
+Examples:
+  npx internvl create-random --shape InternVL2_5-1B --out ./random-1b
+  npx internvl chat ./random-1b --max-new-tokens 32 "Hello"  # made-up words: the weights are random
+  npx internvl create-random --shape InternVL2_5-78B --out ./random-78b --no-weights
+  npx internvl create-random --shape InternVL2_5-8B --out ./small-8b --vit-layers 2 --llm-layers 2
 `;
 
-export async function createRandomCommand(argv: string[]): Promise<number> {
-  let values: { shape?: string; out?: string; seed?: string; help?: boolean };
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        shape: { type: 'string' },
-        out: { type: 'string' },
-        seed: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    }));
-  } catch (err) {
-    process.stderr.write(`internvl create-random: ${(err as Error).message}\n${USAGE}`);
-    return 2;
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9 };
+
+/** '5GB', '500MB', '1e9' → bytes. */
+function sizeOption(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const match = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmg]?b?)\s*$/i.exec(value);
+  const bytes = match ? Number(match[1]) * SIZE_UNITS[match[2].toLowerCase()] : Number.NaN;
+  if (!(bytes >= 1)) {
+    throw new UsageError(`--max-shard-size must be a size such as 5GB, 500MB or 1000000, got '${value}'`);
   }
+  return bytes;
+}
+
+async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommandArgs(argv, {
+    shape: { type: 'string' },
+    out: { type: 'string' },
+    seed: { type: 'string' },
+    'no-weights': { type: 'boolean' },
+    'vit-layers': { type: 'string' },
+    'llm-layers': { type: 'string' },
+    'max-shard-size': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) {
     process.stdout.write(USAGE);
     return 0;
   }
-  const seed = values.seed === undefined ? 0 : Number(values.seed);
-  if (!values.shape || !values.out || !Number.isSafeInteger(seed) || seed < 0) {
-    process.stderr.write(
-      `internvl create-random: --shape, --out and a non-negative integer --seed are needed\n${USAGE}`,
-    );
-    return 2;
-  }
-  const dir = await createRandomCheckpoint({ shape: values.shape, out: values.out, seed });
+  noPositionals(positionals);
+  if (!values.shape) throw new UsageError('needs --shape NAME');
+  if (!values.out) throw new UsageError('needs --out DIR');
+  const dir = await createRandomCheckpoint({
+    shape: values.shape,
+    out: values.out,
+    seed: integerOption(values.seed, 'seed', 0) ?? 0,
+    weights: !values['no-weights'],
+    layers: {
+      vit: integerOption(values['vit-layers'], 'vit-layers', 1),
+      llm: integerOption(values['llm-layers'], 'llm-layers', 1),
+    },
+    maxShardBytes: sizeOption(values['max-shard-size']) ?? DEFAULT_MAX_SHARD_BYTES,
+  });
   process.stdout.write(`${dir}\n`);
   return 0;
+}
+
+export async function createRandomCommand(argv: string[]): Promise<number> {
+  try {
+    return await run(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`internvl create-random: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
 }

@@ -6,7 +6,9 @@ import { InternVLError } from '../errors.js';
 import { createTaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 
-export class UsageError extends Error {}
+import { UsageError } from './args.js';
+
+export { UsageError };
 
 /** Where the command writes; progress bars are drawn only when `stderr.isTTY`. */
 export interface DataIo {

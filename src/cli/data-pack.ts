@@ -1,7 +1,6 @@
 /** `internvl data pack`: tokenised packed shards (safetensors) and index.json. */
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import {
   type AnnotationSample,
   type DataIssue,
@@ -21,6 +20,7 @@ import {
 } from '../data/shards.js';
 import { InternVLError } from '../errors.js';
 import type { LossReduction } from '../text/training.js';
+import { parseCommandArgs } from './args.js';
 import {
   type DataIo,
   intOption,
@@ -33,27 +33,30 @@ import {
 
 const REDUCTIONS: readonly LossReduction[] = ['token', 'sample', 'square'];
 
-export async function packCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      model: { type: 'string' },
-      out: { type: 'string' },
-      'max-len': { type: 'string' },
-      'loss-reduction': { type: 'string' },
-      seed: { type: 'string' },
-      'max-tiles': { type: 'string' },
-      'max-buffers': { type: 'string' },
-      'max-dynamic-patch': { type: 'string' },
-      'min-num-frame': { type: 'string' },
-      'max-num-frame': { type: 'string' },
-      'packs-per-shard': { type: 'string' },
-      tiles: { type: 'boolean' },
-      strict: { type: 'boolean' },
-      'allow-outside-root': { type: 'boolean' },
-    },
+/** `internvl data pack`; `usage` is printed for --help. */
+export async function packCommand(args: string[], io: DataIo, usage: string): Promise<number> {
+  const { values, positionals } = parseCommandArgs(args, {
+    model: { type: 'string' },
+    out: { type: 'string' },
+    'max-len': { type: 'string' },
+    'loss-reduction': { type: 'string' },
+    seed: { type: 'string' },
+    'max-tiles': { type: 'string' },
+    'max-buffers': { type: 'string' },
+    'max-dynamic-patch': { type: 'string' },
+    'min-num-frame': { type: 'string' },
+    'max-num-frame': { type: 'string' },
+    'packs-per-shard': { type: 'string' },
+    tiles: { type: 'boolean' },
+    'no-tiles': { type: 'boolean' },
+    strict: { type: 'boolean' },
+    'allow-outside-root': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
   });
+  if (values.help) {
+    io.stdout.write(usage);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('data pack takes exactly one META file');
   if (!values.model) throw new UsageError('data pack needs --model DIR');
   if (!values.out) throw new UsageError('data pack needs --out DIR');
@@ -64,8 +67,8 @@ export async function packCommand(args: string[], io: DataIo): Promise<number> {
   if (!REDUCTIONS.includes(reduction)) {
     throw new UsageError(`--loss-reduction must be token, sample or square, got '${reduction}'`);
   }
+  if (values.tiles && values['no-tiles']) throw new UsageError('give --tiles or --no-tiles, not both');
   const seed = intOption(values.seed, 'seed', 0);
-  const packsPerShard = intOption(values['packs-per-shard'], 'packs-per-shard', values.tiles ? 8 : 256, 1);
   const meta = await loadMeta(positionals[0]);
   const prepare = await loadPrepareOptions(values.model, values['max-dynamic-patch']);
   prepare.minNumFrame = intOption(values['min-num-frame'], 'min-num-frame', 8, 1);
@@ -91,6 +94,10 @@ export async function packCommand(args: string[], io: DataIo): Promise<number> {
   }
   reportIssues(io, dropped);
   const drop = issueRecorder(io, values.strict, dropped);
+  // Training needs the tiles of image and video samples: stored unless --no-tiles (token-only shards).
+  const hasMedia = queues.some((q) => q.some((s) => s.images.length > 0 || s.video !== undefined));
+  const withTiles = values['no-tiles'] ? false : Boolean(values.tiles) || hasMedia;
+  const packsPerShard = intOption(values['packs-per-shard'], 'packs-per-shard', withTiles ? 8 : 256, 1);
 
   const prepareRng = createRng(seed, meta.datasets.length);
   const tileRng = createRng(seed, meta.datasets.length + 1);
@@ -102,7 +109,7 @@ export async function packCommand(args: string[], io: DataIo): Promise<number> {
       const file = path.join(outDir, `shard-${String(shards.length).padStart(5, '0')}.safetensors`);
       const summary = await writePackShard(file, packs, {
         reduction,
-        tiles: values.tiles ? { rng: tileRng, prepare } : undefined,
+        tiles: withTiles ? { rng: tileRng, prepare } : undefined,
         onSkip: (item, message) => drop(item.prepared.sample, message),
       });
       if (summary) shards.push(summary);
@@ -146,7 +153,7 @@ export async function packCommand(args: string[], io: DataIo): Promise<number> {
     max_tiles: packer.maxTiles,
     loss_reduction: reduction,
     seed,
-    tiles: Boolean(values.tiles),
+    tiles: withTiles,
     shards: shards.map((s) => ({ ...s, file: path.basename(s.file) })),
     dropped: dropped.map((issue) => ({
       dataset: issue.dataset,
@@ -165,5 +172,8 @@ export async function packCommand(args: string[], io: DataIo): Promise<number> {
     `${samples} samples in ${packs} packs (${tokens} tokens) across ${shards.length} shards in ${outDir}; ` +
       `${dropped.length} dropped\n`,
   );
+  if (hasMedia && !withTiles) {
+    io.stderr.write('note: --no-tiles: these shards hold no image tiles, so `internvl train` refuses them\n');
+  }
   return 0;
 }

@@ -1,9 +1,9 @@
 /** `internvl data stats`: valid and invalid lines, samples after repeat_time, tokens and tiles with --model. */
-import { parseArgs } from 'node:util';
 import { type DataIssue, loadMeta, readDataset } from '../data/meta.js';
 import { prepareSample } from '../data/prepare.js';
 import { applyRepeatTime, createRng } from '../data/sampling.js';
 import { InternVLError } from '../errors.js';
+import { parseCommandArgs } from './args.js';
 import {
   type DataIo,
   intOption,
@@ -33,19 +33,21 @@ interface DatasetStats {
   tiles?: number;
 }
 
-export async function statsCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      json: { type: 'boolean' },
-      model: { type: 'string' },
-      seed: { type: 'string' },
-      strict: { type: 'boolean' },
-      'allow-outside-root': { type: 'boolean' },
-      'max-dynamic-patch': { type: 'string' },
-    },
+/** `internvl data stats`; `usage` is printed for --help. */
+export async function statsCommand(args: string[], io: DataIo, usage: string): Promise<number> {
+  const { values, positionals } = parseCommandArgs(args, {
+    json: { type: 'boolean' },
+    model: { type: 'string' },
+    seed: { type: 'string' },
+    strict: { type: 'boolean' },
+    'allow-outside-root': { type: 'boolean' },
+    'max-dynamic-patch': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
   });
+  if (values.help) {
+    io.stdout.write(usage);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('data stats takes exactly one META file');
   const meta = await loadMeta(positionals[0]);
   const seed = intOption(values.seed, 'seed', 0);

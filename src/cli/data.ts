@@ -1,9 +1,9 @@
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { filterMeta } from '../data/filter.js';
 import { createOpenAIJudge } from '../data/judge.js';
 import { loadMeta } from '../data/meta.js';
 import { InternVLError } from '../errors.js';
+import { didYouMean, parseCommandArgs } from './args.js';
 import {
   type DataIo,
   intOption,
@@ -29,33 +29,42 @@ Commands:
       and report.json. The judge's API key, if it needs one, is read from INTERNVL_JUDGE_API_KEY.
   pack META --model DIR --out DIR --max-len N [--loss-reduction token|sample|square] [--seed N]
        [--max-tiles 48] [--max-buffers 20] [--max-dynamic-patch N] [--min-num-frame 8]
-       [--max-num-frame 32] [--packs-per-shard N] [--tiles] [--strict] [--allow-outside-root]
-      tokenised packed shards (safetensors) and index.json
+       [--max-num-frame 32] [--packs-per-shard N] [--no-tiles] [--strict] [--allow-outside-root]
+      tokenised packed shards (safetensors) and index.json; the image tiles of image and video samples are
+      stored (training needs them) unless --no-tiles (token-only shards, for inspection); --tiles stores
+      them even for text-only data
 
 Bad annotation lines are reported as FILE:LINE: message and skipped (and counted in the report); --strict
 makes the first one fatal. A line is bad when its JSON or conversation is malformed, an image does not decode
 completely (missing, unreadable, truncated), a video is missing, or a media path leaves the dataset's root
 ('../…', absolute paths), which --allow-outside-root permits.
+
+Examples (the sample dataset in examples/data; any InternVL 2.5 checkpoint for --model):
+  npx internvl data stats examples/data/meta.json --model ./InternVL2_5-1B
+  npx internvl data filter examples/data/meta.json --out cleaned/
+  npx internvl data pack examples/data/meta.json --model ./InternVL2_5-1B --out shards/ --max-len 4096
+  npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 1 --out run/ --steps 2
 `;
 
 async function filterCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      out: { type: 'string' },
-      'judge-url': { type: 'string' },
-      'judge-model': { type: 'string' },
-      'min-score': { type: 'string' },
-      'min-repetition-score': { type: 'string' },
-      concurrency: { type: 'string' },
-      retries: { type: 'string' },
-      'retry-delay-ms': { type: 'string' },
-      strict: { type: 'boolean' },
-      json: { type: 'boolean' },
-      'allow-outside-root': { type: 'boolean' },
-    },
+  const { values, positionals } = parseCommandArgs(args, {
+    out: { type: 'string' },
+    'judge-url': { type: 'string' },
+    'judge-model': { type: 'string' },
+    'min-score': { type: 'string' },
+    'min-repetition-score': { type: 'string' },
+    concurrency: { type: 'string' },
+    retries: { type: 'string' },
+    'retry-delay-ms': { type: 'string' },
+    strict: { type: 'boolean' },
+    json: { type: 'boolean' },
+    'allow-outside-root': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
   });
+  if (values.help) {
+    io.stdout.write(USAGE);
+    return 0;
+  }
   if (positionals.length !== 1) throw new UsageError('data filter takes exactly one META file');
   if (!values.out) throw new UsageError('data filter needs --out DIR');
   const meta = await loadMeta(positionals[0]);
@@ -98,6 +107,11 @@ async function filterCommand(args: string[], io: DataIo): Promise<number> {
   return 0;
 }
 
+function unknownCommand(command: string): string {
+  const guess = didYouMean(command, ['stats', 'filter', 'pack']);
+  return `unknown data command '${command}'${guess ? `; did you mean '${guess}'?` : ''}`;
+}
+
 /** `internvl data …`; returns the exit code. */
 export async function dataCommand(
   args: string[],
@@ -107,11 +121,11 @@ export async function dataCommand(
   try {
     switch (command) {
       case 'stats':
-        return await statsCommand(rest, io);
+        return await statsCommand(rest, io, USAGE);
       case 'filter':
         return await filterCommand(rest, io);
       case 'pack':
-        return await packCommand(rest, io);
+        return await packCommand(rest, io, USAGE);
       case undefined:
       case 'help':
       case '--help':
@@ -119,10 +133,10 @@ export async function dataCommand(
         io.stdout.write(USAGE);
         return command === undefined ? 2 : 0;
       default:
-        throw new UsageError(`unknown data command '${command}'`);
+        throw new UsageError(unknownCommand(command));
     }
   } catch (err) {
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    if (err instanceof UsageError) {
       io.stderr.write(`internvl data: ${(err as Error).message}\n${USAGE}`);
       return 2;
     }

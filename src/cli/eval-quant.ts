@@ -4,7 +4,6 @@
  * embeddings when the ViT is quantised.
  */
 import { writeFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
@@ -20,6 +19,7 @@ import { llmCacheTag, vitCacheTag } from '../engine/precision.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { parseCommandArgs } from './args.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 
 export interface EvalQuantOptions extends PrecisionOptions {
@@ -219,23 +219,22 @@ Compares the quantised model with fp32 on a fixed token prompt: logits max/mean 
 (prompt positions and decode steps), greedy-token agreement (teacher-forced on the fp32 tokens) and
 the length of the identical greedy prefix; with --vit-dtype int8 also the image embeddings of a
 synthetic tile. --dtype is the LLM dtype (same as --llm-dtype).
+
+Examples:
+  npx internvl eval-quant ./InternVL2_5-1B --dtype int4
+  npx internvl eval-quant ./InternVL2_5-1B --dtype int4 --prefill-dtype int8 --vit-dtype int8 --json report.json
 `;
 
 export async function evalQuantCommand(argv: string[]): Promise<number> {
   const parse = () =>
-    parseArgs({
-      args: argv,
-      options: {
-        ...PRECISION_FLAGS,
-        dtype: { type: 'string' },
-        'prompt-tokens': { type: 'string' },
-        'new-tokens': { type: 'string' },
-        'no-cache': { type: 'boolean' },
-        json: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      allowPositionals: true,
-      strict: true,
+    parseCommandArgs(argv, {
+      ...PRECISION_FLAGS,
+      dtype: { type: 'string' },
+      'prompt-tokens': { type: 'string' },
+      'new-tokens': { type: 'string' },
+      'no-cache': { type: 'boolean' },
+      json: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     });
   let parsed: ReturnType<typeof parse>;
   try {

@@ -1,21 +1,36 @@
 import { readFileSync } from 'node:fs';
+import { didYouMean } from './args.js';
+
+const COMMANDS = {
+  help: 'show this help',
+  version: 'print the version',
+  chat: 'chat with a model about images or a video (one prompt, or interactive)',
+  serve:
+    'OpenAI-compatible HTTP server and a chat page at / (chat/completions, completions, models, metrics)',
+  data: 'training data: stats, filter, pack',
+  train: 'train a checkpoint on packed shards (stage 1, 1.5 or 2)',
+  'transplant-vit': "join one checkpoint's ViT to another's LLM with a fresh mlp1",
+  'create-random': 'a random-weight checkpoint at a published InternVL 2.5 shape (1B … 78B)',
+  convert: 'build int8/int4/fp32 engine graphs ahead of time',
+  'eval-quant': 'logits and greedy-token agreement of a quantised model against fp32',
+  bench: "engine speed against the machine's GEMM and bandwidth limits (JSON)",
+} as const;
 
 const USAGE = `Usage: internvl <command> [options]
+(in this repository, or a project that installed internvl-ts, run it as npx internvl …)
 
 Commands:
-  help        show this help
-  version     print the version
-  chat        chat with a model about images or a video (one prompt, or interactive)
-  data        training data: stats, filter, pack
-  train       train a checkpoint on packed shards (stage 1, 1.5 or 2)
-  transplant-vit  join one checkpoint's ViT to another's LLM with a fresh mlp1
-  create-random  a random-weight checkpoint at a real InternVL 2.5 shape
-  convert     build int8/int4/fp32 engine graphs ahead of time
-  eval-quant  logits and greedy-token agreement of a quantised model against fp32
-  bench       engine speed against the machine's GEMM and bandwidth limits (JSON)
-  serve       OpenAI-compatible HTTP server (chat/completions, completions, models, metrics)
+${Object.entries(COMMANDS)
+  .map(([name, text]) => `  ${name.padEnd(15)} ${text}`)
+  .join('\n')}
 
-Run \`internvl <command> --help\` for a command's options.
+Examples:
+  npx internvl chat OpenGVLab/InternVL2_5-1B --image photo.jpg "Describe this image."
+  npx internvl serve OpenGVLab/InternVL2_5-1B --port 23333     # then open http://127.0.0.1:23333/
+  npx internvl create-random --shape InternVL2_5-1B --out ./random-1b
+  npx internvl data pack examples/data/meta.json --model ./InternVL2_5-1B --out shards/ --max-len 4096
+
+Run \`npx internvl <command> --help\` for a command's options.
 `;
 
 function packageVersion(): string {
@@ -58,7 +73,15 @@ export async function main(argv: string[]): Promise<number> {
     case 'serve':
       return (await import('./serve.js')).serveCommand(rest);
     default:
-      process.stderr.write(`internvl: unknown command '${command}' (args: ${rest.join(' ')})\n${USAGE}`);
-      return 2;
+      return unknownCommand(command);
   }
+}
+
+function unknownCommand(command: string): number {
+  const guess = didYouMean(command, Object.keys(COMMANDS));
+  process.stderr.write(
+    `internvl: unknown command '${command}'${guess ? `; did you mean '${guess}'?` : ''}\n` +
+      'Run `npx internvl help` for the list of commands.\n',
+  );
+  return 2;
 }

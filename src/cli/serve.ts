@@ -15,7 +15,8 @@ import {
 const USAGE = `Usage: internvl serve [model] [options]
 
 Serve a model with the OpenAI API: GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
-GET /health, GET /metrics (Prometheus).
+GET /health, GET /metrics (Prometheus); and a chat page at / (open http://HOST:PORT/ in a browser:
+image upload or paste, multi-turn history, streamed answers, a stop button and a tile budget).
 
   model   a local model folder or a hub id (default ${DEFAULT_MODEL})
 
@@ -36,6 +37,12 @@ Options:
   --threads N                   engine threads
 ${PRECISION_USAGE}
   -h, --help                    show this help
+
+Examples:
+  npx internvl serve OpenGVLab/InternVL2_5-1B                # http://127.0.0.1:23333/ is the chat page
+  npx internvl serve ./InternVL2_5-1B --port 8000 --api-key secret --llm-dtype int4 --prefill-dtype int8
+  curl http://127.0.0.1:23333/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "OpenGVLab/InternVL2_5-1B", "messages": [{"role": "user", "content": "Hi!"}]}'
 `;
 
 function parseServeArgs(argv: string[]) {
@@ -129,7 +136,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     });
     process.stderr.write(
       `internvl serve: ${server.modelName} on ${address.url}/v1 (max batch ${server.limiter.slots}` +
-        `${args.options.apiKey ? ', API key required' : ''})\n`,
+        `${args.options.apiKey ? ', API key required' : ''}); chat page: ${address.url}/\n`,
     );
     await new Promise<void>((resolve) => {
       const stop = () => {

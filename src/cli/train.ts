@@ -51,6 +51,13 @@ const USAGE = `Usage: internvl train --model DIR --data SHARDS --stage 1|1.5|2 -
                          reported and renamed checkpoint-<step>.damaged)
 Writes OUT/model.safetensors (bf16, LoRA merged) with the source's config and tokenizer files,
 OUT/checkpoint-<step>/ (the same plus optimiser state), and OUT/train_log.jsonl (one JSON object per step).
+Image samples need their tiles in the shards: \`internvl data pack\` stores them unless --no-tiles.
+
+Examples:
+  npx internvl data pack examples/data/meta.json --model ./InternVL2_5-1B --out shards/ --max-len 4096
+  npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 1 --out run/ --steps 2
+  npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 2 --out run/ --use-llm-lora 16 --epochs 1
+  npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 2 --out run/ --resume   # after a stop
 `;
 
 export interface TrainIo {
@@ -327,8 +334,9 @@ async function run(args: string[], io: TrainIo): Promise<number> {
       });
       await writeFile(logFile, kept.map((l) => `${l}\n`).join(''));
     } else {
-      // A fresh run replaces an earlier run's log and checkpoints in the same folder.
-      await writeFile(logFile, '');
+      // A fresh run replaces an earlier run's log and checkpoints in the same folder; the log is
+      // created by the first step, so a run that fails before it leaves no empty log.
+      await rm(logFile, { force: true });
       for (const old of await listCheckpoints(out)) await rm(old.dir, { recursive: true, force: true });
     }
     let saved = latest?.dir;

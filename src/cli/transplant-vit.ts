@@ -9,6 +9,10 @@ const USAGE = `Usage: internvl transplant-vit --from DIR --into DIR --out DIR [-
   --into DIR   checkpoint whose LLM, tokenizer and template settings are kept
   --out DIR    new checkpoint: the two joined by a freshly initialised mlp1 (train it with --stage 1)
   --seed N     seed of the new mlp1 (default 0)
+
+Examples:
+  npx internvl transplant-vit --from ./InternVL2_5-1B --into ./InternVL2_5-4B --out ./4b-with-1b-vit
+  npx internvl train --model ./4b-with-1b-vit --data shards/ --stage 1 --out run/
 `;
 
 export interface TransplantIo {

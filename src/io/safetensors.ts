@@ -535,6 +535,9 @@ export interface TensorToWrite {
   data: ArrayBufferView;
 }
 
+/** A tensor's bytes for writeSafetensorsStreaming: one typed array, or chunks in order. */
+export type TensorData = ArrayBufferView | Iterable<ArrayBufferView>;
+
 /** Name, dtype and shape of a tensor whose data is produced while writing. */
 export interface TensorSpec {
   name: string;
@@ -562,12 +565,13 @@ export async function writeSafetensors(
 
 /**
  * Like writeSafetensors, but asks `produce(i)` for the data of `specs[i]` only when it is written,
- * so a checkpoint larger than memory can be written one tensor at a time.
+ * so a checkpoint larger than memory can be written one tensor at a time; the data may come as a
+ * sequence of chunks, so no tensor need be whole in memory either.
  */
 export async function writeSafetensorsStreaming(
   file: string,
   specs: readonly TensorSpec[],
-  produce: (index: number) => ArrayBufferView | Promise<ArrayBufferView>,
+  produce: (index: number) => TensorData | Promise<TensorData>,
   metadata?: Record<string, string>,
 ): Promise<void> {
   const header: Record<string, unknown> = {};
@@ -622,15 +626,20 @@ export async function writeSafetensorsStreaming(
     for (let i = 0; i < specs.length; i++) {
       const data = await produce(i);
       const { name, dtype, shape } = specs[i];
-      if (!ArrayBuffer.isView(data) || data.byteLength !== sizes[i]) {
-        throw new InternVLError(
+      const wrongSize = (got: string) =>
+        new InternVLError(
           'BAD_INPUT',
-          `${file}: tensor "${name}" ${dtype} [${shape.join(', ')}] needs ${sizes[i]} bytes, data has ${
-            ArrayBuffer.isView(data) ? data.byteLength : 'none'
-          }`,
+          `${file}: tensor "${name}" ${dtype} [${shape.join(', ')}] needs ${sizes[i]} bytes, data has ${got}`,
         );
+      const chunks = ArrayBuffer.isView(data) ? [data] : data;
+      let written = 0;
+      for (const chunk of chunks ?? []) {
+        if (!ArrayBuffer.isView(chunk)) throw wrongSize('a chunk that is not a typed array');
+        if (written + chunk.byteLength > sizes[i]) throw wrongSize(`more (${written + chunk.byteLength})`);
+        await writeAll(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        written += chunk.byteLength;
       }
-      await writeAll(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      if (written !== sizes[i]) throw wrongSize(String(written));
     }
     await handle.close();
     await rename(tmp, file);

@@ -1,10 +1,13 @@
 /**
  * Random-weight InternVL 2.5 checkpoints at the real shapes (config.json, tensor names, special-token
- * ids), so loading, benchmarks and load tests run without downloading weights. The tokenizer is
- * byte-level (one id per UTF-8 byte) with the real special-token ids; the weights are bf16 drawn from
- * a seeded generator, so a seed always gives the same files.
+ * ids), so loading, conversion, benchmarks and load tests run without downloading weights. The
+ * tokenizer (random-tokenizer.ts) has the real vocabulary size and special-token ids, and every id
+ * decodes to visible text; the weights are bf16 drawn from a seeded generator, so a seed always gives
+ * the same files. Weights are generated and written a chunk at a time, in shards like the published
+ * checkpoints, so even the 78B shape needs little memory; or they can be left out.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { type ModelConfig, parseModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
@@ -12,6 +15,7 @@ import { writeSafetensorsStreaming } from '../io/safetensors.js';
 import { internVitDimsFromConfig, internVitTensorSpecs } from '../models/internvit.js';
 import { projectorTensorSpecs } from '../models/projector.js';
 import { decoderDimsFromConfig, decoderTensorSpecs } from '../models/registry.js';
+import { type TokenizerLayout, tokenizerFiles, tokenizerLayout } from './random-tokenizer.js';
 
 interface LlmShape {
   arch: 'qwen2' | 'internlm2';
@@ -22,6 +26,9 @@ interface LlmShape {
   intermediate: number;
   vocab: number;
   rmsEps: number;
+  /** rope_theta (default 1e6) and the dynamic rope_scaling factor (default 2). */
+  ropeTheta?: number;
+  ropeFactor?: number;
 }
 
 interface VitShape {
@@ -32,194 +39,59 @@ interface VitShape {
   style: '300M' | '6B';
 }
 
-/** Real shapes (spec §1.3–1.4) of the sizes a CPU can hold. */
+const VIT_300M: VitShape = { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, style: '300M' };
+/** InternViT-6B-448px-V2_5: the 48-layer InternViT-6B truncated to 45 layers. */
+const VIT_6B: VitShape = { hidden: 3200, layers: 45, heads: 25, intermediate: 12800, style: '6B' };
+const QWEN = { arch: 'qwen2', vocab: 151674, rmsEps: 1e-6 } as const;
+const INTERNLM = { arch: 'internlm2', vocab: 92553, rmsEps: 1e-5 } as const;
+
+/**
+ * The published InternVL 2.5 shapes (spec §1.3–1.4). The LLM dims of 26B, 38B and 78B are those of
+ * internlm2_5-20b-chat, Qwen2.5-32B-Instruct and Qwen2.5-72B-Instruct (the spec's table; the parameter
+ * counts match the published checkpoints'). Not confirmed from the published configs (the spec marks
+ * them "verify"): rope_theta 5e7 for 26B (internlm2_5-20b's value as recalled, not read from its
+ * config) and rms eps 1e-6 for 38B/78B; random weights do not depend on them.
+ */
 export const RANDOM_SHAPES: Record<string, { vit: VitShape; llm: LlmShape }> = {
   'InternVL2_5-1B': {
-    vit: { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, style: '300M' },
-    llm: {
-      arch: 'qwen2',
-      hidden: 896,
-      layers: 24,
-      heads: 14,
-      kvHeads: 2,
-      intermediate: 4864,
-      vocab: 151674,
-      rmsEps: 1e-6,
-    },
+    vit: VIT_300M,
+    llm: { ...QWEN, hidden: 896, layers: 24, heads: 14, kvHeads: 2, intermediate: 4864 },
   },
   'InternVL2_5-2B': {
-    vit: { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, style: '300M' },
-    llm: {
-      arch: 'internlm2',
-      hidden: 2048,
-      layers: 24,
-      heads: 16,
-      kvHeads: 8,
-      intermediate: 8192,
-      vocab: 92553,
-      rmsEps: 1e-5,
-    },
+    vit: VIT_300M,
+    llm: { ...INTERNLM, hidden: 2048, layers: 24, heads: 16, kvHeads: 8, intermediate: 8192 },
   },
   'InternVL2_5-4B': {
-    vit: { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, style: '300M' },
-    llm: {
-      arch: 'qwen2',
-      hidden: 2048,
-      layers: 36,
-      heads: 16,
-      kvHeads: 2,
-      intermediate: 11008,
-      vocab: 151674,
-      rmsEps: 1e-6,
-    },
+    vit: VIT_300M,
+    llm: { ...QWEN, hidden: 2048, layers: 36, heads: 16, kvHeads: 2, intermediate: 11008 },
   },
   'InternVL2_5-8B': {
-    vit: { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, style: '300M' },
+    vit: VIT_300M,
+    llm: { ...INTERNLM, hidden: 4096, layers: 32, heads: 32, kvHeads: 8, intermediate: 14336 },
+  },
+  'InternVL2_5-26B': {
+    vit: VIT_6B,
     llm: {
-      arch: 'internlm2',
-      hidden: 4096,
-      layers: 32,
-      heads: 32,
+      ...INTERNLM,
+      hidden: 6144,
+      layers: 48,
+      heads: 48,
       kvHeads: 8,
-      intermediate: 14336,
-      vocab: 92553,
-      rmsEps: 1e-5,
+      intermediate: 16384,
+      ropeTheta: 50000000,
     },
+  },
+  'InternVL2_5-38B': {
+    vit: VIT_6B,
+    llm: { ...QWEN, hidden: 5120, layers: 64, heads: 40, kvHeads: 8, intermediate: 27648 },
+  },
+  'InternVL2_5-78B': {
+    vit: VIT_6B,
+    llm: { ...QWEN, hidden: 8192, layers: 80, heads: 64, kvHeads: 8, intermediate: 29568 },
   },
 };
 
-const INTERNVL_TOKENS = [
-  '<img>',
-  '</img>',
-  '<IMG_CONTEXT>',
-  '<quad>',
-  '</quad>',
-  '<ref>',
-  '</ref>',
-  '<box>',
-  '</box>',
-];
-
-interface Specials {
-  /** Id of byte 0; bytes b map to byteBase + b. */
-  byteBase: number;
-  tokens: [string, number][];
-  bos?: number;
-  eos: number;
-  pad: number;
-  generationEos: number[];
-}
-
-function specialsFor(llm: LlmShape): Specials {
-  if (llm.arch === 'qwen2') {
-    const base = 151665;
-    return {
-      byteBase: 0,
-      tokens: [
-        ['<|endoftext|>', 151643],
-        ['<|im_start|>', 151644],
-        ['<|im_end|>', 151645],
-        ...INTERNVL_TOKENS.map((t, i): [string, number] => [t, base + i]),
-      ],
-      eos: 151645,
-      pad: 151643,
-      generationEos: [151644, 151645, 151643],
-    };
-  }
-  const base = 92544;
-  return {
-    byteBase: 3,
-    tokens: [
-      ['<unk>', 0],
-      ['<s>', 1],
-      ['</s>', 2],
-      ['<|im_end|>', 92542],
-      ['<|im_start|>', 92543],
-      ...INTERNVL_TOKENS.map((t, i): [string, number] => [t, base + i]),
-    ],
-    bos: 1,
-    eos: 2,
-    pad: 2,
-    generationEos: [92542, 92543],
-  };
-}
-
-/** GPT-2's byte → printable-character map used by byte-level BPE vocabularies. */
-function byteToUnicode(): string[] {
-  const printable: number[] = [];
-  for (let b = 33; b <= 126; b++) printable.push(b);
-  for (let b = 161; b <= 172; b++) printable.push(b);
-  for (let b = 174; b <= 255; b++) printable.push(b);
-  const out: string[] = new Array(256);
-  let extra = 0;
-  for (let b = 0; b < 256; b++) {
-    out[b] = printable.includes(b) ? String.fromCharCode(b) : String.fromCharCode(256 + extra++);
-  }
-  return out;
-}
-
-function tokenizerFiles(specials: Specials): Record<string, unknown> {
-  const chars = byteToUnicode();
-  const vocab: Record<string, number> = {};
-  chars.forEach((c, b) => {
-    vocab[c] = specials.byteBase + b;
-  });
-  const added = specials.tokens.map(([content, id]) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  }));
-  const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
-  const tokenizer = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: added,
-    normalizer: null,
-    pre_tokenizer: byteLevel,
-    post_processor: { ...byteLevel, trim_offsets: false },
-    decoder: byteLevel,
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: '',
-      end_of_word_suffix: '',
-      fuse_unk: false,
-      byte_fallback: false,
-      ignore_merges: false,
-      vocab,
-      merges: [],
-    },
-  };
-  const name = (id: number) => specials.tokens.find(([, i]) => i === id)?.[0];
-  const tokenizerConfig = {
-    added_tokens_decoder: Object.fromEntries(added.map(({ id, ...rest }) => [String(id), rest])),
-    bos_token: specials.bos === undefined ? null : name(specials.bos),
-    eos_token: name(specials.eos),
-    pad_token: name(specials.pad),
-    add_bos_token: specials.bos !== undefined,
-    add_eos_token: false,
-    model_max_length: 8192,
-    tokenizer_class: 'PreTrainedTokenizerFast',
-  };
-  return {
-    'tokenizer.json': tokenizer,
-    'tokenizer_config.json': tokenizerConfig,
-    'special_tokens_map.json': {
-      eos_token: name(specials.eos),
-      pad_token: name(specials.pad),
-      ...(specials.bos === undefined ? {} : { bos_token: name(specials.bos) }),
-      additional_special_tokens: INTERNVL_TOKENS,
-    },
-  };
-}
-
-function configJson(vit: VitShape, llm: LlmShape, specials: Specials): Record<string, unknown> {
+function configJson(vit: VitShape, llm: LlmShape, specials: TokenizerLayout): Record<string, unknown> {
   const llmConfig =
     llm.arch === 'qwen2'
       ? {
@@ -232,8 +104,8 @@ function configJson(vit: VitShape, llm: LlmShape, specials: Specials): Record<st
           num_key_value_heads: llm.kvHeads,
           max_position_embeddings: 32768,
           rms_norm_eps: llm.rmsEps,
-          rope_theta: 1000000.0,
-          rope_scaling: { factor: 2.0, rope_type: 'dynamic', type: 'dynamic' },
+          rope_theta: llm.ropeTheta ?? 1000000.0,
+          rope_scaling: { factor: llm.ropeFactor ?? 2.0, rope_type: 'dynamic', type: 'dynamic' },
           sliding_window: 32768,
           use_sliding_window: false,
           hidden_act: 'silu',
@@ -253,8 +125,8 @@ function configJson(vit: VitShape, llm: LlmShape, specials: Specials): Record<st
           num_key_value_heads: llm.kvHeads,
           max_position_embeddings: 32768,
           rms_norm_eps: llm.rmsEps,
-          rope_theta: 1000000,
-          rope_scaling: { type: 'dynamic', factor: 2.0 },
+          rope_theta: llm.ropeTheta ?? 1000000,
+          rope_scaling: { type: 'dynamic', factor: llm.ropeFactor ?? 2.0 },
           bias: false,
           hidden_act: 'silu',
           vocab_size: llm.vocab,
@@ -369,34 +241,42 @@ class Random {
   }
 }
 
-/** Fills bf16 values uniform in [center − spread, center + spread] (xoshiro128** per tensor). */
-function randomBf16(
+/** Values generated per chunk (8 MB of bf16), so no tensor is whole in memory. */
+const CHUNK_VALUES = 1 << 22;
+
+/** bf16 values uniform in [center − spread, center + spread] (xoshiro128** per tensor), in chunks. */
+function* randomBf16(
   count: number,
   center: number,
   spread: number,
   seeds: [number, number, number, number],
-): Uint16Array {
+): Generator<Uint16Array> {
   let [a, b, c, d] = seeds;
-  const out = new Uint16Array(count);
   const f = new Float32Array(1);
   const u = new Uint32Array(f.buffer);
   const scale = (2 * spread) / 4294967296;
-  for (let i = 0; i < count; i++) {
-    const r = Math.imul(((Math.imul(b, 5) << 7) | (Math.imul(b, 5) >>> 25)) >>> 0, 9) >>> 0;
-    const t = b << 9;
-    c ^= a;
-    d ^= b;
-    b ^= c;
-    a ^= d;
-    c ^= t;
-    d = (d << 11) | (d >>> 21);
-    f[0] = center - spread + r * scale;
-    // Round to nearest even bf16.
-    const bits = u[0];
-    out[i] = (bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16;
+  for (let start = 0; start < count; start += CHUNK_VALUES) {
+    const out = new Uint16Array(Math.min(CHUNK_VALUES, count - start));
+    for (let i = 0; i < out.length; i++) {
+      const r = Math.imul(((Math.imul(b, 5) << 7) | (Math.imul(b, 5) >>> 25)) >>> 0, 9) >>> 0;
+      const t = b << 9;
+      c ^= a;
+      d ^= b;
+      b ^= c;
+      a ^= d;
+      c ^= t;
+      d = (d << 11) | (d >>> 21);
+      f[0] = center - spread + r * scale;
+      // Round to nearest even bf16.
+      const bits = u[0];
+      out[i] = (bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16;
+    }
+    yield out;
   }
-  return out;
 }
+
+/** transformers' default max_shard_size ("5GB"). */
+export const DEFAULT_MAX_SHARD_BYTES = 5e9;
 
 export interface CreateRandomOptions {
   shape: string;
@@ -404,6 +284,42 @@ export interface CreateRandomOptions {
   seed?: number;
   /** Replace the layer counts (for small, fast test models with the real widths). */
   layers?: { vit?: number; llm?: number };
+  /** false: write config, generation config and tokenizer only (default true). */
+  weights?: boolean;
+  /** Bytes per safetensors shard (default 5e9); a checkpoint that fits one shard is model.safetensors. */
+  maxShardBytes?: number;
+}
+
+/** Groups tensors, in order, into shards of at most `max` bytes (a larger tensor gets a shard alone). */
+function shardGroups(sizes: number[], max: number): number[][] {
+  const groups: number[][] = [];
+  let bytes = 0;
+  sizes.forEach((size, i) => {
+    const last = groups.at(-1);
+    if (last && bytes + size <= max) {
+      last.push(i);
+      bytes += size;
+    } else {
+      groups.push([i]);
+      bytes = size;
+    }
+  });
+  return groups;
+}
+
+const INDEX_FILE = 'model.safetensors.index.json';
+
+/** Removes weight files of an earlier run, so the folder never mixes old weights with a new config. */
+async function removeOldWeights(dir: string): Promise<void> {
+  const old = (await readdir(dir)).filter(
+    (f) => f === 'model.safetensors' || f === INDEX_FILE || /^model-\d+-of-\d+\.safetensors$/.test(f),
+  );
+  await Promise.all(old.map((f) => rm(path.join(dir, f), { force: true })));
+}
+
+/** Whether `dir` holds a complete checkpoint's weights (model.safetensors, or the shards' index, written last). */
+export function hasWeights(dir: string): boolean {
+  return existsSync(path.join(dir, 'model.safetensors')) || existsSync(path.join(dir, INDEX_FILE));
 }
 
 /** Writes a random checkpoint folder; returns the folder. */
@@ -415,36 +331,62 @@ export async function createRandomCheckpoint(options: CreateRandomOptions): Prom
       `unknown shape ${JSON.stringify(options.shape)}; known shapes: ${Object.keys(RANDOM_SHAPES).join(', ')}`,
     );
   }
+  const maxShard = options.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
+  if (!(maxShard > 0)) {
+    throw new InternVLError('BAD_INPUT', `maxShardBytes must be a positive number, got ${maxShard}`);
+  }
   const vit = { ...shape.vit, layers: options.layers?.vit ?? shape.vit.layers };
   const llm = { ...shape.llm, layers: options.layers?.llm ?? shape.llm.layers };
-  const specials = specialsFor(llm);
+  const layout = tokenizerLayout(llm.arch, llm.vocab);
   await mkdir(options.out, { recursive: true });
+  await removeOldWeights(options.out);
   const json = (value: unknown) => `${JSON.stringify(value, null, 2)}\n`;
-  const config = configJson(vit, llm, specials);
+  const config = configJson(vit, llm, layout);
   await writeFile(path.join(options.out, 'config.json'), json(config));
   await writeFile(
     path.join(options.out, 'generation_config.json'),
-    json({ eos_token_id: specials.generationEos, pad_token_id: specials.pad }),
+    json({ eos_token_id: layout.generationEos, pad_token_id: layout.pad }),
   );
-  for (const [file, content] of Object.entries(tokenizerFiles(specials))) {
+  for (const [file, content] of Object.entries(tokenizerFiles(layout))) {
     await writeFile(path.join(options.out, file), json(content));
   }
-  const random = new Random(options.seed ?? 0);
+  if (options.weights === false) return options.out;
+
+  const seed = options.seed ?? 0;
+  const random = new Random(seed);
   const specs = randomTensors(parseModelConfig(config));
   const seeds = specs.map(() => random.seeds());
-  await writeSafetensorsStreaming(
-    path.join(options.out, 'model.safetensors'),
-    specs.map((s) => ({ name: s.name, dtype: 'BF16' as const, shape: s.shape })),
-    (index) => {
-      const s = specs[index];
-      return randomBf16(
-        s.shape.reduce((x, y) => x * y, 1),
-        s.center,
-        s.spread,
-        seeds[index],
-      );
-    },
-    { format: 'pt', generator: `internvl-ts create-random ${options.shape} seed ${options.seed ?? 0}` },
+  const count = (s: RandomTensor) => s.shape.reduce((x, y) => x * y, 1);
+  const groups = shardGroups(
+    specs.map((s) => 2 * count(s)),
+    maxShard,
   );
+  const names = groups.map((_, i) =>
+    groups.length === 1
+      ? 'model.safetensors'
+      : `model-${String(i + 1).padStart(5, '0')}-of-${String(groups.length).padStart(5, '0')}.safetensors`,
+  );
+  const metadata = { format: 'pt', generator: `internvl-ts create-random ${options.shape} seed ${seed}` };
+  for (const [g, group] of groups.entries()) {
+    await writeSafetensorsStreaming(
+      path.join(options.out, names[g]),
+      group.map((i) => ({ name: specs[i].name, dtype: 'BF16' as const, shape: specs[i].shape })),
+      (k) => {
+        const s = specs[group[k]];
+        return randomBf16(count(s), s.center, s.spread, seeds[group[k]]);
+      },
+      metadata,
+    );
+  }
+  if (groups.length > 1) {
+    const weightMap = Object.fromEntries(
+      groups.flatMap((group, g) => group.map((i) => [specs[i].name, names[g]])),
+    );
+    const totalSize = specs.reduce((sum, s) => sum + 2 * count(s), 0);
+    await writeFile(
+      path.join(options.out, INDEX_FILE),
+      json({ metadata: { total_size: totalSize }, weight_map: weightMap }),
+    );
+  }
   return options.out;
 }

@@ -19,6 +19,12 @@ export async function readShardBatches(file: string): Promise<TrainBatch[]> {
     const pixels = shard.has('pixel_values') ? await shard.readFloat32('pixel_values') : undefined;
     const flags = shard.has('image_flags') ? await shard.readInt32('image_flags') : undefined;
     const totalTiles = sampleTiles.reduce((a, b) => a + b, 0);
+    // Image tiles per sample from the shard's sample references (text samples only have a dummy tile).
+    const refs = pixels ? [] : sampleReferences(shard.metadata().samples);
+    const imageTiles = (s: number) => {
+      const patches = refs[s]?.num_patches;
+      return Array.isArray(patches) ? patches.reduce((a, b) => a + b, 0) : 0;
+    };
     const tileSize = pixels && totalTiles > 0 ? pixels.length / totalTiles : 0;
     const batches: TrainBatch[] = [];
     let tile = 0;
@@ -30,8 +36,15 @@ export async function readShardBatches(file: string): Promise<TrainBatch[]> {
       for (let s = offsets[p]; s < offsets[p + 1]; s++) packTiles += sampleTiles[s];
       let pixelValues: Float32Array | undefined;
       let numTiles = 0;
-      // Without stored tiles (packed without --tiles) text-only packs still train; a pack with image
-      // tokens then fails in prepareBatch, which names the <IMG_CONTEXT> count.
+      // A pack with image samples needs their tiles; shards packed with --no-tiles hold none.
+      let packImageTiles = 0;
+      if (!pixels) for (let s = offsets[p]; s < offsets[p + 1]; s++) packImageTiles += imageTiles(s);
+      if (packImageTiles > 0) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          `${file}: pack ${p} has image samples (${packImageTiles} tiles) but the shard stores no tiles (packed with --no-tiles); pack the data again with its tiles: internvl data pack META --model DIR --out SHARDS --max-len N --tiles`,
+        );
+      }
       if (packTiles > 0 && pixels) {
         const kept: number[] = [];
         for (let k = tile; k < tile + packTiles; k++) if (flags?.[k] !== 0) kept.push(k);
@@ -54,6 +67,16 @@ export async function readShardBatches(file: string): Promise<TrainBatch[]> {
     return batches;
   } finally {
     await shard.close();
+  }
+}
+
+/** The `samples` metadata of a shard (each sample's num_patches), or none when it is absent or unreadable. */
+function sampleReferences(text: string | undefined): { num_patches?: number[] }[] {
+  try {
+    const refs = JSON.parse(text ?? '[]') as unknown;
+    return Array.isArray(refs) ? refs : [];
+  } catch {
+    return [];
   }
 }
 
