@@ -138,7 +138,7 @@ describe('bad annotation lines are reported as FILE:LINE and skipped', () => {
         '1',
       ];
       args.push('--max-num-frame', '2');
-      assert.equal(await dataCommand(tiles ? [...args, '--tiles'] : args, io), 0, stderr());
+      assert.equal(await dataCommand([...args, tiles ? '--tiles' : '--no-tiles'], io), 0, stderr());
       const index = JSON.parse(await readFile(path.join(out, 'index.json'), 'utf8'));
       const dropped = index.dropped.map((d: { line: number; reason: string }) => [d.line, d.reason]);
       assertLineReasons(dropped.slice(0, 5));
