@@ -11,12 +11,12 @@ import {
   generateGreedy,
   scatterImageEmbeddings,
 } from '../src/engine/decoder.js';
-import { inverseFrequencies, type RopeParams, ropeBase, rotaryTables } from '../src/engine/rope.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import type { DecoderDims } from '../src/models/decoder.js';
 import { splitPackedQkv } from '../src/models/internlm2.js';
 import { decoderDimsFromConfig } from '../src/models/registry.js';
+import { inverseFrequencies, type RopeParams, ropeBase, rotaryTables } from '../src/models/rope.js';
 import { memoryWeights, type WeightSource } from '../src/models/weights.js';
 import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir, maxAbsDiff } from './helpers.js';
 

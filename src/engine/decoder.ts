@@ -8,6 +8,7 @@
 import { InternVLError } from '../errors.js';
 import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
 import { buildDecoderGraph, embeddingTensorName } from '../models/registry.js';
+import { type RopeParams, rotaryTables } from '../models/rope.js';
 import type { TensorRows, WeightSource } from '../models/weights.js';
 import * as ort from './ort.js';
 import {
@@ -17,7 +18,6 @@ import {
   resolveLlmPrecision,
   type WeightDtype,
 } from './precision.js';
-import { type RopeParams, rotaryTables } from './rope.js';
 import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
 export type { DecoderDims } from '../models/decoder.js';

@@ -12,13 +12,13 @@
  *           engine to append to its buffers); with hiddenStates: hidden.i [B,S,D], final_norm [N,D].
  */
 import type { LlmConfig } from '../config/model-config.js';
-import type { RopeScaling } from '../engine/rope.js';
 import { InternVLError } from '../errors.js';
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
 import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
+import type { RopeScaling } from './rope.js';
 import { type TensorSpec, transposeMatrix, type WeightSource } from './weights.js';
 
-export type { RopeScaling } from '../engine/rope.js';
+export type { RopeScaling } from './rope.js';
 
 export interface DecoderDims {
   /** The architecture's `model_type` (models/registry.ts). */

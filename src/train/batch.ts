@@ -5,9 +5,9 @@
  */
 import type { ModelConfig } from '../config/model-config.js';
 import { imageSize, numImageTokens } from '../config/model-config.js';
-import { rotaryTables } from '../engine/rope.js';
 import { InternVLError } from '../errors.js';
 import { decoderDimsFromConfig } from '../models/registry.js';
+import { rotaryTables } from '../models/rope.js';
 import { IGNORE_TOKEN_ID } from '../text/training.js';
 
 type IntArray = ArrayLike<number> | BigInt64Array;
