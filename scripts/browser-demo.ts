@@ -5,6 +5,7 @@
  *
  *   node --import tsx scripts/browser-demo.ts WEB_MODEL_DIR [--port 8080]
  */
+import { readFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,12 +17,21 @@ const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..
 export const ORT_WEB_DIST = path.join(REPO_ROOT, 'node_modules/onnxruntime-web/dist');
 export const DEMO_DIR = path.join(REPO_ROOT, 'examples/browser');
 
-/** Node-only modules of the engine and the browser modules that replace them in a bundle. */
-export const BROWSER_ADAPTERS: Readonly<Record<string, string>> = {
-  'src/engine/ort.ts': 'src/engine/ort-web.ts',
-  'src/engine/session.ts': 'src/engine/session-web.ts',
-  'src/engine/cpu.ts': 'src/engine/cpu-web.ts',
-};
+const toSource = (built: string) => built.replace(/^\.\/dist\//, 'src/').replace(/\.js$/, '.ts');
+
+/**
+ * Node-only modules of the engine and the browser modules that replace them in a bundle: package.json's
+ * `browser` map (which bundlers read for `internvl-ts/web`), here for the sources.
+ */
+export const BROWSER_ADAPTERS: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.entries(
+    (
+      JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as {
+        browser: Record<string, string>;
+      }
+    ).browser,
+  ).map(([node, web]) => [toSource(node), toSource(web)]),
+);
 
 const adapterPlugin: esbuild.Plugin = {
   name: 'internvl-browser-adapters',

@@ -1,3 +1,7 @@
+/**
+ * `internvl-ts`: the pipeline, preprocessing, the engine and errors. Beside it: `internvl-ts/server`,
+ * `internvl-ts/train`, `internvl-ts/web` (the browser library) and `internvl-ts/tools`.
+ */
 // Checkpoint → config → image/video → tiles → pixel values → text → engine.
 export {
   type GenerationConfigFile,
@@ -52,7 +56,6 @@ export { resizeBicubic } from './preprocess/resize.js';
 export { type DynamicPreprocessResult, dynamicPreprocess } from './preprocess/tiles.js';
 export { planTiles, type TilePlan, type TilingOptions } from './preprocess/tiling.js';
 export { videoFrameIndices, videoToTiles } from './preprocess/video.js';
-export { createServer, InternVLServer, type ServerOptions } from './server/server.js';
 export {
   buildBatchChatPrompts,
   buildChatPrompt,
@@ -70,13 +73,4 @@ export {
   type Template,
 } from './text/templates.js';
 export { createTokenizer } from './text/tokenizer.js';
-export { lossWeights, tokenizeTrainingSample } from './text/training.js';
 export type { DecodeOptions, EncodeOptions, Tokenizer } from './text/types.js';
-export { createRandomCheckpoint, RANDOM_SHAPES } from './tools/random-checkpoint.js';
-export type { TrainBatch } from './train/batch.js';
-export {
-  Trainer,
-  type TrainerOptions,
-  type TrainingStage,
-} from './train/trainer.js';
-export { transplantVit } from './train/transplant.js';
