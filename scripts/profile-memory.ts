@@ -7,12 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
-import {
-  argmax,
-  DecoderRunner,
-  decoderDimsFromConfig,
-  scatterImageEmbeddings,
-} from '../src/engine/decoder.js';
+import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
+import { scatterImageEmbeddings } from '../src/engine/embeddings.js';
 import { defaultGraphCacheDir } from '../src/engine/graph-cache.js';
 import { engineGraphKey, resolvePrecision } from '../src/engine/graph-plan.js';
 import { llmCacheTag, vitCacheTag } from '../src/engine/precision.js';

@@ -3,14 +3,8 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights as engineWeights } from '../src/engine/core.js';
-import {
-  argmax,
-  DecoderRunner,
-  type DecoderRunnerOptions,
-  embedTokens,
-  generateGreedy,
-  scatterImageEmbeddings,
-} from '../src/engine/decoder.js';
+import { argmax, DecoderRunner, type DecoderRunnerOptions, generateGreedy } from '../src/engine/decoder.js';
+import { embedTokens, scatterImageEmbeddings } from '../src/engine/embeddings.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import type { DecoderDims } from '../src/models/decoder.js';

@@ -6,7 +6,8 @@ import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/mod
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import type { WeightSource } from '../models/weights.js';
-import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
+import { DecoderRunner, decoderDimsFromConfig, generateGreedy } from './decoder.js';
+import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';

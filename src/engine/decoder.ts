@@ -1,15 +1,16 @@
 /**
- * Runs a decoder graph (models/registry.ts) with a KV cache owned by JS: per sequence and layer, K and V
- * buffers [1, kvH, capacity, hd] (BNSH) are fed to GroupQueryAttention as its past, and the chunk's new
- * rotated keys and values come back as graph outputs and are appended here. Capacity grows in steps,
- * because GroupQueryAttention's cost follows the capacity, not the valid length.
+ * Runs a decoder graph (models/registry.ts) over sequences whose KV caches JS owns (kv-cache.ts): each
+ * run feeds the caches to GroupQueryAttention as its past and appends the chunk's new rotated keys and
+ * values that come back as graph outputs. Prefill runs in chunks, decode one token for the whole batch.
  */
 
 import { InternVLError } from '../errors.js';
 import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
 import { buildDecoderGraph, embeddingTensorName } from '../models/registry.js';
 import { type RopeParams, rotaryTables } from '../models/rope.js';
-import type { TensorRows, WeightSource } from '../models/weights.js';
+import type { WeightSource } from '../models/weights.js';
+import { type EmbeddingTable, embedTokens } from './embeddings.js';
+import { KvCache, Sequence } from './kv-cache.js';
 import * as ort from './ort.js';
 import {
   decoderGraphQuant,
@@ -22,110 +23,13 @@ import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
 export type { DecoderDims } from '../models/decoder.js';
 export { decoderDimsFromConfig } from '../models/registry.js';
-
-/**
- * A [vocab, D] token-embedding table: float32, bf16 bit patterns (a bf16 checkpoint's table at half the
- * memory; widening is exact), or rows read from the checkpoint on demand (no table in memory).
- */
-export type EmbeddingTable = Float32Array | Uint16Array | TensorRows;
-
-/** Token embeddings [ids.length, D] looked up in `table`; ids outside [0, vocab) are rejected. */
-export function embedTokens(table: EmbeddingTable, hiddenSize: number, ids: ArrayLike<number>): Float32Array {
-  const vocab = 'readRow' in table ? table.rowCount : table.length / hiddenSize;
-  const out = new Float32Array(ids.length * hiddenSize);
-  const outBits = new Uint32Array(out.buffer);
-  /** Row already written for an id (an image's many context tokens are read once). */
-  const written = new Map<number, number>();
-  for (let i = 0; i < ids.length; i++) {
-    const id = ids[i];
-    if (!Number.isInteger(id) || id < 0 || id >= vocab) {
-      throw new InternVLError(
-        'BAD_INPUT',
-        `token id ${id} at position ${i} is outside the vocabulary [0, ${vocab})`,
-      );
-    }
-    const dst = i * hiddenSize;
-    if (table instanceof Float32Array) {
-      out.set(table.subarray(id * hiddenSize, (id + 1) * hiddenSize), dst);
-    } else if (table instanceof Uint16Array) {
-      const src = id * hiddenSize;
-      for (let j = 0; j < hiddenSize; j++) outBits[dst + j] = table[src + j] << 16;
-    } else {
-      const previous = written.get(id);
-      if (previous === undefined) {
-        table.readRow(id, out.subarray(dst, dst + hiddenSize));
-        written.set(id, dst);
-      } else {
-        out.copyWithin(dst, previous, previous + hiddenSize);
-      }
-    }
-  }
-  return out;
-}
-
-/**
- * Writes image feature rows, in order, into the rows of `embeds` [ids.length, D] whose id is
- * `imgContextId` (tile 0 tokens first, then tile 1, …). Modifies and returns `embeds`.
- */
-export function scatterImageEmbeddings(
-  embeds: Float32Array,
-  ids: ArrayLike<number>,
-  imgContextId: number,
-  imageFeatures: Float32Array,
-): Float32Array {
-  const hiddenSize = embeds.length / ids.length;
-  if (ids.length === 0 || !Number.isInteger(hiddenSize)) {
-    throw new InternVLError(
-      'BAD_INPUT',
-      `embeddings have ${embeds.length} values, not a whole number of rows for ${ids.length} token ids`,
-    );
-  }
-  let count = 0;
-  for (let i = 0; i < ids.length; i++) if (ids[i] === imgContextId) count++;
-  const rows = imageFeatures.length / hiddenSize;
-  if (rows !== count) {
-    throw new InternVLError(
-      'BAD_INPUT',
-      `the prompt has ${count} image context tokens (id ${imgContextId}) but the image features hold ${rows} rows of ${hiddenSize}`,
-    );
-  }
-  let row = 0;
-  for (let i = 0; i < ids.length; i++) {
-    if (ids[i] !== imgContextId) continue;
-    embeds.set(imageFeatures.subarray(row * hiddenSize, (row + 1) * hiddenSize), i * hiddenSize);
-    row++;
-  }
-  return embeds;
-}
+export type { Sequence } from './kv-cache.js';
 
 /** Index of the largest value; ties go to the lowest index (as torch.argmax). */
 export function argmax(values: Float32Array): number {
   let best = 0;
   for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
   return best;
-}
-
-/** One sequence's KV cache: per layer K and V buffers [kvH, capacity, hd] and the number of cached tokens. */
-export class Sequence {
-  /** Tokens held in the cache. */
-  length = 0;
-  /** Token slots allocated per buffer. */
-  capacity = 0;
-  keys: Float32Array[] = [];
-  values: Float32Array[] = [];
-  /** ORT views of `keys`/`values` (zero-copy), rebuilt when the buffers are reallocated. */
-  pastTensors: { key: ort.Tensor; value: ort.Tensor }[] = [];
-  busy = false;
-  /** Index in the runner's decode batch while the sequence is in it (its buffers are then views of the batch pool). */
-  slot: number | undefined;
-
-  /** Keeps only the first `length` cached tokens (to reuse a shared prompt prefix); the rest is overwritten later. */
-  truncate(length: number): void {
-    if (!Number.isInteger(length) || length < 0 || length > this.length) {
-      throw new InternVLError('BAD_INPUT', `cannot truncate a ${this.length}-token sequence to ${length}`);
-    }
-    this.length = length;
-  }
 }
 
 /**
@@ -227,23 +131,9 @@ export class DecoderRunner {
   #prefillSession: ort.InferenceSession | undefined;
   readonly #rope: RopeParams;
   readonly #prefillChunk: number;
-  readonly #capacityStep: number;
   readonly #hiddenStates: boolean;
   readonly #sequences = new WeakSet<Sequence>();
-  /** The decode batch: members' caches in slots [members.length, kvH, capacity, hd] per layer. */
-  readonly #pool: {
-    capacity: number;
-    slots: number;
-    members: Sequence[];
-    keys: Float32Array[];
-    values: Float32Array[];
-  } = {
-    capacity: 0,
-    slots: 0,
-    members: [],
-    keys: [],
-    values: [],
-  };
+  readonly #kv: KvCache;
   #released = false;
 
   private constructor(
@@ -267,7 +157,7 @@ export class DecoderRunner {
       options.prefillChunk,
       defaultPrefillChunk(prefillDtype),
     );
-    this.#capacityStep = positiveIntegerOption('capacityStep', options.capacityStep, 256);
+    this.#kv = new KvCache(dims, positiveIntegerOption('capacityStep', options.capacityStep, 256));
     this.#hiddenStates = options.hiddenStates ?? false;
   }
 
@@ -428,25 +318,7 @@ export class DecoderRunner {
   joinBatch(seq: Sequence): void {
     if (!this.#sequences.has(seq))
       throw new InternVLError('BAD_INPUT', 'the sequence was not created by this runner');
-    if (seq.slot !== undefined) return;
-    const pool = this.#pool;
-    const capacity = Math.max(pool.capacity, this.#roundCapacity(seq.length + 1));
-    if (capacity > pool.capacity || pool.members.length === pool.slots) {
-      this.#resizePool(capacity, Math.max(pool.slots * 2, pool.members.length + 1, 4));
-    }
-    const slot = pool.members.length;
-    pool.members.push(seq);
-    this.#copyCache(
-      seq,
-      seq.keys,
-      seq.values,
-      seq.capacity,
-      pool.keys,
-      pool.values,
-      this.#slotOffset(slot),
-      pool.capacity,
-    );
-    this.#bindSlot(seq, slot);
+    this.#kv.join(seq);
   }
 
   /**
@@ -454,39 +326,12 @@ export class DecoderRunner {
    * of its own; without, the sequence is left empty.
    */
   leaveBatch(seq: Sequence, options: { keepCache?: boolean } = {}): void {
-    const pool = this.#pool;
-    const slot = seq.slot;
-    if (slot === undefined) return;
-    const { numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
-    if (options.keepCache ?? true) {
-      const capacity = this.#roundCapacity(Math.max(seq.length, 1));
-      const keys = Array.from({ length: numLayers }, () => new Float32Array(kvH * capacity * hd));
-      const values = Array.from({ length: numLayers }, () => new Float32Array(kvH * capacity * hd));
-      const from = this.#slotOffset(slot);
-      this.#copyCache(seq, pool.keys, pool.values, pool.capacity, keys, values, 0, capacity, from);
-      this.#bindOwn(seq, keys, values, capacity);
-    } else {
-      this.#bindOwn(seq, [], [], 0);
-      seq.length = 0;
-    }
-    // Keep the batch dense: the last member takes the freed slot.
-    const last = pool.members.pop()!;
-    if (last !== seq) {
-      pool.members[slot] = last;
-      const from = this.#slotOffset(last.slot!);
-      const to = this.#slotOffset(slot);
-      const size = this.#slotSize(pool.capacity);
-      for (let i = 0; i < numLayers; i++) {
-        pool.keys[i].copyWithin(to, from, from + size);
-        pool.values[i].copyWithin(to, from, from + size);
-      }
-      this.#bindSlot(last, slot);
-    }
+    this.#kv.leave(seq, options.keepCache ?? true);
   }
 
   /** Sequences currently in the decode batch, in slot order. */
   get batch(): readonly Sequence[] {
-    return this.#pool.members;
+    return this.#kv.members;
   }
 
   /**
@@ -503,8 +348,8 @@ export class DecoderRunner {
   }
 
   async #decodeBatch(ids: readonly number[], fetch: string): Promise<Float32Array | BigInt64Array> {
-    const pool = this.#pool;
-    const n = pool.members.length;
+    const members = this.#kv.members;
+    const n = members.length;
     if (n === 0 || ids.length !== n) {
       throw new InternVLError(
         'BAD_INPUT',
@@ -512,19 +357,17 @@ export class DecoderRunner {
       );
     }
     if (this.#released) throw new InternVLError('BAD_INPUT', 'the decoder runner has been released');
-    const { hiddenSize: d, numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
-    const longest = Math.max(...pool.members.map((s) => s.length));
-    if (longest + 1 > pool.capacity) this.#resizePool(this.#roundCapacity(longest + 1), pool.slots);
+    const { hiddenSize: d, numLayers, headDim: hd } = this.dims;
+    const longest = Math.max(...members.map((s) => s.length));
+    this.#kv.reserveBatch(longest + 1);
     const half = hd / 2;
     const cos = new Float32Array(n * half);
     const sin = new Float32Array(n * half);
-    pool.members.forEach((seq, b) => {
+    members.forEach((seq, b) => {
       const row = rotaryTables(this.#rope, seq.length, 1, seq.length + 1);
       cos.set(row.cos, b * half);
       sin.set(row.sin, b * half);
     });
-    const batchDims = [n, kvH, pool.capacity, hd];
-    const size = n * this.#slotSize(pool.capacity);
     const feeds: Record<string, ort.Tensor> = {
       [DECODER_IO.inputsEmbeds]: new ort.Tensor('float32', this.embed(ids), [n, 1, d]),
       [DECODER_IO.ropeCos]: new ort.Tensor('float32', cos, [n, half]),
@@ -536,7 +379,7 @@ export class DecoderRunner {
       ),
       [DECODER_IO.seqlensK]: new ort.Tensor(
         'int32',
-        Int32Array.from(pool.members, (s) => s.length),
+        Int32Array.from(members, (s) => s.length),
         [n],
       ),
       [DECODER_IO.totalSequenceLength]: new ort.Tensor('int32', Int32Array.of(longest + 1), []),
@@ -548,117 +391,33 @@ export class DecoderRunner {
     };
     const fetches: string[] = [fetch];
     for (let i = 0; i < numLayers; i++) {
-      feeds[DECODER_IO.pastKey(i)] = new ort.Tensor('float32', pool.keys[i].subarray(0, size), batchDims);
-      feeds[DECODER_IO.pastValue(i)] = new ort.Tensor('float32', pool.values[i].subarray(0, size), batchDims);
+      const past = this.#kv.batchPast(i);
+      feeds[DECODER_IO.pastKey(i)] = past.key;
+      feeds[DECODER_IO.pastValue(i)] = past.value;
       fetches.push(DECODER_IO.key(i), DECODER_IO.value(i));
     }
-    for (const seq of pool.members) seq.busy = true;
+    for (const seq of members) seq.busy = true;
     try {
       const result = await this.#session.run(feeds, fetches);
-      for (let i = 0; i < numLayers; i++) {
-        const k = result[DECODER_IO.key(i)].data as Float32Array;
-        const v = result[DECODER_IO.value(i)].data as Float32Array;
-        pool.members.forEach((seq, b) => {
-          for (let h = 0; h < kvH; h++) {
-            const src = (b * kvH + h) * hd;
-            const dst = this.#slotOffset(b) + (h * pool.capacity + seq.length) * hd;
-            pool.keys[i].set(k.subarray(src, src + hd), dst);
-            pool.values[i].set(v.subarray(src, src + hd), dst);
-          }
-        });
-      }
-      for (const seq of pool.members) seq.length += 1;
+      this.#appendKeysValues(result, members, 1);
+      for (const seq of members) seq.length += 1;
       return result[fetch].data as Float32Array | BigInt64Array;
     } finally {
-      for (const seq of pool.members) seq.busy = false;
+      for (const seq of members) seq.busy = false;
     }
   }
 
-  #roundCapacity(needed: number): number {
-    return Math.ceil(needed / this.#capacityStep) * this.#capacityStep;
-  }
-
-  #slotSize(capacity: number): number {
-    return this.dims.numKvHeads * capacity * this.dims.headDim;
-  }
-
-  #slotOffset(slot: number): number {
-    return slot * this.#slotSize(this.#pool.capacity);
-  }
-
-  /** Copies the valid part of a cache (per KV head) between buffers of possibly different capacities. */
-  #copyCache(
-    seq: Sequence,
-    fromKeys: Float32Array[],
-    fromValues: Float32Array[],
-    fromCapacity: number,
-    toKeys: Float32Array[],
-    toValues: Float32Array[],
-    toOffset: number,
-    toCapacity: number,
-    fromOffset = 0,
+  /** Writes a run's new keys and values ([B, n, kvH·hd] per layer) after each sequence's cached tokens. */
+  #appendKeysValues(
+    result: ort.InferenceSession.OnnxValueMapType,
+    seqs: readonly Sequence[],
+    n: number,
   ): void {
-    const { numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
-    const valid = seq.length * hd;
-    for (let i = 0; i < numLayers; i++) {
-      for (let h = 0; h < kvH; h++) {
-        const src = fromOffset + h * fromCapacity * hd;
-        const dst = toOffset + h * toCapacity * hd;
-        toKeys[i].set(fromKeys[i].subarray(src, src + valid), dst);
-        toValues[i].set(fromValues[i].subarray(src, src + valid), dst);
-      }
+    for (let i = 0; i < this.dims.numLayers; i++) {
+      const k = result[DECODER_IO.key(i)].data as Float32Array;
+      const v = result[DECODER_IO.value(i)].data as Float32Array;
+      this.#kv.append(i, seqs, n, k, v);
     }
-  }
-
-  #resizePool(capacity: number, slots: number): void {
-    const pool = this.#pool;
-    const { numLayers } = this.dims;
-    const size = this.#slotSize(capacity);
-    const keys = Array.from({ length: numLayers }, () => new Float32Array(slots * size));
-    const values = Array.from({ length: numLayers }, () => new Float32Array(slots * size));
-    pool.members.forEach((seq, slot) => {
-      this.#copyCache(
-        seq,
-        pool.keys,
-        pool.values,
-        pool.capacity,
-        keys,
-        values,
-        slot * size,
-        capacity,
-        this.#slotOffset(slot),
-      );
-    });
-    pool.keys = keys;
-    pool.values = values;
-    pool.capacity = capacity;
-    pool.slots = slots;
-    for (const [slot, seq] of pool.members.entries()) this.#bindSlot(seq, slot);
-  }
-
-  #bindSlot(seq: Sequence, slot: number): void {
-    const pool = this.#pool;
-    const start = this.#slotOffset(slot);
-    const end = start + this.#slotSize(pool.capacity);
-    this.#bindOwn(
-      seq,
-      pool.keys.map((k) => k.subarray(start, end)),
-      pool.values.map((v) => v.subarray(start, end)),
-      pool.capacity,
-    );
-    seq.slot = slot;
-  }
-
-  #bindOwn(seq: Sequence, keys: Float32Array[], values: Float32Array[], capacity: number): void {
-    const dims = [1, this.dims.numKvHeads, capacity, this.dims.headDim];
-    seq.keys = keys;
-    seq.values = values;
-    seq.capacity = capacity;
-    seq.slot = undefined;
-    seq.pastTensors = keys.map((key, i) => ({
-      key: new ort.Tensor('float32', key, dims),
-      value: new ort.Tensor('float32', values[i], dims),
-    }));
   }
 
   async release(): Promise<void> {
@@ -688,33 +447,6 @@ export class DecoderRunner {
     }
   }
 
-  /** Makes room for `needed` tokens, rounding the capacity up to a multiple of capacityStep. */
-  #ensureCapacity(seq: Sequence, needed: number): void {
-    if (needed <= seq.capacity) return;
-    const { numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
-    const capacity = Math.ceil(needed / this.#capacityStep) * this.#capacityStep;
-    const grow = (old: Float32Array | undefined) => {
-      const buf = new Float32Array(kvH * capacity * hd);
-      if (old) {
-        for (let h = 0; h < kvH; h++) {
-          const src = h * seq.capacity * hd;
-          buf.set(old.subarray(src, src + seq.length * hd), h * capacity * hd);
-        }
-      }
-      return buf;
-    };
-    const dims = [1, kvH, capacity, hd];
-    for (let i = 0; i < numLayers; i++) {
-      seq.keys[i] = grow(seq.keys[i]);
-      seq.values[i] = grow(seq.values[i]);
-      seq.pastTensors[i] = {
-        key: new ort.Tensor('float32', seq.keys[i], dims),
-        value: new ort.Tensor('float32', seq.values[i], dims),
-      };
-    }
-    seq.capacity = capacity;
-  }
-
   async #run(
     seq: Sequence,
     embeds: Float32Array,
@@ -724,10 +456,10 @@ export class DecoderRunner {
     withHidden: boolean,
     argmaxOnly = false,
   ): Promise<RunResult> {
-    const { hiddenSize: d, numLayers, numKvHeads: kvH, headDim: hd } = this.dims;
+    const { hiddenSize: d, numLayers, headDim: hd } = this.dims;
     const past = seq.length;
     const total = past + n;
-    this.#ensureCapacity(seq, total);
+    this.#kv.ensureCapacity(seq, total);
     const { cos, sin } = rotaryTables(this.#rope, past, n, ropeSeqLen);
     const feeds: Record<string, ort.Tensor> = {
       [DECODER_IO.inputsEmbeds]: new ort.Tensor('float32', ownBuffer(embeds), [1, n, d]),
@@ -757,21 +489,7 @@ export class DecoderRunner {
       n >= PREFILL_GRAPH_MIN_TOKENS && this.#prefillSession ? this.#prefillSession : this.#session;
     const result = await session.run(feeds, fetches);
 
-    // New keys/values come as [1, n, kvH·hd] (BSNH); the buffers are BNSH.
-    for (let i = 0; i < numLayers; i++) {
-      const k = result[DECODER_IO.key(i)].data as Float32Array;
-      const v = result[DECODER_IO.value(i)].data as Float32Array;
-      const keys = seq.keys[i];
-      const values = seq.values[i];
-      for (let t = 0; t < n; t++) {
-        for (let h = 0; h < kvH; h++) {
-          const src = (t * kvH + h) * hd;
-          const dst = (h * seq.capacity + past + t) * hd;
-          keys.set(k.subarray(src, src + hd), dst);
-          values.set(v.subarray(src, src + hd), dst);
-        }
-      }
-    }
+    this.#appendKeysValues(result, [seq], n);
     seq.length = total;
     if (argmaxOnly) {
       return {
