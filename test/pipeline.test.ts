@@ -203,7 +203,8 @@ describe('chat sessions', () => {
     const image = { width: 300, height: 200, data };
     const session = await pipe.chat({ prompt: 'What is this?', images: [image] }, { gen });
     const first = session.response!;
-    assert.equal(first.cache.reusedPromptTokens, 0);
+    // Earlier requests' prompts (prefix cache) may supply the system prompt, never the new image.
+    assert.ok(first.cache.reusedPromptTokens < first.usage.promptTokens - first.usage.imageTokens);
     assert.ok(first.cache.encodedTiles > 0);
 
     await pipe.chat('And the colours?', { session, gen });

@@ -28,11 +28,20 @@ export interface EngineOptions extends LlmPrecisionOptions {
   /** Intra-op threads; default: the number of cores. */
   threads?: number;
   /**
+   * Bytes of finished prompts' KV cache kept so a later request that starts the same way (the same
+   * conversation resent with a new question, the same image) prefills only the rest; 0 turns it off.
+   * Default DEFAULT_PREFIX_CACHE_BYTES.
+   */
+  prefixCacheBytes?: number;
+  /**
    * Where built graphs are cached (default: $INTERNVL_CACHE/graphs or ~/.cache/internvl-ts/graphs);
    * false builds them in memory on every load (only for checkpoints under 2 GiB in fp32).
    */
   cacheDir?: string | false;
 }
+
+/** Default bound of the cross-request prompt cache: about 10 k tokens of the 1B model's KV. */
+export const DEFAULT_PREFIX_CACHE_BYTES = 256 * 1024 * 1024;
 
 export interface ImageInput {
   pixelValues: Float32Array;
@@ -60,6 +69,7 @@ export class EngineCore {
     private readonly vision: VisionEncoder,
     private readonly decoder: DecoderRunner,
     private readonly imgContextId: number,
+    prefixCacheBytes: number,
   ) {
     this.generator = new Generator({
       decoder,
@@ -67,6 +77,7 @@ export class EngineCore {
       tokensPerTile: numImageTokens(config),
       tileValues: vision.tileSize,
       encode: (pixelValues, numTiles) => vision.encode(pixelValues, numTiles),
+      prefixCacheBytes,
     });
   }
 
@@ -81,6 +92,13 @@ export class EngineCore {
     options: EngineOptions = {},
     onProgress?: (done: number, total: number) => void,
   ): Promise<EngineCore> {
+    const prefixCacheBytes = options.prefixCacheBytes ?? DEFAULT_PREFIX_CACHE_BYTES;
+    if (!Number.isSafeInteger(prefixCacheBytes) || prefixCacheBytes < 0) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        `prefixCacheBytes must be a non-negative integer, got ${prefixCacheBytes}`,
+      );
+    }
     const { vitDtype, ...precision } = await resolvePrecision(options);
     const config = await loadModelConfig(dir);
     const checkpoint = await Checkpoint.open(dir);
@@ -110,7 +128,7 @@ export class EngineCore {
       });
       const imgContextId = await imageContextTokenId(dir);
       onProgress?.(2, 2);
-      return new EngineCore(config, checkpoint, vision, decoder, imgContextId);
+      return new EngineCore(config, checkpoint, vision, decoder, imgContextId, prefixCacheBytes);
     } catch (err) {
       await checkpoint.close();
       throw err;

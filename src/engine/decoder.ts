@@ -238,6 +238,21 @@ export class DecoderRunner {
     return seq;
   }
 
+  /** A new sequence holding a copy of the first `length` cached tokens of `seq`. */
+  fork(seq: Sequence, length: number): Sequence {
+    if (!this.#sequences.has(seq)) {
+      throw new InternVLError('BAD_INPUT', 'the sequence was not created by this decoder runner');
+    }
+    const copy = this.newSequence();
+    this.#kv.copyPrefix(seq, copy, length);
+    return copy;
+  }
+
+  /** Bytes of KV cache a sequence holds in buffers of its own. */
+  sequenceBytes(seq: Sequence): number {
+    return this.#kv.bytes(seq);
+  }
+
   /**
    * Appends `numTokens` embeddings [numTokens, D] to the sequence's cache (in chunks of at most
    * `prefillChunk`) and returns the logits of the last position [vocab], or of every position

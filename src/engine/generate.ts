@@ -11,6 +11,7 @@
 import { InternVLError } from '../errors.js';
 import { type SampledToken, Sampler, type SamplingParams } from '../pipeline/sampler.js';
 import type { DecoderRunner, Sequence } from './decoder.js';
+import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
 
 /** One image of a request, in prompt order: its tiles, and a key naming its content. */
 export interface ImageRef {
@@ -104,6 +105,8 @@ export interface GeneratorDeps {
   maxBatchSize?: number;
   /** Longest prefill chunk per scheduler step; default: the decoder runner's prefillChunk. */
   prefillChunk?: number;
+  /** Bytes of finished prompts' KV kept for later requests that start the same way (0 = off, the default). */
+  prefixCacheBytes?: number;
 }
 
 /**
@@ -181,6 +184,7 @@ class Job {
 
 export class Generator {
   readonly features: FeatureCache;
+  readonly #prefixes: PrefixCache | undefined;
   readonly #sessions = new Map<string, Session>();
   readonly #jobs: Job[] = [];
   readonly #maxBatch: number;
@@ -191,6 +195,14 @@ export class Generator {
     this.features = new FeatureCache(deps.featureCacheBytes ?? 512 * 1024 * 1024);
     this.#maxBatch = deps.maxBatchSize ?? 16;
     this.#prefillChunk = deps.prefillChunk ?? deps.decoder.prefillChunk;
+    const prefixBytes = deps.prefixCacheBytes ?? 0;
+    this.#prefixes =
+      prefixBytes > 0 ? new PrefixCache(prefixBytes, deps.imgContextId, deps.tokensPerTile) : undefined;
+  }
+
+  /** What the cross-request prompt cache holds and has served; undefined when it is off. */
+  get prefixCacheStats(): PrefixCacheStats | undefined {
+    return this.#prefixes?.stats;
   }
 
   /** Stops a call before its next step (finishReason 'abort'); calls not started yet end at once. */
@@ -289,10 +301,17 @@ export class Generator {
         job.session = undefined;
         throw new InternVLError('BAD_INPUT', `chat session ${sessionId} is already generating`);
       }
-      job.seq = job.session?.seq ?? decoder.newSequence();
-      // At least the last prompt token is run, so there are logits to sample from.
-      job.reused = job.session ? Math.min(commonPrefix(job.session.tokens, ids), ids.length - 1) : 0;
-      job.seq.truncate(job.reused);
+      if (job.session) {
+        job.seq = job.session.seq;
+        // At least the last prompt token is run, so there are logits to sample from.
+        job.reused = Math.min(commonPrefix(job.session.tokens, ids), ids.length - 1);
+        job.seq.truncate(job.reused);
+      } else {
+        const hit = this.#prefixes?.lookup(ids, job.request.images);
+        job.reused = hit ? Math.min(hit.length, ids.length - 1) : 0;
+        job.seq = hit ? decoder.fork(hit.seq, job.reused) : decoder.newSequence();
+        if (hit) this.#prefixes?.recordHit(job.reused);
+      }
       job.prefilled = job.reused;
       if (sessionId) {
         job.session = { seq: job.seq, tokens: ids.slice(0, job.reused), busy: true };
@@ -445,20 +464,28 @@ export class Generator {
     return true;
   }
 
-  #remove(job: Job): void {
+  #remove(job: Job, completed: boolean): void {
     const i = this.#jobs.indexOf(job);
     if (i >= 0) this.#jobs.splice(i, 1);
-    // A session keeps its cache for the next turn; other sequences are dropped.
-    if (job.seq?.slot !== undefined)
-      this.deps.decoder.leaveBatch(job.seq, { keepCache: job.session !== undefined });
+    // A session keeps its cache for the next turn; a completed prompt goes to the prefix cache.
+    const ids = job.request.inputIds;
+    const keepPrompt =
+      completed && !job.session && this.#prefixes !== undefined && job.prefilled === ids.length;
+    if (job.seq?.slot !== undefined) {
+      this.deps.decoder.leaveBatch(job.seq, { keepCache: job.session !== undefined || keepPrompt });
+    }
     if (job.session) {
       job.session.busy = false;
       job.session.tokens = job.cached.slice(0, job.seq.length);
+    } else if (keepPrompt) {
+      job.seq.truncate(ids.length);
+      const images = job.request.images.map(({ key, numTiles }) => ({ key, numTiles }));
+      this.#prefixes?.store(job.seq, ids, images, this.deps.decoder.sequenceBytes(job.seq));
     }
   }
 
   #finish(job: Job, finishReason: FinishReason): void {
-    this.#remove(job);
+    this.#remove(job, finishReason !== 'abort');
     job.resolve({
       tokens: job.tokens,
       finishReason,
@@ -471,7 +498,7 @@ export class Generator {
   }
 
   #fail(job: Job, err: unknown): void {
-    this.#remove(job);
+    this.#remove(job, false);
     if (job.session && job.request.sessionId) this.#sessions.delete(job.request.sessionId);
     job.reject(err);
   }

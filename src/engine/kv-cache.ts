@@ -82,8 +82,29 @@ export class KvCache {
     const capacity = this.#roundCapacity(needed);
     const keys = this.#allocate(capacity);
     const values = this.#allocate(capacity);
-    if (seq.keys.length > 0) this.#copyCache(seq, ownView(seq), { keys, values, capacity, offset: 0 });
+    if (seq.keys.length > 0) this.#copyCache(seq.length, ownView(seq), { keys, values, capacity, offset: 0 });
     this.#bindOwn(seq, keys, values, capacity);
+  }
+
+  /** Gives `to` (an empty sequence) a copy of the first `length` cached tokens of `from`. */
+  copyPrefix(from: Sequence, to: Sequence, length: number): void {
+    if (
+      !Number.isInteger(length) ||
+      length < 0 ||
+      length > from.length ||
+      to.length !== 0 ||
+      to.slot !== undefined
+    ) {
+      throw new InternVLError('INTERNAL', `cannot copy ${length} of ${from.length} cached tokens`);
+    }
+    this.ensureCapacity(to, Math.max(length, 1));
+    this.#copyCache(length, ownView(from), ownView(to));
+    to.length = length;
+  }
+
+  /** Bytes held by a sequence's own buffers. */
+  bytes(seq: Sequence): number {
+    return 2 * this.#shape.numLayers * this.#slotSize(seq.capacity) * 4;
   }
 
   /** Moves a sequence into the batch: its cache is copied into a slot of the pool. */
@@ -95,7 +116,7 @@ export class KvCache {
     }
     const slot = this.#members.length;
     this.#members.push(seq);
-    this.#copyCache(seq, ownView(seq), this.#slotView(slot));
+    this.#copyCache(seq.length, ownView(seq), this.#slotView(slot));
     this.#bindSlot(seq, slot);
   }
 
@@ -107,7 +128,7 @@ export class KvCache {
       const capacity = this.#roundCapacity(Math.max(seq.length, 1));
       const keys = this.#allocate(capacity);
       const values = this.#allocate(capacity);
-      this.#copyCache(seq, this.#slotView(slot), { keys, values, capacity, offset: 0 });
+      this.#copyCache(seq.length, this.#slotView(slot), { keys, values, capacity, offset: 0 });
       this.#bindOwn(seq, keys, values, capacity);
     } else {
       this.#bindOwn(seq, [], [], 0);
@@ -184,9 +205,9 @@ export class KvCache {
   }
 
   /** Copies the valid part of a cache (per KV head) between buffers of possibly different capacities. */
-  #copyCache(seq: Sequence, from: CacheView, to: CacheView): void {
+  #copyCache(tokens: number, from: CacheView, to: CacheView): void {
     const { numLayers, numKvHeads: kvH, headDim: hd } = this.#shape;
-    const valid = seq.length * hd;
+    const valid = tokens * hd;
     for (let i = 0; i < numLayers; i++) {
       for (let h = 0; h < kvH; h++) {
         const src = from.offset + h * from.capacity * hd;
@@ -207,7 +228,7 @@ export class KvCache {
     const values = this.#allocate(capacity, slots);
     const size = this.#slotSize(capacity);
     this.#members.forEach((seq, slot) => {
-      this.#copyCache(seq, this.#slotView(slot), { keys, values, capacity, offset: slot * size });
+      this.#copyCache(seq.length, this.#slotView(slot), { keys, values, capacity, offset: slot * size });
     });
     this.#keys = keys;
     this.#values = values;

@@ -64,6 +64,12 @@ export interface PipelineOptions {
   blockSize?: number;
   accuracyLevel?: number;
   threads?: number;
+  /**
+   * Bytes of finished prompts' KV cache kept across requests (default 256 MiB; 0 = off): a request that
+   * starts like an earlier one (a conversation resent with a new question, the same image) prefills
+   * only the rest. `Response.cache.reusedPromptTokens` tells how much was reused.
+   */
+  prefixCacheBytes?: number;
   /** Where built graphs are cached (see InternVLModel.load). */
   cacheDir?: string | false;
   /** Hub download options (revision, token, offline). */
