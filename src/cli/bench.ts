@@ -176,7 +176,7 @@ async function childLoad(modelDir: string, cacheDir: string, precision: Resolved
   const t0 = performance.now();
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint);
+  const weights = checkpointWeights(checkpoint, config);
   const visionDims = visionDimsFromConfig(config);
   const decoderDims = decoderDimsFromConfig(config);
   const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) => ({
@@ -316,7 +316,7 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
 
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint);
+  const weights = checkpointWeights(checkpoint, config);
   const result: Record<string, unknown> = {};
   try {
     const visionDims = visionDimsFromConfig(config);

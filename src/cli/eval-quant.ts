@@ -112,15 +112,15 @@ export function syntheticTile(size: number): Float32Array {
 }
 
 export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}): Promise<EvalQuantReport> {
-  const precision = await resolvePrecision(options);
+  const config = await loadModelConfig(modelDir);
+  const precision = await resolvePrecision(options, config);
   const promptTokens = options.promptTokens ?? 128;
   const newTokens = options.newTokens ?? 16;
   if (!Number.isInteger(promptTokens) || promptTokens < 1 || !Number.isInteger(newTokens) || newTokens < 1) {
     throw new InternVLError('BAD_INPUT', `promptTokens and newTokens must be positive integers`);
   }
-  const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint);
+  const weights = checkpointWeights(checkpoint, config);
   const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
   const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) =>
     cacheDir === false ? undefined : { dir: cacheDir, key: engineGraphKey(checkpoint, component, dims, tag) };

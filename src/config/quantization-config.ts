@@ -1,0 +1,91 @@
+/**
+ * `quantization_config` of a pre-quantised checkpoint, as AutoAWQ and LMDeploy `lite auto_awq` write it
+ * (at the top level of config.json and/or inside `llm_config`). Only AWQ "gemm" 4-bit with zero points
+ * is read: each LLM linear X is stored as X.qweight / X.qzeros / X.scales (see models/awq.ts).
+ */
+import { z } from 'zod';
+import { InternVLError } from '../errors.js';
+import { BLOCK_SIZES } from '../onnx/quantize.js';
+import { configError, expected } from './config-errors.js';
+import type { ModelConfig } from './model-config.js';
+
+export const SUPPORTED_QUANTIZATION = 'awq (version "gemm", 4 bits, zero_point true)';
+
+const quantizationConfigSchema = z.looseObject(
+  {
+    quant_method: z.string({ error: expected('a quantisation method name') }),
+    version: z.string({ error: expected('a version name') }).default('gemm'),
+    bits: z.number({ error: expected('a number of bits') }).default(4),
+    w_bit: z.number({ error: expected('a number of bits') }).optional(),
+    group_size: z.number({ error: expected('a group size') }).optional(),
+    q_group_size: z.number({ error: expected('a group size') }).optional(),
+    zero_point: z.boolean({ error: expected('true or false') }).default(true),
+  },
+  { error: expected('an object') },
+);
+
+/** An AWQ gemm checkpoint: 4-bit, asymmetric, `groupSize` input features per scale and zero point. */
+export interface AwqQuantization {
+  method: 'awq';
+  groupSize: number;
+}
+
+function unsupported(sourceName: string, field: string, what: string): never {
+  throw new InternVLError(
+    'UNSUPPORTED',
+    `${sourceName}: ${field}: ${what} is not supported (supported: ${SUPPORTED_QUANTIZATION})`,
+  );
+}
+
+function parseOne(json: unknown, sourceName: string, field: string): AwqQuantization {
+  const r = quantizationConfigSchema.safeParse(json);
+  if (!r.success) throw configError(sourceName, r.error, field.split('.'));
+  const q = r.data;
+  const method = q.quant_method.toLowerCase();
+  if (method !== 'awq') unsupported(sourceName, `${field}.quant_method`, JSON.stringify(q.quant_method));
+  if (q.version.toLowerCase() !== 'gemm') {
+    unsupported(sourceName, `${field}.version`, `AWQ version ${JSON.stringify(q.version)}`);
+  }
+  const bits = q.w_bit ?? q.bits;
+  if (bits !== 4) unsupported(sourceName, `${field}.bits`, `${bits}-bit AWQ`);
+  if (!q.zero_point) unsupported(sourceName, `${field}.zero_point`, 'AWQ without zero points');
+  const groupSize = q.group_size ?? q.q_group_size;
+  if (groupSize === undefined) {
+    throw new InternVLError('BAD_CONFIG', `${sourceName}: ${field}.group_size: required field is missing`);
+  }
+  if (!BLOCK_SIZES.includes(groupSize)) {
+    unsupported(
+      sourceName,
+      `${field}.group_size`,
+      `group size ${groupSize} (the int4 kernel takes ${BLOCK_SIZES.join(', ')})`,
+    );
+  }
+  return { method: 'awq', groupSize };
+}
+
+/**
+ * The LLM's quantisation, from `llm_config.quantization_config` and/or the top-level
+ * `quantization_config` of a config.json (they must agree when both are there); null when neither is.
+ */
+export function parseLlmQuantization(
+  configJson: Record<string, unknown>,
+  sourceName = 'config.json',
+): AwqQuantization | null {
+  const llm = configJson.llm_config as Record<string, unknown> | undefined;
+  const inLlm = llm?.quantization_config;
+  const top = configJson.quantization_config;
+  const fromLlm = inLlm == null ? null : parseOne(inLlm, sourceName, 'llm_config.quantization_config');
+  const fromTop = top == null ? null : parseOne(top, sourceName, 'quantization_config');
+  if (fromLlm && fromTop && fromLlm.groupSize !== fromTop.groupSize) {
+    throw new InternVLError(
+      'BAD_CONFIG',
+      `${sourceName}: quantization_config.group_size ${fromTop.groupSize} differs from llm_config.quantization_config.group_size ${fromLlm.groupSize}`,
+    );
+  }
+  return fromLlm ?? fromTop;
+}
+
+/** The quantisation of a parsed config's LLM (validated when the config was parsed); null for 16-bit. */
+export function llmQuantization(config: ModelConfig): AwqQuantization | null {
+  return parseLlmQuantization(config as unknown as Record<string, unknown>);
+}
