@@ -13,6 +13,7 @@ import { Checkpoint, float16ToFloat32, writeSafetensors } from '../src/io/safete
 import { awqToInt4Blocks, unpackAwqRows } from '../src/models/awq.js';
 import { buildDecoderGraph, decoderDimsFromConfig } from '../src/models/registry.js';
 import { dequantizeInt4, stackInt4Columns } from '../src/onnx/quantize.js';
+import { Trainer } from '../src/train/trainer.js';
 import { awqFromIntegers, referenceBlocks, writeAwqCheckpoint } from './awq-fixture.js';
 import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
 
@@ -98,7 +99,7 @@ describe('quantization_config', () => {
           quantization_config: awq,
           llm_config: { quantization_config: { ...awq, group_size: 64 } },
         }),
-      /BAD_CONFIG|differs/,
+      /group_size 128 differs from llm_config.quantization_config.group_size 64/,
     );
   });
 });
@@ -252,9 +253,13 @@ describe('bad AWQ checkpoints', () => {
     writeFileSync(path.join(awqDir, 'config.json'), JSON.stringify(noQuant));
     await assert.rejects(
       EngineCore.load(awqDir, { cacheDir: false }),
-      /BAD_CHECKPOINT|qweight is a packed quantised weight, but config.json has no quantization_config/,
+      /qweight is a packed quantised weight, but config.json has no quantization_config/,
     );
     writeFileSync(path.join(awqDir, 'config.json'), JSON.stringify(config));
+    await assert.rejects(
+      Trainer.create({ model: awqDir, stage: 1, optimizer: { lr: 0 } }),
+      /an AWQ \(4-bit\) checkpoint cannot be trained/,
+    );
     const src = await Checkpoint.open(awqDir);
     const tensors: Record<string, { dtype: 'I32' | 'F16' | 'BF16'; shape: number[]; data: Uint8Array }> = {};
     for (const n of src.names()) {
