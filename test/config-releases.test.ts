@@ -302,7 +302,7 @@ describe('published InternVL3 / InternVL3.5 configs', () => {
     }
   });
 
-  test('MPO and AWQ releases: the same config, with quantization_config where LMDeploy writes it', () => {
+  test('MPO and AWQ releases: the same config, with quantization_config where LMDeploy writes it; act-order GPTQ refused', () => {
     const mpo = parseModelConfig(internvl3_1b, 'InternVL3-1B-MPO/config.json');
     assert.equal(decoderDimsFromConfig(mpo).arch, 'qwen2');
     const awq = clone(internvl3_1b) as ReturnType<typeof qwen25> & { llm_config: Record<string, unknown> };
@@ -314,7 +314,10 @@ describe('published InternVL3 / InternVL3.5 configs', () => {
       zero_point: true,
     };
     assert.deepEqual(llmQuantization(parseModelConfig(awq)), { method: 'awq', groupSize: 128 });
-    awq.llm_config.quantization_config = { quant_method: 'gptq', bits: 4, group_size: 128 };
-    assert.throws(() => parseModelConfig(awq, 'x/config.json'), isUnsupported('"gptq"', 'supported: awq'));
+    awq.llm_config.quantization_config = { quant_method: 'gptq', bits: 4, group_size: 128, desc_act: true };
+    assert.throws(
+      () => parseModelConfig(awq, 'x/config.json'),
+      isUnsupported('act-order GPTQ (desc_act true)', 'supported: awq'),
+    );
   });
 });

@@ -6,7 +6,9 @@ import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/mod
 import { llmQuantization } from '../config/quantization-config.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { awqWeights } from '../models/awq.js';
+import { AWQ_LAYOUT } from '../models/awq.js';
+import { gptqLayout } from '../models/gptq.js';
+import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy, scatterImageEmbeddings } from './decoder.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
@@ -41,8 +43,9 @@ export interface ImageInput {
 }
 
 /**
- * The checkpoint's tensors for the model builders. An AWQ checkpoint (config.json quantization_config)
- * reads through models/awq.ts: its packed LLM linears give exact fp32 weights or MatMulNBits blocks.
+ * The checkpoint's tensors for the model builders. An AWQ or GPTQ checkpoint (config.json
+ * quantization_config) reads through models/packed-weights.ts: its packed LLM linears give exact fp32
+ * weights or MatMulNBits blocks.
  */
 export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): WeightSource {
   const base = {
@@ -58,7 +61,10 @@ export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): 
     rows: (name: string) => checkpoint.rows(name),
   };
   const quantization = llmQuantization(config);
-  if (quantization) return awqWeights(base, quantization.groupSize);
+  if (quantization) {
+    const layout = quantization.method === 'awq' ? AWQ_LAYOUT : gptqLayout(quantization.zeroPointOffset);
+    return packedWeights(base, layout, quantization.groupSize);
+  }
   const packed = checkpoint.names().find((n) => n.endsWith('.qweight'));
   if (packed !== undefined) {
     throw new InternVLError(

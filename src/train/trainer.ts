@@ -204,10 +204,11 @@ export class Trainer {
     // A checkpoint to resume from is checked against its saved checksums before any file is read.
     if (options.resume) await verifyCheckpointFiles(dir, STATE_FILE);
     const config = await loadModelConfig(dir);
-    if (llmQuantization(config)) {
+    const quantization = llmQuantization(config);
+    if (quantization) {
       throw new InternVLError(
         'UNSUPPORTED',
-        `${dir}: an AWQ (4-bit) checkpoint cannot be trained; train its 16-bit original instead`,
+        `${dir}: a 4-bit (${quantization.method}) checkpoint cannot be trained; train its 16-bit original instead`,
       );
     }
     const optimizer = resolveOptimizer(options.optimizer);

@@ -9,15 +9,27 @@ import { parseLlmQuantization } from '../src/config/quantization-config.js';
 import { checkpointWeights, EngineCore } from '../src/engine/core.js';
 import { decoderGraphQuant, resolveLlmPrecision } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
-import { Checkpoint, float16ToFloat32, writeSafetensors } from '../src/io/safetensors.js';
-import { awqToInt4Blocks, unpackAwqRows } from '../src/models/awq.js';
+import {
+  Checkpoint,
+  float16ToFloat32,
+  type SafetensorsDType,
+  writeSafetensors,
+} from '../src/io/safetensors.js';
+import { AWQ_LAYOUT, unpackAwqRows } from '../src/models/awq.js';
+import { gptqLayout, unpackGptqWeights } from '../src/models/gptq.js';
+import { int4BlocksFromIntegers } from '../src/models/packed-weights.js';
 import { buildDecoderGraph, decoderDimsFromConfig } from '../src/models/registry.js';
 import { dequantizeInt4, stackInt4Columns } from '../src/onnx/quantize.js';
 import { Trainer } from '../src/train/trainer.js';
-import { awqFromIntegers, referenceBlocks, writeAwqCheckpoint } from './awq-fixture.js';
 import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
+import {
+  type PackedFormat,
+  packIntegers,
+  referenceBlocks,
+  writePackedCheckpoint,
+} from './packed-checkpoint-fixture.js';
 
-const root = mkdtempSync(path.join(os.tmpdir(), 'ivl-awq-'));
+const root = mkdtempSync(path.join(os.tmpdir(), 'ivl-packed-'));
 after(() => rmSync(root, { recursive: true, force: true }));
 
 /** Deterministic integers in [0, bound). */
@@ -29,13 +41,13 @@ function integers(length: number, bound: number, seed: number): Uint8Array {
   });
 }
 
-describe('AWQ gemm packing', () => {
+describe('AWQ gemm and GPTQ packing', () => {
   const [out, inF, group] = [24, 96, 32];
   const q = integers(out * inF, 16, 1);
   const zeros = integers((out * inF) / group, 16, 2);
   // fp16 values: k / 1024 for k in 1..255.
   const scales = Float32Array.from(integers((out * inF) / group, 255, 3), (k) => (k + 1) / 1024);
-  const p = awqFromIntegers(q, zeros, scales, out, inF, group);
+  const p = packIntegers(q, zeros, scales, out, inF, group);
 
   test('unpacking restores every integer weight and zero point in column order', () => {
     const unpacked = unpackAwqRows(p.qweight, inF, out);
@@ -50,19 +62,56 @@ describe('AWQ gemm packing', () => {
   });
 
   test('the MatMulNBits blocks hold the same integers, zero points and scales; they dequantise exactly', () => {
-    const blocks = awqToInt4Blocks({
-      inFeatures: inF,
-      outFeatures: out,
-      groupSize: group,
-      qweight: p.qweight,
-      qzeros: p.qzeros,
-      scales: float16ToFloat32(p.scalesF16),
-    });
+    const blocks = int4BlocksFromIntegers(
+      AWQ_LAYOUT.unpackWeights(p.qweight, inF, out),
+      AWQ_LAYOUT.unpackZeros(p.qzeros, inF / group, out, 'x.qzeros'),
+      float16ToFloat32(p.scalesF16),
+      inF,
+      out,
+      group,
+    );
     const reference = referenceBlocks(p, out, inF, group);
     assert.deepEqual(blocks.packed, reference.packed);
     assert.deepEqual(blocks.zeroPoints, reference.zeroPoints);
     assert.deepEqual(blocks.scales, reference.scales);
     assert.deepEqual(dequantizeInt4(blocks), p.dequantized);
+  });
+
+  test('GPTQ: weights packed along the input rows, zero points stored minus 1 (or as they are in gptq_v2)', () => {
+    const unpacked = unpackGptqWeights(
+      packIntegers(q, zeros, scales, out, inF, group, 'gptq_v2').qweight,
+      inF,
+      out,
+    );
+    for (let o = 0; o < out; o++) {
+      for (let i = 0; i < inF; i++) assert.equal(unpacked[i * out + o], q[o * inF + i]);
+    }
+    const nonZero = zeros.map((z) => Math.max(z, 1));
+    for (const [format, offset] of [
+      ['gptq', 1],
+      ['gptq_v2', 0],
+    ] as const) {
+      const packed = packIntegers(q, nonZero, scales, out, inF, group, format);
+      const unpackedZeros = gptqLayout(offset).unpackZeros(packed.qzeros, inF / group, out, 'x.qzeros');
+      for (let o = 0; o < out; o++) {
+        for (let g = 0; g < inF / group; g++)
+          assert.equal(unpackedZeros[g * out + o], nonZero[o * (inF / group) + g], format);
+      }
+    }
+    // A stored 15 in the original format stands for 16, which 4 bits cannot hold.
+    const overflow = packIntegers(
+      q,
+      zeros.map(() => 15),
+      scales,
+      out,
+      inF,
+      group,
+      'gptq_v2',
+    ).qzeros;
+    assert.throws(
+      () => gptqLayout(1).unpackZeros(overflow, inF / group, out, 'x.qzeros'),
+      /x\.qzeros: stored zero point 15 \+ 1 does not fit 4 bits/,
+    );
   });
 });
 
@@ -82,13 +131,39 @@ describe('quantization_config', () => {
     assert.equal(parseLlmQuantization({ llm_config: {} }), null);
   });
 
-  test('other methods, versions, bit widths, symmetric AWQ and odd group sizes are refused by name', () => {
+  test('GPTQ: the original format (zero points minus 1) unless checkpoint_format says gptq_v2', () => {
+    const gptq = { quant_method: 'gptq', bits: 4, group_size: 128, desc_act: false, sym: true };
+    assert.deepEqual(parseLlmQuantization({ quantization_config: gptq }), {
+      method: 'gptq',
+      groupSize: 128,
+      zeroPointOffset: 1,
+    });
+    assert.deepEqual(
+      parseLlmQuantization({ quantization_config: { ...gptq, checkpoint_format: 'gptq_v2' } }),
+      {
+        method: 'gptq',
+        groupSize: 128,
+        zeroPointOffset: 0,
+      },
+    );
+  });
+
+  test('other methods, versions, bit widths, symmetric AWQ, act-order GPTQ and odd group sizes are refused by name', () => {
     const refused = (q: Record<string, unknown>, pattern: RegExp) =>
       assert.throws(
         () => parseLlmQuantization({ quantization_config: { ...awq, ...q } }),
         (e: unknown) => e instanceof InternVLError && e.code === 'UNSUPPORTED' && pattern.test(e.message),
       );
-    refused({ quant_method: 'gptq' }, /quant_method: "gptq" is not supported \(supported: awq/);
+    refused(
+      { quant_method: 'bitsandbytes' },
+      /quant_method: "bitsandbytes" is not supported \(supported: awq .*gptq/,
+    );
+    refused(
+      { quant_method: 'gptq', desc_act: true },
+      /desc_act: act-order GPTQ \(desc_act true\) is not supported/,
+    );
+    refused({ quant_method: 'gptq', checkpoint_format: 'marlin' }, /GPTQ format "marlin" is not supported/);
+    refused({ quant_method: 'gptq', bits: 8 }, /bits: 8-bit GPTQ/);
     refused({ version: 'gemv' }, /version: AWQ version "gemv" is not supported/);
     refused({ bits: 8 }, /bits: 8-bit AWQ/);
     refused({ zero_point: false }, /zero_point: AWQ without zero points/);
@@ -99,7 +174,7 @@ describe('quantization_config', () => {
           quantization_config: awq,
           llm_config: { quantization_config: { ...awq, group_size: 64 } },
         }),
-      /group_size 128 differs from llm_config.quantization_config.group_size 64/,
+      /quantization_config \(awq, group size 128\) differs from llm_config.quantization_config \(awq, group size 64\)/,
     );
   });
 });
@@ -107,14 +182,21 @@ describe('quantization_config', () => {
 // The tiny golden LLMs have 64 and 128 input features, so the group size is 64 (128 would not divide 64).
 const GROUP = 64;
 
-for (const model of ['tiny-internvl2_5-qwen2', 'tiny-internvl2_5-internlm2']) {
-  describe(`an AWQ checkpoint of ${model} (group size ${GROUP})`, () => {
-    const awqDir = path.join(root, `${model}-awq`);
-    const twinDir = path.join(root, `${model}-twin`);
+const PACKED_MODELS: [string, PackedFormat][] = [
+  ['tiny-internvl2_5-qwen2', 'awq'],
+  ['tiny-internvl2_5-internlm2', 'awq'],
+  ['tiny-internvl2_5-qwen2', 'gptq'],
+  ['tiny-internvl2_5-internlm2', 'gptq_v2'],
+];
+
+for (const [model, format] of PACKED_MODELS) {
+  describe(`a ${format} checkpoint of ${model} (group size ${GROUP})`, () => {
+    const awqDir = path.join(root, `${model}-${format}`);
+    const twinDir = path.join(root, `${model}-${format}-twin`);
     before(async () => {
       mkdirSync(awqDir);
       mkdirSync(twinDir);
-      await writeAwqCheckpoint(goldenModelDir(model), awqDir, twinDir, GROUP);
+      await writePackedCheckpoint(goldenModelDir(model), awqDir, twinDir, GROUP, format);
     });
     const load = (dir: string, options = {}) =>
       EngineCore.load(dir, { cacheDir: false, threads: 1, ...options });
@@ -134,7 +216,7 @@ for (const model of ['tiny-internvl2_5-qwen2', 'tiny-internvl2_5-internlm2']) {
     };
     const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
-    test('fp32 on the AWQ checkpoint is its dequantised twin: same logits and greedy tokens (img1, text)', async () => {
+    test('fp32 on the packed checkpoint is its dequantised twin: same logits and greedy tokens (img1, text)', async () => {
       const awq = await load(awqDir, { llmDtype: 'fp32' });
       const twin = await load(twinDir);
       try {
@@ -210,7 +292,7 @@ describe('the int4 graph of an AWQ checkpoint', () => {
     const twinDir = path.join(root, 'graph-twin');
     mkdirSync(awqDir);
     mkdirSync(twinDir);
-    const packed = await writeAwqCheckpoint(goldenModelDir(model), awqDir, twinDir, GROUP, 'top');
+    const packed = await writePackedCheckpoint(goldenModelDir(model), awqDir, twinDir, GROUP, 'awq', 'top');
     const config = await loadModelConfig(awqDir);
     const checkpoint = await Checkpoint.open(awqDir);
     try {
@@ -240,13 +322,29 @@ describe('the int4 graph of an AWQ checkpoint', () => {
   });
 });
 
-describe('bad AWQ checkpoints', () => {
-  test('a packed weight without quantization_config, and a missing qzeros, are named', async () => {
-    const awqDir = path.join(root, 'bad-awq');
-    const twinDir = path.join(root, 'bad-twin');
-    mkdirSync(awqDir);
-    mkdirSync(twinDir);
-    await writeAwqCheckpoint(goldenModelDir('tiny-internvl2_5-qwen2'), awqDir, twinDir, GROUP);
+/** Rewrites a checkpoint folder's model.safetensors after `edit` changed its raw tensors. */
+async function rewriteTensors(
+  dir: string,
+  edit: (tensors: Record<string, { dtype: SafetensorsDType; shape: number[]; data: Uint8Array }>) => void,
+) {
+  const src = await Checkpoint.open(dir);
+  const tensors: Record<string, { dtype: SafetensorsDType; shape: number[]; data: Uint8Array }> = {};
+  for (const n of src.names()) tensors[n] = { ...src.info(n), data: await src.readBytes(n) };
+  await src.close();
+  edit(tensors);
+  await writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+}
+
+describe('bad packed checkpoints', () => {
+  const folders = (name: string) => {
+    const dirs = [path.join(root, `${name}`), path.join(root, `${name}-twin`)];
+    for (const d of dirs) mkdirSync(d);
+    return dirs;
+  };
+
+  test('a packed weight without quantization_config, and a missing qzeros, are named; training is refused', async () => {
+    const [awqDir, twinDir] = folders('bad-awq');
+    await writePackedCheckpoint(goldenModelDir('tiny-internvl2_5-qwen2'), awqDir, twinDir, GROUP);
     const config = JSON.parse(readFileSync(path.join(awqDir, 'config.json'), 'utf8'));
     const noQuant = structuredClone(config);
     delete noQuant.llm_config.quantization_config;
@@ -258,24 +356,29 @@ describe('bad AWQ checkpoints', () => {
     writeFileSync(path.join(awqDir, 'config.json'), JSON.stringify(config));
     await assert.rejects(
       Trainer.create({ model: awqDir, stage: 1, optimizer: { lr: 0 } }),
-      /an AWQ \(4-bit\) checkpoint cannot be trained/,
+      /a 4-bit \(awq\) checkpoint cannot be trained/,
     );
-    const src = await Checkpoint.open(awqDir);
-    const tensors: Record<string, { dtype: 'I32' | 'F16' | 'BF16'; shape: number[]; data: Uint8Array }> = {};
-    for (const n of src.names()) {
-      if (n !== 'language_model.model.layers.0.mlp.up_proj.qzeros') {
-        tensors[n] = {
-          dtype: src.info(n).dtype as 'I32',
-          shape: src.info(n).shape,
-          data: await src.readBytes(n),
-        };
-      }
-    }
-    await src.close();
-    await writeSafetensors(path.join(awqDir, 'model.safetensors'), tensors);
+    await rewriteTensors(awqDir, (t) => {
+      delete t['language_model.model.layers.0.mlp.up_proj.qzeros'];
+    });
     await assert.rejects(
       EngineCore.load(awqDir, { cacheDir: false }),
       /layers\.0\.mlp\.up_proj\.qzeros is missing/,
+    );
+  });
+
+  test('a GPTQ g_idx that reorders input rows (act-order) is refused, naming the tensor', async () => {
+    const [gptqDir, twinDir] = folders('bad-gptq');
+    await writePackedCheckpoint(goldenModelDir('tiny-internvl2_5-qwen2'), gptqDir, twinDir, GROUP, 'gptq');
+    await rewriteTensors(gptqDir, (t) => {
+      const name = 'language_model.model.layers.1.mlp.down_proj.g_idx';
+      const gIdx = new Int32Array(t[name].data.buffer.slice(0));
+      [gIdx[3], gIdx[100]] = [gIdx[100], gIdx[3]];
+      t[name].data = new Uint8Array(gIdx.buffer);
+    });
+    await assert.rejects(
+      EngineCore.load(gptqDir, { cacheDir: false }),
+      /layers\.1\.mlp\.down_proj\.g_idx: input row 3 is in group 1, not 0: act-order \(desc_act\) GPTQ is not supported/,
     );
   });
 });
