@@ -446,7 +446,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const flags = precisionFromFlags(values);
-  // A model's own format decides the defaults it can (an AWQ checkpoint: its group size as the block).
+  // A model's own format decides the defaults it can (an AWQ or GPTQ checkpoint: its group size as the block).
   const config = values.model === undefined ? undefined : await loadModelConfig(values.model);
   const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' }, config);
   const positive = (v: string | undefined, name: string) => {

@@ -34,8 +34,8 @@ export interface ResolvedPrecision extends LlmPrecision {
 }
 
 /**
- * What a checkpoint's own format asks for when the options leave it open: an AWQ checkpoint runs its
- * packed 4-bit weights as they are (int4 graphs with one block per AWQ group).
+ * What a checkpoint's own format asks for when the options leave it open: an AWQ or GPTQ checkpoint runs its
+ * packed 4-bit weights as they are (int4 graphs with one block per quantisation group).
  */
 export function checkpointPrecisionDefaults(
   config: ModelConfig,

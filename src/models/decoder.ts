@@ -240,7 +240,7 @@ export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource
   const load = (name: string) => weights.float32(name);
   const named = async (name: string) => ({ name, data: await load(name) });
   /**
-   * A torch Linear weight: the checkpoint's own 4-bit blocks when it stores them packed (AWQ) and the
+   * A torch Linear weight: the checkpoint's own 4-bit blocks when it stores them packed (AWQ, GPTQ) and the
    * graph is int4 with the same block size, so nothing is requantised; else float32.
    */
   const loadLinear = async (name: string): Promise<LinearWeight> => {

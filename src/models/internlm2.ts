@@ -95,7 +95,7 @@ export function splitPackedQkv<T extends Float32Array | Uint8Array>(
 }
 
 /**
- * The wqkv weight split into q, k, v rows. 4-bit blocks (an AWQ checkpoint quantises wqkv as one
+ * The wqkv weight split into q, k, v rows. 4-bit blocks (AWQ and GPTQ checkpoints quantise wqkv as one
  * linear) split the same way: each output row's packed values, scales and zero points are its own.
  */
 function splitQkvWeight(weight: LinearWeight, dims: DecoderDims): SplitQkv<LinearWeight> {

@@ -1,7 +1,7 @@
 /**
  * Linear layers of the decoder graphs: one torch Linear (fp32 MatMul, int8 DynamicQuantizeMatMul or int4
  * MatMulNBits), and several over the same input run as one int4 kernel. A weight comes as float32 or, from
- * a pre-quantised (AWQ) checkpoint, as MatMulNBits blocks that int4 graphs with the same block size take
+ * a pre-quantised (AWQ, GPTQ) checkpoint, as MatMulNBits blocks that int4 graphs with the same block size take
  * over unchanged; other graphs get its exact fp32 values.
  */
 import { InternVLError } from '../errors.js';

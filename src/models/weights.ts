@@ -13,7 +13,7 @@ export interface WeightSource {
   /** Rows of a 2-D tensor read from storage on demand, where the source can (keeps big tables out of memory). */
   rows?(name: string): TensorRows | undefined;
   /**
-   * A torch Linear weight `name` [out, in] that the checkpoint stores 4-bit packed (AWQ), as MatMulNBits
+   * A torch Linear weight `name` [out, in] that the checkpoint stores 4-bit packed (AWQ, GPTQ), as MatMulNBits
    * blocks taken over without requantising; undefined when it is stored in floating point.
    */
   int4Blocks?(name: string): Promise<Int4Blocks | undefined>;
