@@ -272,6 +272,7 @@ for (const [model, format] of PACKED_MODELS) {
         accuracyLevel: 0,
         lmHeadDtype: 'fp32',
       });
+      assert.equal(r.checkpointQuantization?.method, format.startsWith('gptq') ? 'gptq' : 'awq');
       assert.equal(r.precision.llmDtype, 'int4');
       assert.equal(r.precision.blockSize, GROUP);
       // fp32 is the exact dequantised weights; the int4 graph (a different kernel: decode steps differ in

@@ -6,6 +6,7 @@
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { loadModelConfig } from '../config/model-config.js';
+import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
 import { defaultGraphCacheDir } from '../engine/graph-cache.js';
@@ -43,6 +44,11 @@ export interface DiffStats {
 
 export interface EvalQuantReport {
   model: string;
+  /**
+   * The checkpoint's own 4-bit format (AWQ, GPTQ), or null for a 16-bit checkpoint. For a 4-bit one the
+   * fp32 reference is its exact dequantised weights.
+   */
+  checkpointQuantization: LlmQuantization | null;
   precision: ResolvedPrecision;
   promptTokens: number;
   newTokens: number;
@@ -194,6 +200,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
     }
     return {
       model: modelDir,
+      checkpointQuantization: llmQuantization(config),
       precision,
       promptTokens,
       newTokens,
@@ -218,7 +225,8 @@ const USAGE = `Usage: internvl eval-quant MODEL [--dtype fp32|int8|int4] [--vit-
 Compares the quantised model with fp32 on a fixed token prompt: logits max/mean abs difference
 (prompt positions and decode steps), greedy-token agreement (teacher-forced on the fp32 tokens) and
 the length of the identical greedy prefix; with --vit-dtype int8 also the image embeddings of a
-synthetic tile. --dtype is the LLM dtype (same as --llm-dtype).
+synthetic tile. --dtype is the LLM dtype (same as --llm-dtype). On an AWQ or GPTQ checkpoint fp32 is
+its exact dequantised weights, and the default is int4 graphs over its packed weights.
 `;
 
 export async function evalQuantCommand(argv: string[]): Promise<number> {
