@@ -26,10 +26,10 @@ function memory(stage: string): void {
 const dir = process.argv[2];
 const chunkFlag = process.argv.indexOf('--prefill-chunk');
 const prefillChunk = chunkFlag > 0 ? Number(process.argv[chunkFlag + 1]) : undefined;
-const precision = await resolvePrecision({ llmDtype: 'int4' });
 const config = await loadModelConfig(dir);
+const precision = await resolvePrecision({ llmDtype: 'int4' }, config);
 const checkpoint = await Checkpoint.open(dir);
-const weights = checkpointWeights(checkpoint);
+const weights = checkpointWeights(checkpoint, config);
 const cacheDir = defaultGraphCacheDir();
 memory('modules loaded');
 const visionDims = visionDimsFromConfig(config);

@@ -15,6 +15,7 @@ import {
 } from '../src/config/model-config.js';
 import { InternVLError } from '../src/errors.js';
 import { DECODER_ARCHITECTURES, decoderDimsFromConfig, decoderTensorSpecs } from '../src/models/registry.js';
+import { topLevel } from './config-fixture.js';
 import { GOLDEN_MODELS, goldenModelDir } from './helpers.js';
 
 function isError(code: string, ...fragments: string[]) {
@@ -48,24 +49,6 @@ const vit300m = {
   qkv_bias: true,
   torch_dtype: 'bfloat16',
   use_flash_attn: true,
-};
-
-const topLevel = {
-  architectures: ['InternVLChatModel'],
-  auto_map: { AutoConfig: 'configuration_internvl_chat.InternVLChatConfig' },
-  downsample_ratio: 0.5,
-  dynamic_image_size: true,
-  force_image_size: 448,
-  max_dynamic_patch: 12,
-  min_dynamic_patch: 1,
-  model_type: 'internvl_chat',
-  ps_version: 'v2',
-  select_layer: -1,
-  template: 'internvl2_5',
-  torch_dtype: 'bfloat16',
-  use_backbone_lora: 0,
-  use_llm_lora: 0,
-  use_thumbnail: true,
 };
 
 /** Shaped like OpenGVLab/InternVL2_5-1B config.json. */

@@ -15,9 +15,13 @@ async function runner(model: string) {
   const dir = goldenModelDir(model);
   const ckpt = await Checkpoint.open(dir);
   checkpoints.push(ckpt);
-  const dims = decoderDimsFromConfig(await loadModelConfig(dir));
+  const config = await loadModelConfig(dir);
+  const dims = decoderDimsFromConfig(config);
   // A small capacity step makes the batch pool grow while the test runs.
-  const r = await DecoderRunner.create(dims, checkpointWeights(ckpt), { threads: 1, capacityStep: 16 });
+  const r = await DecoderRunner.create(dims, checkpointWeights(ckpt, config), {
+    threads: 1,
+    capacityStep: 16,
+  });
   const text = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, 'text.safetensors'));
   const ids = Array.from(await text.readInt64('input_ids'), Number);
   await text.close();

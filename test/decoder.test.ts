@@ -337,7 +337,8 @@ describe('embeddings, scatter and argmax', () => {
   test('a runner over a safetensors checkpoint reads embedding rows from the file, not a table in memory', async () => {
     const dir = goldenModelDir('tiny-internvl2_5-qwen2');
     const { dims } = await goldenModel('tiny-internvl2_5-qwen2');
-    const runner = await DecoderRunner.create(dims, engineWeights(await open(dir)), { threads: 1 });
+    const config = await loadModelConfig(dir);
+    const runner = await DecoderRunner.create(dims, engineWeights(await open(dir), config), { threads: 1 });
     runners.push(runner);
     assert.ok(!(runner.embeddings instanceof Float32Array) && !(runner.embeddings instanceof Uint16Array));
     const ids = [0, 5, 261, 5, 319];

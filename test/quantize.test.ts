@@ -318,6 +318,7 @@ describe('eval-quant on a golden model', () => {
     assert.equal(r.greedyAgreement, 1);
     assert.equal(r.greedyIdenticalPrefix, 6);
     assert.equal(r.vision, null);
+    assert.equal(r.checkpointQuantization, null);
   });
 
   test('int4 decode + int8 prefill LLM and int8 ViT stay close to fp32', async () => {

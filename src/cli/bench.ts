@@ -182,7 +182,7 @@ async function childLoad(modelDir: string, cacheDir: string, precision: Resolved
   const t0 = performance.now();
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint);
+  const weights = checkpointWeights(checkpoint, config);
   const visionDims = visionDimsFromConfig(config);
   const decoderDims = decoderDimsFromConfig(config);
   const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) => ({
@@ -322,7 +322,7 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
 
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint);
+  const weights = checkpointWeights(checkpoint, config);
   const result: Record<string, unknown> = {};
   try {
     const visionDims = visionDimsFromConfig(config);
@@ -450,7 +450,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const flags = precisionFromFlags(values);
-  const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' });
+  // A model's own format decides the defaults it can (an AWQ or GPTQ checkpoint: its group size as the block).
+  const config = values.model === undefined ? undefined : await loadModelConfig(values.model);
+  const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' }, config);
   const positive = (v: string | undefined, name: string) => {
     if (v === undefined) return undefined;
     const n = Number(v);

@@ -41,12 +41,12 @@ export async function convertModelForWeb(
   options: PrecisionOptions = {},
 ): Promise<WebManifest> {
   // The browser's CPU is unknown here: int8 weights default to U8U8, exact on every kernel.
-  const precision = await resolvePrecision({ ...options, int8Kernel: options.int8Kernel ?? 'u8u8' });
   const config = await loadModelConfig(modelDir);
+  const precision = await resolvePrecision({ ...options, int8Kernel: options.int8Kernel ?? 'u8u8' }, config);
   const checkpoint = await Checkpoint.open(modelDir);
   try {
     await mkdir(outDir, { recursive: true });
-    const weights = checkpointWeights(checkpoint);
+    const weights = checkpointWeights(checkpoint, config);
     const files: WebFileEntry[] = [];
     for (const name of WEB_MODEL_FILES) {
       if (!(await exists(path.join(modelDir, name)))) continue;

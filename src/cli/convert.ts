@@ -53,11 +53,11 @@ export async function convertModel(
   modelDir: string,
   options: ConvertOptions = {},
 ): Promise<ConvertedGraph[]> {
-  const precision = await resolvePrecision(options);
   const config = await loadModelConfig(modelDir);
+  const precision = await resolvePrecision(options, config);
   const checkpoint = await Checkpoint.open(modelDir);
   try {
-    const plan = planEngineGraphs(config, checkpoint, checkpointWeights(checkpoint), precision);
+    const plan = planEngineGraphs(config, checkpoint, checkpointWeights(checkpoint, config), precision);
     const done: ConvertedGraph[] = [];
     for (const graph of plan) {
       if (options.out) {

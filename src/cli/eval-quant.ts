@@ -5,6 +5,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { loadModelConfig } from '../config/model-config.js';
+import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
 import { defaultGraphCacheDir } from '../engine/graph-cache.js';
@@ -43,6 +44,11 @@ export interface DiffStats {
 
 export interface EvalQuantReport {
   model: string;
+  /**
+   * The checkpoint's own 4-bit format (AWQ, GPTQ), or null for a 16-bit checkpoint. For a 4-bit one the
+   * fp32 reference is its exact dequantised weights.
+   */
+  checkpointQuantization: LlmQuantization | null;
   precision: ResolvedPrecision;
   promptTokens: number;
   newTokens: number;
@@ -112,15 +118,15 @@ export function syntheticTile(size: number): Float32Array {
 }
 
 export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}): Promise<EvalQuantReport> {
-  const precision = await resolvePrecision(options);
+  const config = await loadModelConfig(modelDir);
+  const precision = await resolvePrecision(options, config);
   const promptTokens = options.promptTokens ?? 128;
   const newTokens = options.newTokens ?? 16;
   if (!Number.isInteger(promptTokens) || promptTokens < 1 || !Number.isInteger(newTokens) || newTokens < 1) {
     throw new InternVLError('BAD_INPUT', `promptTokens and newTokens must be positive integers`);
   }
-  const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint);
+  const weights = checkpointWeights(checkpoint, config);
   const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
   const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) =>
     cacheDir === false ? undefined : { dir: cacheDir, key: engineGraphKey(checkpoint, component, dims, tag) };
@@ -194,6 +200,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
     }
     return {
       model: modelDir,
+      checkpointQuantization: llmQuantization(config),
       precision,
       promptTokens,
       newTokens,
@@ -218,7 +225,8 @@ const USAGE = `Usage: internvl eval-quant MODEL [--dtype fp32|int8|int4] [--vit-
 Compares the quantised model with fp32 on a fixed token prompt: logits max/mean abs difference
 (prompt positions and decode steps), greedy-token agreement (teacher-forced on the fp32 tokens) and
 the length of the identical greedy prefix; with --vit-dtype int8 also the image embeddings of a
-synthetic tile. --dtype is the LLM dtype (same as --llm-dtype).
+synthetic tile. --dtype is the LLM dtype (same as --llm-dtype). On an AWQ or GPTQ checkpoint fp32 is
+its exact dequantised weights, and the default is int4 graphs over its packed weights.
 
 Examples:
   npx internvl eval-quant ./InternVL2_5-1B --dtype int4

@@ -1,18 +1,10 @@
 import { z } from 'zod';
 import { InternVLError } from '../errors.js';
+import { configError, expected } from './config-errors.js';
+import { parseLlmQuantization } from './quantization-config.js';
+import { checkDenseVariant } from './variant-checks.js';
 
-/** Error text for a field: says when it is missing, otherwise what was expected and what came. */
-export function expected(what: string) {
-  return (issue: { input?: unknown }): string =>
-    issue.input === undefined
-      ? `required field is missing (expected ${what})`
-      : `expected ${what}, got ${truncatedJson(issue.input)}`;
-}
-
-function truncatedJson(value: unknown): string {
-  const text = JSON.stringify(value) ?? String(value);
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
-}
+export { configError, expected } from './config-errors.js';
 
 export const positiveInt = () => {
   const error = expected('a positive integer');
@@ -210,25 +202,6 @@ export type ModelConfig = Omit<
   llm_config: LlmConfig;
 };
 
-function formatPath(pathParts: readonly PropertyKey[]): string {
-  let out = '';
-  for (const part of pathParts) {
-    if (typeof part === 'number') out += `[${part}]`;
-    else out += out === '' ? String(part) : `.${String(part)}`;
-  }
-  return out === '' ? '(top level)' : out;
-}
-
-/** A BAD_CONFIG error listing every zod issue as `<source>: <json path>: <message>`. */
-export function configError(
-  sourceName: string,
-  error: z.ZodError,
-  prefix: readonly PropertyKey[] = [],
-): InternVLError {
-  const lines = error.issues.map((i) => `${sourceName}: ${formatPath([...prefix, ...i.path])}: ${i.message}`);
-  return new InternVLError('BAD_CONFIG', lines.join('\n'));
-}
-
 function fail(sourceName: string, field: string, message: string): never {
   throw new InternVLError('BAD_CONFIG', `${sourceName}: ${field}: ${message}`);
 }
@@ -263,6 +236,8 @@ function completeLlm<T extends z.infer<(typeof LLM_CONFIG_SCHEMAS)[LlmArchitectu
 export function parseModelConfig(json: unknown, sourceName = 'config.json'): ModelConfig {
   const top = modelConfigTopSchema.safeParse(json);
   if (!top.success) throw configError(sourceName, top.error);
+  checkDenseVariant(top.data, sourceName);
+  parseLlmQuantization(top.data, sourceName);
   const arch = top.data.llm_config.architectures[0];
   if (!Object.hasOwn(LLM_CONFIG_SCHEMAS, arch)) {
     throw new InternVLError(

@@ -3,8 +3,12 @@
  * the token-embedding table. `InternVLModel` runs this in a worker thread; tests may use it directly.
  */
 import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/model-config.js';
+import { llmQuantization } from '../config/quantization-config.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { AWQ_LAYOUT } from '../models/awq.js';
+import { gptqLayout } from '../models/gptq.js';
+import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
@@ -48,18 +52,37 @@ export interface ImageInput {
   numTiles: number;
 }
 
-export function checkpointWeights(checkpoint: Checkpoint): WeightSource {
-  return {
-    has: (name) => checkpoint.has(name),
-    shape: (name) => checkpoint.info(name).shape,
-    float32: (name) => checkpoint.readFloat32(name),
-    bfloat16: async (name) => {
+/**
+ * The checkpoint's tensors for the model builders. An AWQ or GPTQ checkpoint (config.json
+ * quantization_config) reads through models/packed-weights.ts: its packed LLM linears give exact fp32
+ * weights or MatMulNBits blocks.
+ */
+export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): WeightSource {
+  const base = {
+    has: (name: string) => checkpoint.has(name),
+    shape: (name: string) => checkpoint.info(name).shape,
+    float32: (name: string) => checkpoint.readFloat32(name),
+    int32: (name: string) => checkpoint.readInt32(name),
+    bfloat16: async (name: string) => {
       if (checkpoint.info(name).dtype !== 'BF16') return undefined;
       const bytes = await checkpoint.readBytes(name);
       return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
     },
-    rows: (name) => checkpoint.rows(name),
+    rows: (name: string) => checkpoint.rows(name),
   };
+  const quantization = llmQuantization(config);
+  if (quantization) {
+    const layout = quantization.method === 'awq' ? AWQ_LAYOUT : gptqLayout(quantization.zeroPointOffset);
+    return packedWeights(base, layout, quantization.groupSize);
+  }
+  const packed = checkpoint.names().find((n) => n.endsWith('.qweight'));
+  if (packed !== undefined) {
+    throw new InternVLError(
+      'BAD_CHECKPOINT',
+      `${checkpoint.source}: tensor ${packed} is a packed quantised weight, but config.json has no quantization_config`,
+    );
+  }
+  return base;
 }
 
 export class EngineCore {
@@ -99,11 +122,11 @@ export class EngineCore {
         `prefixCacheBytes must be a non-negative integer, got ${prefixCacheBytes}`,
       );
     }
-    const { vitDtype, ...precision } = await resolvePrecision(options);
     const config = await loadModelConfig(dir);
+    const { vitDtype, ...precision } = await resolvePrecision(options, config);
     const checkpoint = await Checkpoint.open(dir);
     try {
-      const weights = checkpointWeights(checkpoint);
+      const weights = checkpointWeights(checkpoint, config);
       const threads = options.threads;
       const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
       const cacheFor = (component: string, dims: unknown, tag: Record<string, unknown>) =>

@@ -3,6 +3,7 @@
  * `internvl convert` writes ahead of time and what EngineCore.load then finds in the cache.
  */
 import type { ModelConfig } from '../config/model-config.js';
+import { llmQuantization } from '../config/quantization-config.js';
 import type { Checkpoint } from '../io/safetensors.js';
 import { buildDecoderGraph, decoderDimsFromConfig } from '../models/registry.js';
 import type { WeightSource } from '../models/weights.js';
@@ -33,12 +34,31 @@ export interface ResolvedPrecision extends LlmPrecision {
 }
 
 /**
- * Validates the precision options. When any graph has int8 weights and no int8 kernel is asked for,
+ * What a checkpoint's own format asks for when the options leave it open: an AWQ or GPTQ checkpoint runs its
+ * packed 4-bit weights as they are (int4 graphs with one block per quantisation group).
+ */
+export function checkpointPrecisionDefaults(
+  config: ModelConfig,
+): Pick<LlmPrecisionOptions, 'llmDtype' | 'blockSize'> {
+  const quantization = llmQuantization(config);
+  return quantization ? { llmDtype: 'int4', blockSize: quantization.groupSize } : {};
+}
+
+/**
+ * Validates the precision options (`config`: the checkpoint's, for its defaults). When any graph has int8 weights and no int8 kernel is asked for,
  * onnxruntime is probed once for the scheme that is exact on this CPU (int8-probe.ts).
  */
-export async function resolvePrecision(options: PrecisionOptions): Promise<ResolvedPrecision> {
+export async function resolvePrecision(
+  options: PrecisionOptions,
+  config?: ModelConfig,
+): Promise<ResolvedPrecision> {
   const vitDtype = checkWeightDtype('vitDtype', options.vitDtype ?? 'fp32', ['fp32', 'int8']) as VitDtype;
-  const llm = resolveLlmPrecision({ ...options, llmDtype: options.llmDtype ?? options.dtype });
+  const defaults = config ? checkpointPrecisionDefaults(config) : {};
+  const llm = resolveLlmPrecision({
+    ...options,
+    llmDtype: options.llmDtype ?? options.dtype ?? defaults.llmDtype,
+    blockSize: options.blockSize ?? defaults.blockSize,
+  });
   const usesInt8 =
     vitDtype === 'int8' ||
     llm.llmDtype === 'int8' ||

@@ -14,10 +14,12 @@
 import type { LlmConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
-import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
+import { DEFAULT_BLOCK_SIZE, type LinearQuant } from '../onnx/quantize.js';
+import { type LinearPart, type LinearWeight, linear } from './linear-layers.js';
 import type { RopeScaling } from './rope.js';
-import { type TensorSpec, transposeMatrix, type WeightSource } from './weights.js';
+import type { TensorSpec, WeightSource } from './weights.js';
 
+export { fusedLinear, type LinearPart, type LinearWeight, linear } from './linear-layers.js';
 export type { RopeScaling } from './rope.js';
 
 export interface DecoderDims {
@@ -165,74 +167,6 @@ export function startDecoderGraph(
   };
 }
 
-/**
- * y = x·Wᵀ (+ b) for a torch Linear weight W [out, in]: in fp32 the initializer is stored as [in, out];
- * int8/int4 go through quantizedMatMul.
- */
-export function linear(
-  ctx: DecoderGraphContext,
-  x: string,
-  name: string,
-  weight: Float32Array,
-  outFeatures: number,
-  inFeatures: number,
-  bias?: { name: string; data: Float32Array },
-  quant: LinearQuant | undefined = ctx.options.linearQuant,
-): string {
-  const { g } = ctx;
-  if (quant && quant.dtype !== 'fp32') {
-    const y = quantizedMatMul(g, x, name, weight, outFeatures, inFeatures, quant);
-    return bias ? g.add(y, g.initializer(bias.name, 'float32', [outFeatures], bias.data)) : y;
-  }
-  const w = g.initializer(
-    name,
-    'float32',
-    [inFeatures, outFeatures],
-    transposeMatrix(weight, outFeatures, inFeatures),
-  );
-  const y = g.matMul(x, w);
-  return bias ? g.add(y, g.initializer(bias.name, 'float32', [outFeatures], bias.data)) : y;
-}
-
-/** One part of a fusedLinear: a torch Linear weight [outFeatures, inFeatures] and its optional bias. */
-export interface LinearPart {
-  name: string;
-  weight: Float32Array;
-  outFeatures: number;
-  bias?: { name: string; data: Float32Array };
-}
-
-/**
- * Several torch Linears over the same input. With int4 weights (MatMulNBits, the decode kernel) they
- * run as one: rows stacked into one weight (`name`), one kernel, split back in order; each output
- * column is quantised on its own, so the parts come out as the separate linears give them, and at
- * M = 1 a few wide kernels stream their weights faster than many narrow ones. fp32 and int8 graphs
- * (the prefill kernels, M in the hundreds) keep separate linears: there the split would only add copies.
- */
-export function fusedLinear(
-  ctx: DecoderGraphContext,
-  x: string,
-  name: string,
-  parts: LinearPart[],
-  inFeatures: number,
-): string[] {
-  if (ctx.options.linearQuant?.dtype !== 'int4') {
-    return parts.map((p) => linear(ctx, x, p.name, p.weight, p.outFeatures, inFeatures, p.bias));
-  }
-  const total = parts.reduce((n, p) => n + p.outFeatures, 0);
-  const weight = new Float32Array(total * inFeatures);
-  const bias = parts.some((p) => p.bias) ? new Float32Array(total) : undefined;
-  let row = 0;
-  for (const part of parts) {
-    weight.set(part.weight, row * inFeatures);
-    if (part.bias) bias?.set(part.bias.data, row);
-    row += part.outFeatures;
-  }
-  const y = linear(ctx, x, name, weight, total, inFeatures, bias && { name: `${name}:bias`, data: bias });
-  const sizes = ctx.g.constI64(parts.map((p) => p.outFeatures));
-  return ctx.g.node('Split', [y, sizes], { axis: { int: -1 } }, { outputs: parts.length });
-}
-
 /** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
 export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weight: Float32Array): string {
   const { g, dims } = ctx;
@@ -305,15 +239,28 @@ export class ResidualStream {
 export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource) {
   const load = (name: string) => weights.float32(name);
   const named = async (name: string) => ({ name, data: await load(name) });
+  /**
+   * A torch Linear weight: the checkpoint's own 4-bit blocks when it stores them packed (AWQ, GPTQ) and the
+   * graph is int4 with the same block size, so nothing is requantised; else float32.
+   */
+  const loadLinear = async (name: string): Promise<LinearWeight> => {
+    const quant = ctx.options.linearQuant;
+    if (quant?.dtype === 'int4' && weights.int4Blocks) {
+      const blocks = await weights.int4Blocks(name);
+      if (blocks && blocks.blockSize === (quant.blockSize ?? DEFAULT_BLOCK_SIZE)) return blocks;
+    }
+    return load(name);
+  };
   return {
     load,
     named,
+    loadLinear,
     /** RMSNorm with the weight tensor `name`. */
     norm: async (residual: ResidualStream, name: string) => residual.norm(name, await load(name)),
     /** The torch Linear `name` (.weight, and .bias when `bias`) as a fusedLinear part. */
     part: async (name: string, outFeatures: number, bias = false): Promise<LinearPart> => ({
       name: `${name}.weight`,
-      weight: await load(`${name}.weight`),
+      weight: await loadLinear(`${name}.weight`),
       outFeatures,
       bias: bias ? await named(`${name}.bias`) : undefined,
     }),
@@ -323,7 +270,7 @@ export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource
         ctx,
         x,
         `${name}.weight`,
-        await load(`${name}.weight`),
+        await loadLinear(`${name}.weight`),
         outFeatures,
         inFeatures,
         bias ? await named(`${name}.bias`) : undefined,

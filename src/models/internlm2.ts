@@ -5,6 +5,7 @@
  * split after, with int4 weights), and w1 / w3 likewise.
  */
 import type { Graph } from '../onnx/graph.js';
+import type { Int4Blocks } from '../onnx/quantize.js';
 import {
   checkpointLayers,
   commonDecoderDims,
@@ -14,6 +15,7 @@ import {
   finishDecoderGraph,
   fusedLinear,
   hfRopeScaling,
+  type LinearWeight,
   layerOutput,
   outputHeadName,
   ResidualStream,
@@ -56,10 +58,10 @@ function internlm2TensorSpecs(dims: DecoderDims): TensorSpec[] {
   return specs;
 }
 
-export interface SplitQkv {
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
+export interface SplitQkv<T = Float32Array> {
+  q: T;
+  k: T;
+  v: T;
 }
 
 /**
@@ -67,13 +69,18 @@ export interface SplitQkv {
  * For each KV head g the packed rows are [q heads g·n_rep … (g+1)·n_rep − 1 | k head g | v head g],
  * each head_dim rows (einops `(h gs d)` with gs = n_rep + 2).
  */
-export function splitPackedQkv(packed: Float32Array, dims: DecoderDims, cols: number): SplitQkv {
+export function splitPackedQkv<T extends Float32Array | Uint8Array>(
+  packed: T,
+  dims: DecoderDims,
+  cols: number,
+): SplitQkv<T> {
   const { numHeads, numKvHeads, headDim } = dims;
   const nRep = numHeads / numKvHeads;
   const headSize = headDim * cols;
-  const q = new Float32Array(numHeads * headSize);
-  const k = new Float32Array(numKvHeads * headSize);
-  const v = new Float32Array(numKvHeads * headSize);
+  const make = (heads: number) => packed.slice(0, heads * headSize) as T;
+  const q = make(numHeads);
+  const k = make(numKvHeads);
+  const v = make(numKvHeads);
   for (let g = 0; g < numKvHeads; g++) {
     const block = g * (nRep + 2) * headSize;
     for (let r = 0; r < nRep; r++) {
@@ -87,6 +94,26 @@ export function splitPackedQkv(packed: Float32Array, dims: DecoderDims, cols: nu
   return { q, k, v };
 }
 
+/**
+ * The wqkv weight split into q, k, v rows. 4-bit blocks (AWQ and GPTQ checkpoints quantise wqkv as one
+ * linear) split the same way: each output row's packed values, scales and zero points are its own.
+ */
+function splitQkvWeight(weight: LinearWeight, dims: DecoderDims): SplitQkv<LinearWeight> {
+  if (weight instanceof Float32Array) return splitPackedQkv(weight, dims, dims.hiddenSize);
+  const { kBlocks, blockSize } = weight;
+  const packed = splitPackedQkv(weight.packed, dims, kBlocks * (blockSize / 2));
+  const scales = splitPackedQkv(weight.scales, dims, kBlocks);
+  const zeroPoints = splitPackedQkv(weight.zeroPoints, dims, Math.ceil(kBlocks / 2));
+  const rows = (which: 'q' | 'k' | 'v'): Int4Blocks => ({
+    ...weight,
+    n: scales[which].length / kBlocks,
+    packed: packed[which],
+    scales: scales[which],
+    zeroPoints: zeroPoints[which],
+  });
+  return { q: rows('q'), k: rows('k'), v: rows('v') };
+}
+
 /** Builds the decoder graph (contract in ./decoder.ts) from checkpoint tensors. */
 async function buildInternLM2Graph(
   dims: DecoderDims,
@@ -98,14 +125,14 @@ async function buildInternLM2Graph(
   const qWidth = dims.numHeads * headDim;
   const kvWidth = dims.numKvHeads * headDim;
   const ctx = startDecoderGraph('internlm2-decoder', dims, options);
-  const { load, named, norm, part, proj } = checkpointLayers(ctx, weights);
+  const { load, loadLinear, named, norm, part, proj } = checkpointLayers(ctx, weights);
 
   const residual = new ResidualStream(ctx, ctx.inputsEmbeds);
   for (let i = 0; i < dims.numLayers; i++) {
     const p = layerPrefix(i);
     const h = await norm(residual, `${p}attention_norm.weight`);
     const wqkv = `${p}attention.wqkv`;
-    const w = splitPackedQkv(await load(`${wqkv}.weight`), dims, d);
+    const w = splitQkvWeight(await loadLinear(`${wqkv}.weight`), dims);
     const b = dims.attentionBias ? splitPackedQkv(await load(`${wqkv}.bias`), dims, 1) : undefined;
     const [q, k, v] = fusedLinear(
       ctx,

@@ -1,4 +1,5 @@
 import { InternVLError } from '../errors.js';
+import type { Int4Blocks } from '../onnx/quantize.js';
 
 /** Where model builders get checkpoint tensors from (a safetensors checkpoint, or arrays in tests). */
 export interface WeightSource {
@@ -11,6 +12,11 @@ export interface WeightSource {
   bfloat16?(name: string): Promise<Uint16Array | undefined>;
   /** Rows of a 2-D tensor read from storage on demand, where the source can (keeps big tables out of memory). */
   rows?(name: string): TensorRows | undefined;
+  /**
+   * A torch Linear weight `name` [out, in] that the checkpoint stores 4-bit packed (AWQ, GPTQ), as MatMulNBits
+   * blocks taken over without requantising; undefined when it is stored in floating point.
+   */
+  int4Blocks?(name: string): Promise<Int4Blocks | undefined>;
 }
 
 /** Rows of a 2-D tensor [rowCount, rowLength], read from storage when asked for. */

@@ -228,21 +228,72 @@ export function quantizedMatMul(
   if (quant.dtype === 'int4') {
     const blockSize = quant.blockSize ?? DEFAULT_BLOCK_SIZE;
     const w = quantizeInt4(weight, outFeatures, inFeatures, blockSize);
-    const b = g.initializer(`${name}:int4`, 'uint8', [outFeatures, w.kBlocks, blockSize / 2], w.packed);
-    const scales = g.initializer(`${name}:int4_scales`, 'float32', [w.scales.length], w.scales);
-    const zp = g.initializer(`${name}:int4_zero_points`, 'uint8', [w.zeroPoints.length], w.zeroPoints);
-    return g.op(
-      'MatMulNBits',
-      [x, b, scales, zp],
-      {
-        K: { int: inFeatures },
-        N: { int: outFeatures },
-        bits: { int: 4 },
-        block_size: { int: blockSize },
-        accuracy_level: { int: quant.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL },
-      },
-      MS_DOMAIN,
-    );
+    return int4MatMul(g, x, name, w, quant.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL);
   }
   throw new InternVLError('INTERNAL', `quantizedMatMul called for ${quant.dtype} weight ${name}`);
+}
+
+/** x[..., K] · Wᵀ with W given as MatMulNBits blocks (quantised here or read pre-packed from a checkpoint). */
+export function int4MatMul(
+  g: GraphBuilder,
+  x: string,
+  name: string,
+  w: Int4Blocks,
+  accuracyLevel = DEFAULT_ACCURACY_LEVEL,
+): string {
+  checkBlockSize(w.blockSize);
+  const b = g.initializer(`${name}:int4`, 'uint8', [w.n, w.kBlocks, w.blockSize / 2], w.packed);
+  const scales = g.initializer(`${name}:int4_scales`, 'float32', [w.scales.length], w.scales);
+  const zp = g.initializer(`${name}:int4_zero_points`, 'uint8', [w.zeroPoints.length], w.zeroPoints);
+  return g.op(
+    'MatMulNBits',
+    [x, b, scales, zp],
+    {
+      K: { int: w.k },
+      N: { int: w.n },
+      bits: { int: 4 },
+      block_size: { int: w.blockSize },
+      accuracy_level: { int: accuracyLevel },
+    },
+    MS_DOMAIN,
+  );
+}
+
+/**
+ * The output columns of several [N_i, K] weights stacked into one [ΣN_i, K] (same K and block size):
+ * each column's blocks, scales and zero points are its own, so stacking is exact.
+ */
+export function stackInt4Columns(parts: readonly Int4Blocks[]): Int4Blocks {
+  const [first] = parts;
+  if (!first || parts.some((p) => p.k !== first.k || p.blockSize !== first.blockSize)) {
+    throw new InternVLError('INTERNAL', 'stacked int4 weights need one K and one block size');
+  }
+  const n = parts.reduce((sum, p) => sum + p.n, 0);
+  const join = <T extends Uint8Array | Float32Array>(arrays: T[], out: T): T => {
+    let at = 0;
+    for (const a of arrays) {
+      out.set(a, at);
+      at += a.length;
+    }
+    return out;
+  };
+  const zpStride = Math.ceil(first.kBlocks / 2);
+  return {
+    n,
+    k: first.k,
+    blockSize: first.blockSize,
+    kBlocks: first.kBlocks,
+    packed: join(
+      parts.map((p) => p.packed),
+      new Uint8Array(n * first.kBlocks * (first.blockSize / 2)),
+    ),
+    scales: join(
+      parts.map((p) => p.scales),
+      new Float32Array(n * first.kBlocks),
+    ),
+    zeroPoints: join(
+      parts.map((p) => p.zeroPoints),
+      new Uint8Array(n * zpStride),
+    ),
+  };
 }

@@ -8,6 +8,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
+import { llmQuantization } from '../config/quantization-config.js';
 import { createSession } from '../engine/session.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
@@ -203,6 +204,13 @@ export class Trainer {
     // A checkpoint to resume from is checked against its saved checksums before any file is read.
     if (options.resume) await verifyCheckpointFiles(dir, STATE_FILE);
     const config = await loadModelConfig(dir);
+    const quantization = llmQuantization(config);
+    if (quantization) {
+      throw new InternVLError(
+        'UNSUPPORTED',
+        `${dir}: a 4-bit (${quantization.method}) checkpoint cannot be trained; train its 16-bit original instead`,
+      );
+    }
     const optimizer = resolveOptimizer(options.optimizer);
     const tokenizer = await loadTokenizer(dir);
     const imageContextTokenId = tokenizer.tokenToId('<IMG_CONTEXT>');

@@ -1,0 +1,323 @@
+/**
+ * Configs shaped like the published InternVL3, InternVL3.5 and MPO/AWQ config.json files (their LLM and
+ * ViT fields, the extra MoE and layer-type fields newer transformers write): each either parses to the
+ * LLM it names or is refused with an UNSUPPORTED error saying why.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { numImageTokens, parseModelConfig } from '../src/config/model-config.js';
+import { llmQuantization } from '../src/config/quantization-config.js';
+import { InternVLError } from '../src/errors.js';
+import { decoderDimsFromConfig } from '../src/models/registry.js';
+import { topLevel } from './config-fixture.js';
+
+/** InternViT-300M-448px-V2_5 as InternVL3 configs write it, MoE fields included (off). */
+const vit300mV25 = {
+  architectures: ['InternVisionModel'],
+  attention_dropout: 0.0,
+  capacity_factor: 1.2,
+  drop_path_rate: 0.1,
+  dropout: 0.0,
+  eval_capacity_factor: 1.4,
+  hidden_act: 'gelu',
+  hidden_size: 1024,
+  image_size: 448,
+  initializer_factor: 0.1,
+  initializer_range: 1e-10,
+  intermediate_size: 4096,
+  laux_allreduce: 'all_nodes',
+  layer_norm_eps: 1e-6,
+  model_type: 'intern_vit_6b',
+  moe_coeff_ratio: 0.5,
+  moe_intermediate_size: 768,
+  moe_output_scale: 4.0,
+  noise_slope_bound: 0.0,
+  norm_type: 'layer_norm',
+  num_attention_heads: 16,
+  num_channels: 3,
+  num_experts: 8,
+  num_hidden_layers: 24,
+  num_routed_experts: 4,
+  num_shared_experts: 4,
+  patch_size: 14,
+  qk_normalization: false,
+  qkv_bias: true,
+  shared_expert_intermediate_size: 3072,
+  torch_dtype: 'bfloat16',
+  use_flash_attn: true,
+  use_moe: false,
+  use_residual: true,
+  use_rts: false,
+};
+
+const top = { ...topLevel, vision_config: vit300mV25 };
+
+interface LlmShape {
+  hidden: number;
+  ff: number;
+  layers: number;
+  heads: number;
+  kv: number;
+  headDim?: number;
+  tied: boolean;
+}
+
+/** The llm_config fields every Qwen-family release writes the same way (transformers ≥ 4.5x: layer_types). */
+function qwenFamily(name: string, s: LlmShape) {
+  return {
+    _name_or_path: name,
+    attention_dropout: 0.0,
+    bos_token_id: 151643,
+    eos_token_id: 151645,
+    hidden_act: 'silu',
+    hidden_size: s.hidden,
+    intermediate_size: s.ff,
+    layer_types: Array(s.layers).fill('full_attention'),
+    num_attention_heads: s.heads,
+    num_hidden_layers: s.layers,
+    num_key_value_heads: s.kv,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    sliding_window: null,
+    tie_word_embeddings: s.tied,
+    torch_dtype: 'bfloat16',
+    use_cache: true,
+    use_sliding_window: false,
+  };
+}
+
+/** A Qwen2.5 llm_config (InternVL3): no MoE (`moe_config: null`). */
+function qwen25(name: string, s: LlmShape) {
+  return {
+    ...top,
+    hidden_size: s.hidden,
+    llm_config: {
+      ...qwenFamily(name, s),
+      architectures: ['Qwen2ForCausalLM'],
+      max_position_embeddings: 32768,
+      max_window_layers: 70,
+      model_type: 'qwen2',
+      moe_config: null,
+      rope_scaling: { factor: 2.0, rope_type: 'dynamic', type: 'dynamic' },
+      vocab_size: 151674,
+    },
+  };
+}
+
+/** A Qwen3 llm_config (InternVL3.5 dense). */
+function qwen3(name: string, s: LlmShape) {
+  return {
+    ...top,
+    hidden_size: s.hidden,
+    llm_config: {
+      ...qwenFamily(name, s),
+      architectures: ['Qwen3ForCausalLM'],
+      attention_bias: false,
+      head_dim: s.headDim,
+      max_position_embeddings: 40960,
+      max_window_layers: s.layers,
+      model_type: 'qwen3',
+      rope_scaling: null,
+      vocab_size: 151936,
+    },
+  };
+}
+
+const accepted: [string, object, { arch: string; hiddenSize: number; headDim: number; tied: boolean }][] = [
+  [
+    'InternVL3-1B',
+    qwen25('Qwen/Qwen2.5-0.5B-Instruct', {
+      hidden: 896,
+      ff: 4864,
+      layers: 24,
+      heads: 14,
+      kv: 2,
+      tied: false,
+    }),
+    { arch: 'qwen2', hiddenSize: 896, headDim: 64, tied: false },
+  ],
+  [
+    'InternVL3-2B',
+    qwen25('Qwen/Qwen2.5-1.5B-Instruct', {
+      hidden: 1536,
+      ff: 8960,
+      layers: 28,
+      heads: 12,
+      kv: 2,
+      tied: false,
+    }),
+    { arch: 'qwen2', hiddenSize: 1536, headDim: 128, tied: false },
+  ],
+  [
+    'InternVL3-8B',
+    qwen25('Qwen/Qwen2.5-7B-Instruct', {
+      hidden: 3584,
+      ff: 18944,
+      layers: 28,
+      heads: 28,
+      kv: 4,
+      tied: false,
+    }),
+    { arch: 'qwen2', hiddenSize: 3584, headDim: 128, tied: false },
+  ],
+  [
+    'InternVL3_5-1B',
+    qwen3('Qwen/Qwen3-0.6B', {
+      hidden: 1024,
+      ff: 3072,
+      layers: 28,
+      heads: 16,
+      kv: 8,
+      headDim: 128,
+      tied: true,
+    }),
+    { arch: 'qwen3', hiddenSize: 1024, headDim: 128, tied: true },
+  ],
+  [
+    'InternVL3_5-2B',
+    qwen3('Qwen/Qwen3-1.7B', {
+      hidden: 2048,
+      ff: 6144,
+      layers: 28,
+      heads: 16,
+      kv: 8,
+      headDim: 128,
+      tied: true,
+    }),
+    { arch: 'qwen3', hiddenSize: 2048, headDim: 128, tied: true },
+  ],
+  [
+    'InternVL3_5-4B',
+    qwen3('Qwen/Qwen3-4B', {
+      hidden: 2560,
+      ff: 9728,
+      layers: 36,
+      heads: 32,
+      kv: 8,
+      headDim: 128,
+      tied: true,
+    }),
+    { arch: 'qwen3', hiddenSize: 2560, headDim: 128, tied: true },
+  ],
+  [
+    'InternVL3_5-8B',
+    qwen3('Qwen/Qwen3-8B', {
+      hidden: 4096,
+      ff: 12288,
+      layers: 36,
+      heads: 32,
+      kv: 8,
+      headDim: 128,
+      tied: false,
+    }),
+    { arch: 'qwen3', hiddenSize: 4096, headDim: 128, tied: false },
+  ],
+];
+
+function isUnsupported(...fragments: string[]) {
+  return (err: unknown) => {
+    assert.ok(err instanceof InternVLError, `expected InternVLError, got ${err}`);
+    assert.equal(err.code, 'UNSUPPORTED', err.message);
+    for (const f of fragments) assert.ok(err.message.includes(f), `"${err.message}" should mention "${f}"`);
+    return true;
+  };
+}
+
+const clone = <T>(x: T): T => structuredClone(x);
+const internvl3_1b = accepted[0][1] as ReturnType<typeof qwen25>;
+
+describe('published InternVL3 / InternVL3.5 configs', () => {
+  for (const [name, json, want] of accepted) {
+    test(`${name}: parses to its dense LLM; the MoE and layer_types fields that are off are ignored`, () => {
+      const config = parseModelConfig(json, `${name}/config.json`);
+      const dims = decoderDimsFromConfig(config);
+      assert.equal(dims.arch, want.arch);
+      assert.equal(dims.hiddenSize, want.hiddenSize);
+      assert.equal(dims.headDim, want.headDim);
+      assert.equal(dims.tieWordEmbeddings, want.tied);
+      assert.equal(numImageTokens(config), 256);
+      assert.equal(llmQuantization(config), null);
+    });
+  }
+
+  test('InternVL3-9B (InternLM3) is refused: the LLM architecture is not implemented', () => {
+    const json = clone(internvl3_1b) as { llm_config: Record<string, unknown> };
+    Object.assign(json.llm_config, {
+      architectures: ['InternLM3ForCausalLM'],
+      model_type: 'internlm3',
+      hidden_size: 4096,
+      intermediate_size: 10240,
+      num_hidden_layers: 48,
+      num_attention_heads: 32,
+      num_key_value_heads: 2,
+      head_dim: 128,
+      vocab_size: 128512,
+    });
+    assert.throws(
+      () => parseModelConfig(json, 'InternVL3-9B/config.json'),
+      isUnsupported('InternLM3ForCausalLM', 'supported LLM architectures: Qwen2ForCausalLM'),
+    );
+  });
+
+  test('MoE LLMs (InternVL3.5 30B-A3B, 241B-A28B on Qwen3-MoE; 20B-A4B on GPT-OSS) are refused as MoE', () => {
+    for (const arch of ['Qwen3MoeForCausalLM', 'GptOssForCausalLM']) {
+      const json = clone(accepted[3][1]) as { llm_config: Record<string, unknown> };
+      json.llm_config.architectures = [arch];
+      assert.throws(
+        () => parseModelConfig(json, 'x/config.json'),
+        isUnsupported('x/config.json', arch, 'mixture-of-experts (MoE) variants are not supported'),
+      );
+    }
+  });
+
+  test('MoE switched on in the ViT or the LLM config, and sliding-window layers, are refused by field', () => {
+    const cases: [string, (c: ReturnType<typeof qwen25>) => void, string][] = [
+      ['vision_config.use_moe', (c) => Object.assign(c.vision_config, { use_moe: true }), 'MoE'],
+      [
+        'llm_config.moe_config',
+        (c) => Object.assign(c.llm_config, { moe_config: { num_experts: 8 } }),
+        'MoE',
+      ],
+      ['moe_config', (c) => Object.assign(c, { moe_config: { num_experts: 8 } }), 'MoE'],
+      [
+        'llm_config.layer_types[3]',
+        (c) => {
+          c.llm_config.layer_types[3] = 'sliding_attention';
+        },
+        '"sliding_attention"',
+      ],
+      [
+        'llm_config.use_sliding_window',
+        (c) => Object.assign(c.llm_config, { use_sliding_window: true }),
+        'sliding',
+      ],
+    ];
+    for (const [field, edit, fragment] of cases) {
+      const json = clone(internvl3_1b);
+      edit(json);
+      assert.throws(
+        () => parseModelConfig(json, 'x/config.json'),
+        isUnsupported(`x/config.json: ${field}:`, fragment),
+      );
+    }
+  });
+
+  test('MPO and AWQ releases: the same config, with quantization_config where LMDeploy writes it; act-order GPTQ refused', () => {
+    const mpo = parseModelConfig(internvl3_1b, 'InternVL3-1B-MPO/config.json');
+    assert.equal(decoderDimsFromConfig(mpo).arch, 'qwen2');
+    const awq = clone(internvl3_1b) as ReturnType<typeof qwen25> & { llm_config: Record<string, unknown> };
+    awq.llm_config.quantization_config = {
+      bits: 4,
+      group_size: 128,
+      quant_method: 'awq',
+      version: 'gemm',
+      zero_point: true,
+    };
+    assert.deepEqual(llmQuantization(parseModelConfig(awq)), { method: 'awq', groupSize: 128 });
+    awq.llm_config.quantization_config = { quant_method: 'gptq', bits: 4, group_size: 128, desc_act: true };
+    assert.throws(
+      () => parseModelConfig(awq, 'x/config.json'),
+      isUnsupported('act-order GPTQ (desc_act true)', 'supported: awq'),
+    );
+  });
+});
