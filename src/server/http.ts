@@ -31,6 +31,9 @@ export function sseData(res: ServerResponse, payload: unknown): void {
 export function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (declared > limit) {
+    // The body is read and dropped (up to the server's request timeout): closing on a client that is
+    // still sending makes its kernel see a reset, and the client would lose the 413.
+    req.resume();
     return Promise.reject(
       new HttpError(413, `the request body is ${declared} bytes, above the limit of ${limit}`, {
         openaiCode: 'request_too_large',

@@ -316,7 +316,8 @@ export class InternVLServer {
       return;
     }
     if (res.destroyed) return;
-    const close = status === 408 || status === 413 || this.#draining ? { connection: 'close' } : undefined;
+    // After a 413 the rest of the body is read and dropped, so the client sees the reply (see readBody).
+    const close = status === 408 || this.#draining ? { connection: 'close' } : undefined;
     sendJson(res, status, body, close);
   }
 
