@@ -15,9 +15,16 @@ export interface ServeProcess {
   stop(): Promise<void>;
 }
 
-/** Starts the server on a free port and resolves once /ready answers 200. */
-export async function startServe(model: string, flags: string[] = []): Promise<ServeProcess> {
-  const cache = mkdtempSync(path.join(os.tmpdir(), 'ivl-serve-child-'));
+/**
+ * Starts the server on a free port and resolves once /ready answers 200. Graphs are built in a
+ * temporary cache removed on stop, unless `cacheDir` names one to keep.
+ */
+export async function startServe(
+  model: string,
+  flags: string[] = [],
+  cacheDir?: string,
+): Promise<ServeProcess> {
+  const cache = cacheDir ?? mkdtempSync(path.join(os.tmpdir(), 'ivl-serve-child-'));
   const child = spawn(
     process.execPath,
     [
@@ -44,7 +51,7 @@ export async function startServe(model: string, flags: string[] = []): Promise<S
       child.kill('SIGKILL');
       await exited;
     }
-    rmSync(cache, { recursive: true, force: true });
+    if (!cacheDir) rmSync(cache, { recursive: true, force: true });
   };
   try {
     const url = await new Promise<string>((resolve, reject) => {

@@ -142,7 +142,10 @@ describe('access and errors', () => {
       assert.equal(denied.code, 'invalid_api_key');
       const ok = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${KEY}` } });
       assert.equal(ok.status, 200);
-      assert.match(await ok.text(), /internvl_requests_total/);
+      const text = await ok.text();
+      assert.match(text, /internvl_requests_total/);
+      const maxDelay = /internvl_event_loop_delay_seconds\{quantile="1"\} (\S+)/.exec(text);
+      assert.ok(maxDelay && Number(maxDelay[1]) >= 0 && Number(maxDelay[1]) < 60, text);
     });
     assert.throws(
       () => new InternVLServer(pipe, 'tiny', { metricsAuth: true }, false),

@@ -164,6 +164,8 @@ export class InternVLServer {
       this.ready = pipeline.then(
         (loaded) => {
           this.#pipeline = loaded;
+          // Loading blocks the loop at times; the delay metric is about serving.
+          this.metrics.eventLoopDelay.reset();
         },
         (err: unknown) => {
           this.#loadError = err;
@@ -240,6 +242,7 @@ export class InternVLServer {
       this.httpServer.closeAllConnections();
       await closed;
       await this.#bodies.close();
+      this.metrics.stop();
       if (!this.ownsPipeline) return;
       // A model still loading is closed once it has loaded; the caller need not wait for that.
       if (this.#pipeline) await this.#pipeline.close();
