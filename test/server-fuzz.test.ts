@@ -225,6 +225,9 @@ test('the requests that stalled or killed the server get a 4xx within a second w
     const reply = await send('POST', c.target, c.body);
     const { maxMs, polls } = await health.stop();
     assert.ok(reply, c.name);
+    process.stderr.write(
+      `fuzz case: ${c.name}: ${reply.status} in ${reply.ms.toFixed(0)} ms, /health max ${maxMs.toFixed(0)} ms\n`,
+    );
     assert.equal(reply.status, c.status, `${c.name}: ${reply.body.slice(0, 300)}`);
     assert.match(assertOpenAIError(reply, c.name).message, c.message, c.name);
     assert.ok(reply.ms < (c.withinMs ?? 1000), `${c.name}: answered in ${reply.ms.toFixed(0)} ms`);

@@ -41,7 +41,7 @@ export interface ServerOptions {
   maxImages?: number;
   /** Frames sampled from one video. Default 32 (8 when a part names no num_segments). */
   maxVideoFrames?: number;
-  /** Largest request body. Default 16 MiB (a 12 MiB image as a base64 data URL). */
+  /** Largest request body. Default 16 MiB (room for an image of up to about 12 MiB as a base64 data URL). */
   bodyLimitBytes?: number;
   /** The whole request body must arrive within this time. Default 30 s. */
   bodyTimeoutMs?: number;
@@ -62,7 +62,7 @@ export interface ServerAddress {
   url: string;
 }
 
-/** The default largest request body: one 12 MiB image fits as a base64 data URL. */
+/** The default largest request body: room for an image of up to about 12 MiB as a base64 data URL. */
 export const DEFAULT_BODY_LIMIT_BYTES = 16 * 1024 * 1024;
 
 const digest = (key: string) => createHash('sha256').update(key).digest();
