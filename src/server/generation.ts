@@ -40,6 +40,7 @@ export interface GenerationReply {
   prompts: number;
 }
 
+/** One chat choice: the pipeline's stream, its last chunk giving how it ended. */
 export async function collectChat(
   pipe: Pipeline,
   messages: ChatMessage[],
@@ -62,6 +63,7 @@ function tokenLogprobs(chunk: StreamChunk): TokenLogprobInfo[] | undefined {
   return chunk.logprobs?.slice(0, chunk.tokenIds.length);
 }
 
+/** Runs every choice (each in a slot) and writes the JSON reply or the SSE stream. */
 export async function writeGeneration(
   ctx: GenerationContext,
   res: ServerResponse,
