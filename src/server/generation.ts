@@ -11,7 +11,7 @@ import type { FinishReason, Pipeline, StreamChunk, TokenLogprobInfo, Usage } fro
 import { HttpError } from './errors.js';
 import { SSE_HEADERS, sendJson, sseData } from './http.js';
 import type { ServerMetrics, SlotLimiter } from './metrics.js';
-import { chatLogprobs, completionLogprobs, sumUsage } from './openai.js';
+import { chatLogprobs, completionLogprobs, sumUsage } from './openai-responses.js';
 
 export interface GenerationContext {
   readonly modelName: string;
