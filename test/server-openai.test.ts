@@ -6,11 +6,10 @@ import {
   chatCompletionRequestSchema,
   chatGeneration,
   choiceConfigs,
-  completionLogprobs,
   imageTileBudget,
   parseRequest,
-  sumUsage,
 } from '../src/server/openai.js';
+import { completionLogprobs, sumUsage } from '../src/server/openai-responses.js';
 
 const limits = { defaultTiles: 12, maxTilesPerImage: 24 };
 

@@ -2,7 +2,12 @@
 import { InternVLError } from '../errors.js';
 import { createTaskProgress } from '../io/progress.js';
 import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
-import { createServer, defaultModelName, type ServerOptions } from '../server/server.js';
+import {
+  DEFAULT_BODY_LIMIT_BYTES,
+  defaultModelName,
+  InternVLServer,
+  type ServerOptions,
+} from '../server/server.js';
 import {
   integerOption,
   PRECISION_FLAGS,
@@ -15,8 +20,11 @@ import {
 const USAGE = `Usage: internvl serve [model] [options]
 
 Serve a model with the OpenAI API: GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
-GET /health, GET /metrics (Prometheus); and a chat page at / (open http://HOST:PORT/ in a browser:
-image upload or paste, multi-turn history, streamed answers, a stop button and a tile budget).
+GET /health (alive), GET /ready (200 once the model has loaded), GET /metrics (Prometheus); and a
+chat page at / (open http://HOST:PORT/ in a browser: image upload or paste, multi-turn history,
+streamed answers, a stop button and a tile budget).
+The server listens while the model loads. SIGTERM or SIGINT drains: no new connections, requests in
+flight finish (up to --drain-timeout), then exit 0; a second signal aborts them at once.
 
   model   a local model folder or a hub id (default ${DEFAULT_MODEL})
 
@@ -30,6 +38,9 @@ Options:
   --max-tiles N                 largest tile budget per image a request may use (default 24)
   --max-images N                images per request (default 16)
   --session-len N               longest prompt + answer in tokens (default 8192)
+  --max-body-mb N               largest request body in MiB (default ${DEFAULT_BODY_LIMIT_BYTES / 1024 / 1024})
+  --metrics-auth                /metrics requires the API key too
+  --drain-timeout S             seconds in-flight requests may take after SIGTERM (default 30)
   --allowed-media-domains LIST  comma-separated hosts image/video URLs may come from (and their
                                 subdomains); default any public host
   --allow-local-files           let requests name files on this machine (file: URLs, absolute paths)
@@ -55,6 +66,9 @@ function parseServeArgs(argv: string[]) {
     'max-tiles': { type: 'string' },
     'max-images': { type: 'string' },
     'session-len': { type: 'string' },
+    'max-body-mb': { type: 'string' },
+    'metrics-auth': { type: 'boolean' },
+    'drain-timeout': { type: 'string' },
     'allowed-media-domains': { type: 'string' },
     'allow-local-files': { type: 'boolean' },
     'allow-private-media': { type: 'boolean' },
@@ -78,12 +92,18 @@ function parseServeArgs(argv: string[]) {
   const model = positionals[0] ?? DEFAULT_MODEL;
   const sessionLen = integerOption(values['session-len'], 'session-len', 1);
   const threads = integerOption(values.threads, 'threads', 1);
+  if (values['metrics-auth'] && apiKeys.length === 0) {
+    throw new UsageError('--metrics-auth needs --api-key (or INTERNVL_API_KEY)');
+  }
+  const bodyMiB = integerOption(values['max-body-mb'], 'max-body-mb', 1);
   const options: ServerOptions = {
     modelName: values['model-name'],
     apiKey: apiKeys.length > 0 ? apiKeys : undefined,
     maxBatchSize: integerOption(values['max-batch-size'], 'max-batch-size', 1),
     maxTilesPerImage: integerOption(values['max-tiles'], 'max-tiles', 1),
     maxImages: integerOption(values['max-images'], 'max-images', 1),
+    bodyLimitBytes: bodyMiB === undefined ? undefined : bodyMiB * 1024 * 1024,
+    metricsAuth: values['metrics-auth'] === true,
     media: {
       allowedDomains: domains,
       allowLocalFiles: values['allow-local-files'] === true,
@@ -95,6 +115,7 @@ function parseServeArgs(argv: string[]) {
     model,
     host: values.host ?? '127.0.0.1',
     port: integerOption(values.port, 'port', 0) ?? 23333,
+    drainTimeoutMs: (integerOption(values['drain-timeout'], 'drain-timeout', 0) ?? 30) * 1000,
     pipeline: { sessionLen, threads, ...precisionOptions(values) },
     options,
   };
@@ -118,42 +139,54 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.stderr.write(`internvl serve: --port must be at most 65535, got ${args.port}\n`);
     return 2;
   }
+  const loading = pipeline(args.model, { ...args.pipeline, onProgress: createTaskProgress(process.stderr) });
+  let server: InternVLServer;
   try {
-    const pipe = await pipeline(args.model, {
-      ...args.pipeline,
-      onProgress: createTaskProgress(process.stderr),
-    });
-    const server = await createServer(pipe, {
-      ...args.options,
-      modelName: args.options.modelName ?? defaultModelName(args.model),
-    }).catch(async (err) => {
-      await pipe.close();
-      throw err;
-    });
-    const address = await server.listen(args.port, args.host).catch(async (err) => {
-      await pipe.close();
-      throw err;
-    });
-    process.stderr.write(
-      `internvl serve: ${server.modelName} on ${address.url}/v1 (max batch ${server.limiter.slots}` +
-        `${args.options.apiKey ? ', API key required' : ''}); chat page: ${address.url}/\n`,
-    );
-    await new Promise<void>((resolve) => {
-      const stop = () => {
-        process.off('SIGINT', stop);
-        process.off('SIGTERM', stop);
-        resolve();
-      };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
-    });
-    process.stderr.write('internvl serve: shutting down\n');
-    await server.close();
-    await pipe.close();
-    return 0;
+    const modelName = args.options.modelName ?? defaultModelName(args.model);
+    server = new InternVLServer(loading, modelName, { ...args.options, modelName }, true);
   } catch (err) {
-    const message = err instanceof InternVLError || err instanceof Error ? err.message : String(err);
-    process.stderr.write(`internvl serve: ${message}\n`);
-    return 1;
+    void loading.then(
+      (p) => p.close(),
+      () => {},
+    );
+    return fail(err);
   }
+  const stopped = new Promise<'signal'>((resolve) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve('signal');
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  try {
+    const address = await server.listen(args.port, args.host);
+    process.stderr.write(`internvl serve: listening on ${address.url} while ${server.modelName} loads\n`);
+    if ((await Promise.race([server.ready.then(() => 'ready' as const), stopped])) === 'ready') {
+      process.stderr.write(
+        `internvl serve: ${server.modelName} on ${address.url}/v1 (max batch ${server.limiter.slots}` +
+          `${args.options.apiKey ? ', API key required' : ''}); chat page: ${address.url}/\n`,
+      );
+      await stopped;
+    }
+  } catch (err) {
+    await server.close();
+    return fail(err);
+  }
+  process.stderr.write(`internvl serve: draining (up to ${args.drainTimeoutMs / 1000} s)\n`);
+  const abortNow = () => void server.close();
+  process.once('SIGINT', abortNow);
+  process.once('SIGTERM', abortNow);
+  const { aborted } = await server.drain(args.drainTimeoutMs);
+  process.off('SIGINT', abortNow);
+  process.off('SIGTERM', abortNow);
+  process.stderr.write(`internvl serve: stopped${aborted > 0 ? ` (${aborted} requests aborted)` : ''}\n`);
+  return 0;
+}
+
+function fail(err: unknown): number {
+  const message = err instanceof InternVLError || err instanceof Error ? err.message : String(err);
+  process.stderr.write(`internvl serve: ${message}\n`);
+  return 1;
 }

@@ -39,6 +39,8 @@ import {
   resolveGenerationConfig,
 } from './generation-config.js';
 import type { ImageTiling } from './media-prep.js';
+import { OffThreadTokenizer } from './off-thread-tokenizer.js';
+import { longestTokenChars, PromptBounds } from './prompt-bounds.js';
 import { type SampledToken, samplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop.js';
 
@@ -224,6 +226,9 @@ const mediaWorkerUrl = new URL(
 export class Pipeline {
   readonly #prepared = new WeakMap<Media, Promise<PreparedMedia>>();
   #media: WorkerClient | undefined;
+  /** Refuses prompt text that cannot fit before it is tokenized. */
+  readonly bounds: PromptBounds;
+  readonly #encoder: OffThreadTokenizer;
 
   private constructor(
     readonly model: InternVLModel,
@@ -232,7 +237,10 @@ export class Pipeline {
     readonly generationFile: GenerationConfigFile,
     readonly options: PipelineOptions,
     readonly sessionLen: number,
-  ) {}
+  ) {
+    this.bounds = new PromptBounds(sessionLen, longestTokenChars(tokenizer));
+    this.#encoder = new OffThreadTokenizer(tokenizer, model.dir);
+  }
 
   static async create(model: string = DEFAULT_MODEL, options: PipelineOptions = {}): Promise<Pipeline> {
     const progress = options.onProgress;
@@ -341,6 +349,7 @@ export class Pipeline {
   async close(): Promise<void> {
     await this.#media?.terminate();
     this.#media = undefined;
+    await this.#encoder.close();
     await this.model.close();
   }
 
@@ -419,6 +428,7 @@ export class Pipeline {
     sessionId?: string,
   ): Promise<PreparedRequest> {
     const config = this.#resolveConfig(gen);
+    this.#checkTurnTexts(turns, config.maxNewTokens);
     // Media are decoded and tiled first: a video's frame count and each image's tiles shape the prompt.
     const prepared = new Map<Media, PreparedMedia>();
     await Promise.all(
@@ -435,6 +445,7 @@ export class Pipeline {
     );
     const systemMessage = systemTurn ? systemTurn.parts.join('') : undefined;
     const prompt = renderConversation(this.template, chatTurns, { systemMessage, openAssistant: true });
+    this.bounds.checkLength(prompt.length, 'the prompt', config.maxNewTokens);
     const images = media.flatMap((m) => prepared.get(m)!.refs);
     const tokensPerTile = numImageTokens(this.config);
     const expanded = expandImagePlaceholders(
@@ -442,11 +453,25 @@ export class Pipeline {
       images.map((r) => r.numTiles),
       tokensPerTile,
     );
-    const inputIds = this.tokenizer.encode(expanded);
+    const inputIds = await this.#encoder.encode(expanded);
     const imageTokens = images.reduce((n, r) => n + r.numTiles * tokensPerTile, 0);
     this.#checkContext(inputIds.length, imageTokens, config.maxNewTokens);
     const request = this.#request(inputIds, images, config, sessionId);
     return { request, config, imageTokens };
+  }
+
+  /** Each turn's text must fit (characters, words) before media are fetched or anything is tokenized. */
+  #checkTurnTexts(turns: Turn[], maxNewTokens: number): void {
+    turns.forEach((turn, i) => {
+      const texts = turn.parts.filter((p): p is string => typeof p === 'string');
+      const what = `messages[${i}]`;
+      this.bounds.checkLength(
+        texts.reduce((n, t) => n + t.length, 0),
+        what,
+        maxNewTokens,
+      );
+      for (const text of texts) this.bounds.checkWords(text, what);
+    });
   }
 
   #logprobInfo(token: SampledToken): TokenLogprobInfo {
@@ -484,7 +509,9 @@ export class Pipeline {
   ): Promise<Response> {
     const config = this.#resolveConfig(gen);
     if (prompt.length === 0) throw new InternVLError('BAD_INPUT', 'prompt must not be empty');
-    const inputIds = this.tokenizer.encode(prompt);
+    this.bounds.checkLength(prompt.length, 'the prompt', config.maxNewTokens);
+    this.bounds.checkWords(prompt, 'the prompt');
+    const inputIds = await this.#encoder.encode(prompt);
     const imageContext = this.tokenizer.tokenToId('<IMG_CONTEXT>');
     if (imageContext !== undefined && inputIds.includes(imageContext)) {
       throw new InternVLError(

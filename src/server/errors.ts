@@ -2,7 +2,25 @@
  * Errors in OpenAI's shape, `{error: {message, type, param, code}}`, with the HTTP status that each
  * InternVLError code stands for.
  */
+import os from 'node:os';
 import { type ErrorCode, InternVLError } from '../errors.js';
+
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** Paths under the server's temporary and home directories, as they appear in error messages. */
+const SERVER_PATHS = new RegExp(
+  [os.tmpdir(), os.homedir()]
+    .filter((dir) => dir.length > 1)
+    .sort((a, b) => b.length - a.length)
+    .map((dir) => `${escapeRegExp(dir)}(?:[/\\\\][^\\s'"\`:,;()]*)?(?![\\w.-])`)
+    .join('|'),
+  'g',
+);
+
+/** `message` with the server's own file paths (temporary files, caches) replaced by a placeholder. */
+export function hideServerPaths(message: string): string {
+  return message.replace(SERVER_PATHS, '<server path>');
+}
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -49,8 +67,17 @@ function typeFor(status: number): string {
   return 'invalid_request_error';
 }
 
-/** The status and OpenAI body of any thrown value; internal failures keep their message. */
+/**
+ * The status and OpenAI body of any thrown value; internal failures keep their message. No message
+ * shows the server's temporary or home directory paths.
+ */
 export function toOpenAIError(err: unknown): { status: number; body: OpenAIErrorBody } {
+  const { status, body } = openAIError(err);
+  body.error.message = hideServerPaths(body.error.message);
+  return { status, body };
+}
+
+function openAIError(err: unknown): { status: number; body: OpenAIErrorBody } {
   if (err instanceof HttpError) {
     return {
       status: err.status,

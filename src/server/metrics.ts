@@ -1,4 +1,5 @@
 /** The server's counters, gauges and histograms, rendered in the Prometheus text format (0.0.4). */
+import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -35,6 +36,17 @@ export class ServerMetrics {
   readonly timeToFirstToken = new Histogram();
   readonly interTokenLatency = new Histogram();
   readonly requestDuration = new Histogram();
+  /** How late the event loop runs timers: what a request's work on the main thread costs the others. */
+  readonly eventLoopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: 10 });
+
+  constructor() {
+    this.eventLoopDelay.enable();
+  }
+
+  /** Stops sampling the event loop (the sampler's timer would otherwise keep running). */
+  stop(): void {
+    this.eventLoopDelay.disable();
+  }
 
   countRequest(endpoint: string, status: number): void {
     const key = `endpoint="${escapeLabel(endpoint)}",status="${status}"`;
@@ -86,6 +98,16 @@ export class ServerMetrics {
       'internvl_inter_token_latency_seconds',
       'Time between consecutive generated tokens.',
       this.interTokenLatency,
+    );
+    const delay = this.eventLoopDelay;
+    metric(
+      'internvl_event_loop_delay_seconds',
+      'summary',
+      'Event-loop delay since the server started (10 ms sampling).',
+      [0.5, 0.99, 1].map(
+        (q) =>
+          `internvl_event_loop_delay_seconds{quantile="${q}"} ${(q === 1 ? delay.max : delay.percentile(q * 100)) / 1e9}`,
+      ),
     );
     histogram(
       'internvl_request_duration_seconds',

@@ -13,12 +13,16 @@
 import { z } from 'zod';
 import type { ChatMessage, ContentPart } from '../pipeline/conversation.js';
 import type { GenerationConfigInput } from '../pipeline/generation-config.js';
-import type { TokenLogprobInfo, Usage } from '../pipeline/pipeline.js';
 import { HttpError } from './errors.js';
 import { type LocalVideo, loadRequestImage, type MediaPolicy, materializeVideo } from './media.js';
 
 /** LMDeploy's reading of OpenAI's `detail` as a tile budget (`_preprocess_v1_5`). */
 export const DETAIL_TILES: Readonly<Record<string, number>> = { low: 6, medium: 12, high: 24 };
+
+/** Bounds on list lengths, so that a body of many tiny items cannot multiply the work. */
+export const MAX_MESSAGES = 4096;
+export const MAX_CONTENT_PARTS = 4096;
+export const MAX_PROMPTS = 256;
 
 const nullish = <T extends z.ZodType>(schema: T) => schema.nullish();
 const probability = z.number().min(0).max(1);
@@ -71,30 +75,56 @@ type RequestContentPart = z.infer<typeof contentPart>;
 
 const message = z.object({
   role: z.enum(['system', 'developer', 'user', 'assistant']),
-  content: z.union([z.string(), z.array(contentPart)], {
-    error: 'content must be a string or a list of content parts',
-  }),
+  content: z.union(
+    [
+      z.string(),
+      z
+        .array(contentPart)
+        .max(MAX_CONTENT_PARTS, { error: `at most ${MAX_CONTENT_PARTS} content parts per message` }),
+    ],
+    {
+      error: 'content must be a string or a list of content parts',
+    },
+  ),
   name: nullish(z.string()),
 });
 
 export const chatCompletionRequestSchema = z.object({
   ...samplingFields,
-  messages: z.array(message).min(1, { error: 'messages must not be empty' }),
+  messages: z
+    .array(message)
+    .min(1, { error: 'messages must not be empty' })
+    .max(MAX_MESSAGES, { error: `at most ${MAX_MESSAGES} messages per request` }),
   max_tokens: nullish(z.number().int().min(1)),
   max_completion_tokens: nullish(z.number().int().min(1)),
   logprobs: nullish(z.boolean()),
   top_logprobs: nullish(z.number().int().min(0).max(20)),
-  tools: nullish(z.array(z.unknown())),
-  tool_choice: nullish(z.unknown()),
+  tools: nullish(
+    z.array(z.unknown()).max(0, { error: 'tools are not supported by this server (no tool calling)' }),
+  ),
+  tool_choice: nullish(
+    z.enum(['none', 'auto'], {
+      error: "tool_choice is not supported by this server beyond 'none' and 'auto' (no tool calling)",
+    }),
+  ),
   response_format: nullish(z.object({ type: z.string() })),
 });
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequestSchema>;
 
 export const completionRequestSchema = z.object({
   ...samplingFields,
-  prompt: z.union([z.string(), z.array(z.string()).min(1)], {
-    error: 'prompt must be a string or a list of strings (token-id prompts are not supported)',
-  }),
+  prompt: z.union(
+    [
+      z.string(),
+      z
+        .array(z.string())
+        .min(1)
+        .max(MAX_PROMPTS, { error: `at most ${MAX_PROMPTS} prompts per request` }),
+    ],
+    {
+      error: 'prompt must be a string or a list of strings (token-id prompts are not supported)',
+    },
+  ),
   max_tokens: nullish(z.number().int().min(1)),
   logprobs: nullish(z.number().int().min(0).max(5)),
   echo: nullish(z.boolean()),
@@ -119,7 +149,8 @@ interface PathIssue {
 
 /**
  * A union's own message says little ("content must be a string or a list…"); the branch that got
- * deepest into the input names the real problem (e.g. `content[0].image_url.url`).
+ * deepest into the input names the real problem (e.g. `content[0].image_url.url`), and so does a
+ * branch whose type matched but whose check failed (e.g. a list that is too long).
  */
 function mostSpecific(issue: PathIssue): PathIssue {
   if (issue.code !== 'invalid_union' || !issue.errors?.length) return issue;
@@ -127,7 +158,8 @@ function mostSpecific(issue: PathIssue): PathIssue {
   for (const branch of issue.errors) {
     if (branch.length === 0) continue;
     const inner = mostSpecific({ ...branch[0], path: [...issue.path, ...branch[0].path] });
-    if (inner.path.length > best.path.length) best = inner;
+    const typeMatched = inner.code !== 'invalid_type' && inner.code !== 'invalid_union';
+    if (inner.path.length > best.path.length || (best === issue && typeMatched)) best = inner;
   }
   return best;
 }
@@ -208,10 +240,6 @@ export function choiceConfigs(gen: GenerationConfigInput, n: number): Generation
 
 export function chatGeneration(req: ChatCompletionRequest): GenerationConfigInput {
   rejectUnsupportedSampling(req);
-  if (req.tools && req.tools.length > 0) unsupported('tools', 'no tool calling');
-  if (req.tool_choice != null && req.tool_choice !== 'none' && req.tool_choice !== 'auto') {
-    unsupported('tool_choice', 'no tool calling');
-  }
   if (req.response_format && req.response_format.type !== 'text') {
     unsupported(
       'response_format',
@@ -281,6 +309,8 @@ export interface PreparedMessages {
   messages: ChatMessage[];
   /** Removes downloaded videos; call when generation is over. */
   release(): Promise<void>;
+  /** `message` with each video's file path replaced by the request field it came from. */
+  hidePaths(message: string): string;
 }
 
 /**
@@ -309,6 +339,12 @@ export async function prepareMessages(
   const release = async () => {
     await Promise.all(videos.map((v) => v.release()));
   };
+  const fields = new Map<string, string>();
+  const hidePaths = (message: string) => {
+    let out = message;
+    for (const [file, field] of fields) out = out.replaceAll(file, field);
+    return out;
+  };
   // One failure stops the other fetches.
   const failed = new AbortController();
   const fetchSignal = AbortSignal.any([signal, failed.signal]);
@@ -334,6 +370,7 @@ export async function prepareMessages(
         }
         const video = await materializeVideo(spec.url, limits.policy, `${param}.video_url.url`, fetchSignal);
         videos.push(video);
+        fields.set(video.path, `${param}.video_url.url`);
         return { type: 'video_url', video_url: { url: video.path, num_segments: frames } };
       }
     }
@@ -354,89 +391,9 @@ export async function prepareMessages(
         return { role, content };
       }),
     );
-    return { messages, release };
+    return { messages, release, hidePaths };
   } catch (err) {
     await release();
     throw err;
   }
-}
-
-// ---- response shapes ----
-
-export interface OpenAIUsage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-}
-
-/** Usage of a request: the prompt counted once per prompt, completions summed over choices. */
-export function openAIUsage(promptTokens: number, completionTokens: number): OpenAIUsage {
-  return {
-    prompt_tokens: promptTokens,
-    completion_tokens: completionTokens,
-    total_tokens: promptTokens + completionTokens,
-  };
-}
-
-export function sumUsage(usages: readonly Usage[], promptGroups: number): OpenAIUsage {
-  const perPrompt = new Map<number, number>();
-  let completion = 0;
-  usages.forEach((u, i) => {
-    perPrompt.set(i % promptGroups, u.promptTokens);
-    completion += u.completionTokens;
-  });
-  const prompt = [...perPrompt.values()].reduce((a, b) => a + b, 0);
-  return openAIUsage(prompt, completion);
-}
-
-const utf8 = new TextEncoder();
-
-export interface ChatLogprobEntry {
-  token: string;
-  logprob: number;
-  bytes: number[];
-  top_logprobs: { token: string; logprob: number; bytes: number[] }[];
-}
-
-export function chatLogprobs(infos: readonly TokenLogprobInfo[]): { content: ChatLogprobEntry[] } {
-  return {
-    content: infos.map((t) => ({
-      token: t.token,
-      logprob: t.logprob,
-      bytes: [...utf8.encode(t.token)],
-      top_logprobs: (t.topLogprobs ?? []).map((a) => ({
-        token: a.token,
-        logprob: a.logprob,
-        bytes: [...utf8.encode(a.token)],
-      })),
-    })),
-  };
-}
-
-export interface CompletionLogprobs {
-  tokens: string[];
-  token_logprobs: number[];
-  top_logprobs: Record<string, number>[] | null;
-  text_offset: number[];
-}
-
-/** The legacy shape; `textOffset` is where this piece's text starts in the choice's text. */
-export function completionLogprobs(
-  infos: readonly TokenLogprobInfo[],
-  textOffset: number,
-): CompletionLogprobs {
-  const offsets: number[] = [];
-  let at = textOffset;
-  for (const t of infos) {
-    offsets.push(at);
-    at += t.token.length;
-  }
-  return {
-    tokens: infos.map((t) => t.token),
-    token_logprobs: infos.map((t) => t.logprob),
-    top_logprobs: infos.map((t) =>
-      Object.fromEntries((t.topLogprobs ?? []).map((a) => [a.token, a.logprob])),
-    ),
-    text_offset: offsets,
-  };
 }

@@ -5,39 +5,26 @@
  * steps between concurrent calls. `maxBatchSize` bounds how many run at once, the rest wait in a
  * FIFO queue. A client that disconnects aborts its generations and frees their slots.
  */
-import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
-import type { ChatMessage } from '../pipeline/conversation.js';
-import type { GenerationConfigInput } from '../pipeline/generation-config.js';
-import {
-  type FinishReason,
-  pipeline as loadPipeline,
-  type Pipeline,
-  type PipelineOptions,
-  type StreamChunk,
-  type TokenLogprobInfo,
-  type Usage,
-} from '../pipeline/pipeline.js';
+import { pipeline as loadPipeline, type Pipeline, type PipelineOptions } from '../pipeline/pipeline.js';
 import { sendChatPage } from './chat-page.js';
 import { HttpError, toOpenAIError } from './errors.js';
+import { type Choice, collectChat, writeGeneration } from './generation.js';
+import { readBody, sendJson, sseData } from './http.js';
 import { DEFAULT_MEDIA_POLICY, type MediaPolicy } from './media.js';
 import { ServerMetrics, SlotLimiter } from './metrics.js';
 import {
-  chatCompletionRequestSchema,
   chatGeneration,
-  chatLogprobs,
   choiceConfigs,
   completionGeneration,
-  completionLogprobs,
-  completionRequestSchema,
   type MediaLimits,
-  parseRequest,
   prepareMessages,
-  sumUsage,
 } from './openai.js';
+import { RequestBodyParser } from './request-body.js';
 
 export interface ServerOptions {
   /** The id in /v1/models and the `model` requests must name; default the model path's last part. */
@@ -54,10 +41,12 @@ export interface ServerOptions {
   maxImages?: number;
   /** Frames sampled from one video. Default 32 (8 when a part names no num_segments). */
   maxVideoFrames?: number;
-  /** Largest request body. Default 64 MiB. */
+  /** Largest request body. Default 16 MiB (room for an image of up to about 12 MiB as a base64 data URL). */
   bodyLimitBytes?: number;
   /** The whole request body must arrive within this time. Default 30 s. */
   bodyTimeoutMs?: number;
+  /** /metrics also requires the API key (with `apiKey` set). Default false: /metrics is open. */
+  metricsAuth?: boolean;
   /** Remote and local media policy (domains, local files, size and time limits). */
   media?: Partial<MediaPolicy>;
   /** Pipeline options when `createServer` is given a model path. */
@@ -73,153 +62,60 @@ export interface ServerAddress {
   url: string;
 }
 
-interface ChoiceResult {
-  finishReason: FinishReason;
-  usage: Usage;
-}
-
-/** One generation of a request: `run` streams its chunks and resolves with how it ended. */
-interface Choice {
-  index: number;
-  run(signal: AbortSignal, onChunk: (chunk: StreamChunk) => void): Promise<ChoiceResult>;
-}
-
-interface GenerationReply {
-  kind: 'chat' | 'text';
-  stream: boolean;
-  includeUsage: boolean;
-  logprobs: boolean;
-  /** Choices per prompt (n): usage counts each prompt once. */
-  n: number;
-  prompts: number;
-}
-
-const SSE_HEADERS = {
-  'content-type': 'text/event-stream; charset=utf-8',
-  'cache-control': 'no-cache',
-  connection: 'keep-alive',
-  'x-accel-buffering': 'no',
-};
-
-function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-    ...headers,
-  });
-  res.end(text);
-}
-
-function sseData(res: ServerResponse, payload: unknown): void {
-  res.write(`data: ${typeof payload === 'string' ? payload : JSON.stringify(payload)}\n\n`);
-}
-
-function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length']);
-  if (declared > limit) {
-    return Promise.reject(
-      new HttpError(413, `the request body is ${declared} bytes, above the limit of ${limit}`, {
-        openaiCode: 'request_too_large',
-      }),
-    );
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let total = 0;
-    const finish = (err?: unknown) => {
-      clearTimeout(timer);
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('error', onError);
-      if (err) {
-        // Discard the rest without buffering it; the connection closes after the reply.
-        req.resume();
-        reject(err);
-      } else resolve(Buffer.concat(chunks));
-    };
-    const timer = setTimeout(
-      () =>
-        finish(
-          new HttpError(408, `the request body did not arrive within ${timeoutMs} ms`, {
-            openaiCode: 'request_timeout',
-          }),
-        ),
-      timeoutMs,
-    );
-    const onData = (chunk: Buffer) => {
-      total += chunk.length;
-      if (total > limit) {
-        finish(
-          new HttpError(413, `the request body is larger than the limit of ${limit} bytes`, {
-            openaiCode: 'request_too_large',
-          }),
-        );
-      } else chunks.push(chunk);
-    };
-    const onEnd = () => finish();
-    const onError = (err: Error) => finish(err);
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('error', onError);
-  });
-}
-
-function parseJson(body: Buffer): unknown {
-  if (body.length === 0) throw new HttpError(400, 'the request body is empty; expected a JSON object');
-  try {
-    return JSON.parse(body.toString('utf8'));
-  } catch (err) {
-    throw new HttpError(400, `the request body is not valid JSON: ${(err as Error).message}`, {
-      openaiCode: 'invalid_json',
-    });
-  }
-}
+/** The default largest request body: room for an image of up to about 12 MiB as a base64 data URL. */
+export const DEFAULT_BODY_LIMIT_BYTES = 16 * 1024 * 1024;
 
 const digest = (key: string) => createHash('sha256').update(key).digest();
 
-async function collectChat(
-  pipe: Pipeline,
-  messages: ChatMessage[],
-  gen: GenerationConfigInput,
-  signal: AbortSignal,
-  onChunk: (chunk: StreamChunk) => void,
-): Promise<ChoiceResult> {
-  let last: StreamChunk | undefined;
-  for await (const chunk of pipe.stream(messages, gen, { signal })) {
-    if (chunk.finishReason) last = chunk;
-    else onChunk(chunk);
+/** The path of a request target without trailing slashes; a target that is no URL path is '/invalid'. */
+function requestPath(target: string | undefined): string {
+  let pathname: string;
+  try {
+    pathname = new URL(target ?? '/', 'http://localhost').pathname;
+  } catch {
+    return '/invalid';
   }
-  if (!last?.finishReason || !last.usage)
-    throw new InternVLError('INTERNAL', 'the stream ended without its final chunk');
-  return { finishReason: last.finishReason, usage: last.usage };
+  return pathname.replace(/\/+$/, '') || '/';
 }
 
-/** Logprobs of the chunk's generated tokens (an end-of-turn token's entry is not part of the text). */
-function tokenLogprobs(chunk: StreamChunk): TokenLogprobInfo[] | undefined {
-  return chunk.logprobs?.slice(0, chunk.tokenIds.length);
+function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new HttpError(400, `the path part '${part.slice(0, 100)}' is not valid percent-encoding`, {
+      openaiCode: 'invalid_url',
+    });
+  }
 }
 
 export class InternVLServer {
   readonly httpServer: http.Server;
   readonly metrics = new ServerMetrics();
   readonly limiter: SlotLimiter;
+  /** Settles when the model has loaded (at once for a loaded pipeline); rejects if loading failed. */
+  readonly ready: Promise<void>;
   readonly #inflight = new Set<AbortController>();
+  #whenIdle: (() => void)[] = [];
   readonly #keys: Buffer[];
-  readonly #media: MediaLimits;
+  readonly #metricsAuth: boolean;
+  readonly #media: Omit<MediaLimits, 'defaultTiles'>;
   readonly #bodyLimit: number;
   readonly #bodyTimeout: number;
+  readonly #bodies = new RequestBodyParser();
   readonly #log: (line: string) => void;
   readonly #created = Math.floor(Date.now() / 1000);
+  readonly #loading: Promise<Pipeline>;
+  #pipeline: Pipeline | undefined;
+  #loadError: unknown;
+  #draining = false;
   #closing: Promise<void> | undefined;
 
+  /**
+   * `pipeline` may still be loading: the server then listens at once, /ready answers 503 and
+   * generation requests get 503 until it has loaded.
+   */
   constructor(
-    readonly pipeline: Pipeline,
+    pipeline: Pipeline | Promise<Pipeline>,
     readonly modelName: string,
     options: ServerOptions,
     private readonly ownsPipeline: boolean,
@@ -243,23 +139,58 @@ export class InternVLServer {
       throw new InternVLError('BAD_INPUT', 'server option apiKey must be a non-empty string');
     }
     this.#keys = keys.map(digest);
+    this.#metricsAuth = options.metricsAuth === true;
+    if (this.#metricsAuth && keys.length === 0) {
+      throw new InternVLError('BAD_INPUT', 'server option metricsAuth needs an apiKey to check');
+    }
     const maxTilesPerImage = positive(options.maxTilesPerImage, 'maxTilesPerImage', 24);
     const maxVideoFrames = positive(options.maxVideoFrames, 'maxVideoFrames', 32);
     this.#media = {
       policy: { ...DEFAULT_MEDIA_POLICY, ...options.media },
-      defaultTiles: pipeline.options.maxTiles ?? pipeline.config.max_dynamic_patch,
       maxTilesPerImage,
       maxImages: positive(options.maxImages, 'maxImages', 16),
       maxVideoFrames,
       defaultVideoFrames: Math.min(8, maxVideoFrames),
     };
-    this.#bodyLimit = positive(options.bodyLimitBytes, 'bodyLimitBytes', 64 * 1024 * 1024);
+    this.#bodyLimit = positive(options.bodyLimitBytes, 'bodyLimitBytes', DEFAULT_BODY_LIMIT_BYTES);
     this.#bodyTimeout = positive(options.bodyTimeoutMs, 'bodyTimeoutMs', 30_000);
     this.#log = options.log ?? (() => {});
     this.httpServer = http.createServer((req, res) => void this.#handle(req, res));
     // Backstop for clients that never finish their headers or body; #readBody answers first.
     this.httpServer.requestTimeout = this.#bodyTimeout + 5_000;
     this.httpServer.headersTimeout = Math.min(60_000, this.#bodyTimeout + 1_000);
+    if (pipeline instanceof Promise) {
+      this.#loading = pipeline;
+      this.ready = pipeline.then(
+        (loaded) => {
+          this.#pipeline = loaded;
+          // Loading blocks the loop at times; the delay metric is about serving.
+          this.metrics.eventLoopDelay.reset();
+        },
+        (err: unknown) => {
+          this.#loadError = err;
+          throw err;
+        },
+      );
+      // Whoever awaits `ready` sees the failure; /ready and requests report it too.
+      this.ready.catch(() => {});
+    } else {
+      this.#pipeline = pipeline;
+      this.#loading = Promise.resolve(pipeline);
+      this.ready = Promise.resolve();
+    }
+  }
+
+  /** The loaded pipeline; a 503 while the model is loading or after it failed to load. */
+  get pipeline(): Pipeline {
+    if (this.#pipeline) return this.#pipeline;
+    if (this.#loadError !== undefined) {
+      const reason = this.#loadError instanceof Error ? this.#loadError.message : String(this.#loadError);
+      throw new HttpError(503, `the model failed to load: ${reason}`, { openaiCode: 'model_not_ready' });
+    }
+    throw new HttpError(503, 'the model is still loading; retry when /ready answers 200', {
+      openaiCode: 'model_not_ready',
+    });
   }
 
   /** Starts listening (port 0 picks a free port). */
@@ -278,14 +209,48 @@ export class InternVLServer {
     });
   }
 
+  /**
+   * A graceful stop: stops accepting connections (new requests on open ones get 503), lets the
+   * requests in flight finish for up to `timeoutMs`, then closes as `close` does. Resolves with how
+   * many requests were still running at the deadline and had to be aborted.
+   */
+  async drain(timeoutMs: number): Promise<{ aborted: number }> {
+    this.#draining = true;
+    this.httpServer.close();
+    this.httpServer.closeIdleConnections();
+    if (this.#inflight.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => this.#whenIdle.push(resolve)),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, timeoutMs);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    const aborted = this.#inflight.size;
+    await this.close();
+    return { aborted };
+  }
+
   /** Aborts running generations, closes connections, and closes the pipeline if the server loaded it. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      this.#draining = true;
       for (const c of this.#inflight) c.abort(new InternVLError('ABORTED', 'the server is shutting down'));
       const closed = new Promise<void>((resolve) => this.httpServer.close(() => resolve()));
       this.httpServer.closeAllConnections();
       await closed;
-      if (this.ownsPipeline) await this.pipeline.close();
+      await this.#bodies.close();
+      this.metrics.stop();
+      if (!this.ownsPipeline) return;
+      // A model still loading is closed once it has loaded; the caller need not wait for that.
+      if (this.#pipeline) await this.#pipeline.close();
+      else
+        void this.#loading.then(
+          (p) => p.close(),
+          () => {},
+        );
     })();
     return this.#closing;
   }
@@ -300,12 +265,13 @@ export class InternVLServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = performance.now();
-    const pathname = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '') || '/';
+    const pathname = requestPath(req.url);
     const gone = new AbortController();
     this.#inflight.add(gone);
     let endpoint = pathname.startsWith('/v1/models') ? '/v1/models' : pathname;
     res.once('close', () => {
       this.#inflight.delete(gone);
+      if (this.#inflight.size === 0) for (const resolve of this.#whenIdle.splice(0)) resolve();
       const disconnected = !res.writableFinished;
       if (disconnected) gone.abort(new InternVLError('ABORTED', 'the client disconnected'));
       const status = disconnected ? 499 : res.statusCode;
@@ -315,6 +281,9 @@ export class InternVLServer {
       this.#log(`${req.method} ${pathname} ${status} ${(seconds * 1000).toFixed(0)}ms`);
     });
     try {
+      if (this.#draining && pathname !== '/health') {
+        throw new HttpError(503, 'the server is shutting down', { openaiCode: 'shutting_down' });
+      }
       const route = this.#route(req.method ?? 'GET', pathname);
       if (!route) {
         endpoint = 'unknown';
@@ -323,7 +292,8 @@ export class InternVLServer {
           openaiCode: 'not_found',
         });
       }
-      if (pathname.startsWith('/v1/') && !this.#authorized(req)) {
+      const needsKey = pathname.startsWith('/v1/') || (pathname === '/metrics' && this.#metricsAuth);
+      if (needsKey && !this.#authorized(req)) {
         throw new HttpError(401, 'missing or invalid API key (send Authorization: Bearer <key>)', {
           code: 'UNAUTHORIZED',
           openaiCode: 'invalid_api_key',
@@ -349,7 +319,8 @@ export class InternVLServer {
       return;
     }
     if (res.destroyed) return;
-    const close = status === 408 || status === 413 ? { connection: 'close' } : undefined;
+    // After a 413 the rest of the body is read and dropped, so the client sees the reply (see readBody).
+    const close = status === 408 || this.#draining ? { connection: 'close' } : undefined;
     sendJson(res, status, body, close);
   }
 
@@ -368,6 +339,13 @@ export class InternVLServer {
     > = {
       '/': { GET: async (_req, res) => sendChatPage(res) },
       '/health': { GET: async (_req, res) => sendJson(res, 200, { status: 'ok' }) },
+      '/ready': {
+        GET: async (_req, res) => {
+          // The getter throws the 503 that says why (loading, or failed to load).
+          void this.pipeline;
+          sendJson(res, 200, { status: 'ready' });
+        },
+      },
       '/metrics': {
         GET: async (_req, res) => {
           this.metrics.queueDepth = this.limiter.queued;
@@ -386,7 +364,7 @@ export class InternVLServer {
       },
     };
     if (pathname.startsWith('/v1/models/')) {
-      const id = decodeURIComponent(pathname.slice('/v1/models/'.length));
+      const id = decodePathPart(pathname.slice('/v1/models/'.length));
       return async (_req, res) => {
         if (method !== 'GET')
           throw new HttpError(405, `${method} is not allowed on /v1/models/{id}; use GET`);
@@ -421,8 +399,8 @@ export class InternVLServer {
     });
   }
 
-  async #body(req: IncomingMessage): Promise<unknown> {
-    return parseJson(await readBody(req, this.#bodyLimit, this.#bodyTimeout));
+  #mediaLimits(pipe: Pipeline): MediaLimits {
+    return { ...this.#media, defaultTiles: pipe.options.maxTiles ?? pipe.config.max_dynamic_patch };
   }
 
   async #chat(
@@ -431,19 +409,21 @@ export class InternVLServer {
     signal: AbortSignal,
     started: number,
   ): Promise<void> {
-    const body = parseRequest(chatCompletionRequestSchema, await this.#body(req));
+    const pipe = this.pipeline;
+    const raw = await readBody(req, this.#bodyLimit, this.#bodyTimeout);
+    const body = await this.#bodies.parse(raw, 'chat');
     if (body.model != null && body.model !== this.modelName) throw this.#unknownModel(body.model);
     const gen = chatGeneration(body);
     const n = body.n ?? 1;
-    const prepared = await prepareMessages(body, this.#media, signal);
+    const prepared = await prepareMessages(body, this.#mediaLimits(pipe), signal);
     try {
       const choices = choiceConfigs(gen, n).map(
         (g, index): Choice => ({
           index,
-          run: (s, onChunk) => collectChat(this.pipeline, prepared.messages, g, s, onChunk),
+          run: (s, onChunk) => collectChat(pipe, prepared.messages, g, s, onChunk),
         }),
       );
-      await this.#generate(res, signal, started, choices, {
+      await writeGeneration(this, res, signal, started, choices, {
         kind: 'chat',
         stream: body.stream === true,
         includeUsage: body.stream_options?.include_usage === true,
@@ -451,6 +431,10 @@ export class InternVLServer {
         n,
         prompts: 1,
       });
+    } catch (err) {
+      // Errors about a downloaded video name the request's field, not the server's temporary file.
+      if (err instanceof Error) err.message = prepared.hidePaths(err.message);
+      throw err;
     } finally {
       await prepared.release();
     }
@@ -462,21 +446,31 @@ export class InternVLServer {
     signal: AbortSignal,
     started: number,
   ): Promise<void> {
-    const body = parseRequest(completionRequestSchema, await this.#body(req));
+    const pipe = this.pipeline;
+    const raw = await readBody(req, this.#bodyLimit, this.#bodyTimeout);
+    const body = await this.#bodies.parse(raw, 'completion');
     if (body.model != null && body.model !== this.modelName) throw this.#unknownModel(body.model);
     const gen = completionGeneration(body);
     const n = body.n ?? 1;
     const prompts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
+    if (prompts.length * n > this.limiter.maxQueue) {
+      throw new HttpError(
+        400,
+        `${prompts.length} prompts × n ${n} = ${prompts.length * n} generations, above the server's ` +
+          `limit of ${this.limiter.maxQueue} per request`,
+        { param: 'n', openaiCode: 'too_many_generations' },
+      );
+    }
     const configs = choiceConfigs(gen, n);
     const choices = prompts.flatMap((prompt, p) =>
       configs.map(
         (g, i): Choice => ({
           index: p * n + i,
-          run: (s, onChunk) => this.pipeline.complete(prompt, g, { signal: s, onChunk }),
+          run: (s, onChunk) => pipe.complete(prompt, g, { signal: s, onChunk }),
         }),
       ),
     );
-    await this.#generate(res, signal, started, choices, {
+    await writeGeneration(this, res, signal, started, choices, {
       kind: 'text',
       stream: body.stream === true,
       includeUsage: body.stream_options?.include_usage === true,
@@ -484,154 +478,6 @@ export class InternVLServer {
       n,
       prompts: prompts.length,
     });
-  }
-
-  /** Runs every choice (each in a slot) and writes the JSON reply or the SSE stream. */
-  async #generate(
-    res: ServerResponse,
-    gone: AbortSignal,
-    started: number,
-    choices: Choice[],
-    reply: GenerationReply,
-  ): Promise<void> {
-    const id = `${reply.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replaceAll('-', '')}`;
-    const created = Math.floor(Date.now() / 1000);
-    const object = reply.kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
-    const base = { id, object, created, model: this.modelName };
-    const usageField = reply.stream && reply.includeUsage ? { usage: null } : {};
-    const failed = new AbortController();
-    const signal = AbortSignal.any([gone, failed.signal]);
-    const texts = choices.map(() => '');
-    const logprobs: TokenLogprobInfo[][] = choices.map(() => []);
-    let opened = false;
-    const open = () => {
-      if (opened || !reply.stream) return;
-      opened = true;
-      res.writeHead(200, SSE_HEADERS);
-      if (reply.kind === 'chat') {
-        for (const c of choices) {
-          sseData(res, {
-            ...base,
-            choices: [
-              {
-                index: c.index,
-                delta: { role: 'assistant', content: '' },
-                logprobs: null,
-                finish_reason: null,
-              },
-            ],
-            ...usageField,
-          });
-        }
-      }
-    };
-    const onChunk = (choice: number, chunk: StreamChunk) => {
-      const kept = tokenLogprobs(chunk);
-      const offset = texts[choice].length;
-      texts[choice] += chunk.text;
-      if (kept) logprobs[choice].push(...kept);
-      if (!reply.stream || res.destroyed || (!chunk.text && !kept?.length)) return;
-      open();
-      const choiceLogprobs = kept
-        ? reply.kind === 'chat'
-          ? chatLogprobs(kept)
-          : completionLogprobs(kept, offset)
-        : null;
-      const payload =
-        reply.kind === 'chat'
-          ? { index: choice, delta: { content: chunk.text }, logprobs: choiceLogprobs, finish_reason: null }
-          : { index: choice, text: chunk.text, logprobs: choiceLogprobs, finish_reason: null };
-      sseData(res, { ...base, choices: [payload], ...usageField });
-    };
-    const results = await Promise.allSettled(
-      choices.map(async (choice) => {
-        try {
-          const result = await this.#runInSlot(choice, signal, started, onChunk);
-          if (reply.stream && !res.destroyed) {
-            open();
-            const end =
-              reply.kind === 'chat'
-                ? { index: choice.index, delta: {}, logprobs: null, finish_reason: result.finishReason }
-                : { index: choice.index, text: '', logprobs: null, finish_reason: result.finishReason };
-            sseData(res, { ...base, choices: [end], ...usageField });
-          }
-          return result;
-        } catch (err) {
-          failed.abort(err);
-          throw err;
-        }
-      }),
-    );
-    if (gone.aborted) {
-      this.metrics.abortedRequests++;
-      return;
-    }
-    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failure) throw failure.reason;
-    const usages = results.map((r) => (r as PromiseFulfilledResult<ChoiceResult>).value.usage);
-    const usage = sumUsage(usages, reply.prompts);
-    if (reply.stream) {
-      open();
-      if (reply.includeUsage) sseData(res, { ...base, choices: [], usage });
-      sseData(res, '[DONE]');
-      res.end();
-      return;
-    }
-    const finishReasons = results.map((r) => (r as PromiseFulfilledResult<ChoiceResult>).value.finishReason);
-    sendJson(res, 200, {
-      id,
-      object: reply.kind === 'chat' ? 'chat.completion' : 'text_completion',
-      created,
-      model: this.modelName,
-      choices: choices.map((c, i) =>
-        reply.kind === 'chat'
-          ? {
-              index: c.index,
-              message: { role: 'assistant', content: texts[i] },
-              logprobs: reply.logprobs ? chatLogprobs(logprobs[i]) : null,
-              finish_reason: finishReasons[i],
-            }
-          : {
-              index: c.index,
-              text: texts[i],
-              logprobs: reply.logprobs ? completionLogprobs(logprobs[i], 0) : null,
-              finish_reason: finishReasons[i],
-            },
-      ),
-      usage,
-    });
-  }
-
-  async #runInSlot(
-    choice: Choice,
-    signal: AbortSignal,
-    started: number,
-    onChunk: (choice: number, chunk: StreamChunk) => void,
-  ): Promise<ChoiceResult> {
-    const release = await this.limiter.acquire(
-      signal,
-      () =>
-        new HttpError(503, `the server is busy: ${this.limiter.queued} sequences are already waiting`, {
-          openaiCode: 'server_overloaded',
-        }),
-    );
-    let last: number | undefined;
-    try {
-      const result = await choice.run(signal, (chunk) => {
-        if (chunk.tokenIds.length > 0) {
-          const now = performance.now();
-          if (last === undefined) this.metrics.timeToFirstToken.observe((now - started) / 1000);
-          else this.metrics.interTokenLatency.observe((now - last) / 1000 / chunk.tokenIds.length);
-          last = now;
-        }
-        onChunk(choice.index, chunk);
-      });
-      this.metrics.promptTokens += result.usage.promptTokens;
-      this.metrics.completionTokens += result.usage.completionTokens;
-      return result;
-    } finally {
-      release();
-    }
   }
 }
 
