@@ -88,16 +88,23 @@ test('request fields map to the generation config; n derives seeds', () => {
 });
 
 test('usage counts each prompt once and sums completions; legacy logprob offsets', () => {
-  const u = (p: number, c: number) => ({ promptTokens: p, completionTokens: c, imageTokens: 0 });
-  assert.deepEqual(sumUsage([u(10, 3), u(10, 4)], 1), {
+  const u = (p: number, c: number, cached = 0) => ({
+    promptTokens: p,
+    completionTokens: c,
+    imageTokens: 0,
+    cachedTokens: cached,
+  });
+  assert.deepEqual(sumUsage([u(10, 3, 6), u(10, 4, 10)], 1), {
     prompt_tokens: 10,
     completion_tokens: 7,
     total_tokens: 17,
+    prompt_tokens_details: { cached_tokens: 6 },
   });
-  assert.deepEqual(sumUsage([u(10, 3), u(5, 4)], 2), {
+  assert.deepEqual(sumUsage([u(10, 3), u(5, 4, 2)], 2), {
     prompt_tokens: 15,
     completion_tokens: 7,
     total_tokens: 22,
+    prompt_tokens_details: { cached_tokens: 2 },
   });
   const lp = completionLogprobs(
     [

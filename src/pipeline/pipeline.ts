@@ -97,6 +97,8 @@ export interface Usage {
   completionTokens: number;
   /** Prompt tokens that stand for image tiles (`<IMG_CONTEXT>`). */
   imageTokens: number;
+  /** Prompt tokens whose KV cache was reused (a chat session's earlier turns, or the prefix cache). */
+  cachedTokens: number;
 }
 
 export interface Response {
@@ -609,7 +611,12 @@ export class Pipeline {
       text,
       finishReason,
       tokenIds,
-      usage: { promptTokens: request.inputIds.length, completionTokens: generated, imageTokens },
+      usage: {
+        promptTokens: request.inputIds.length,
+        completionTokens: generated,
+        imageTokens,
+        cachedTokens: result.stats.reusedTokens,
+      },
       ...(config.logprobs ? { logprobs } : {}),
       cache: { reusedPromptTokens: result.stats.reusedTokens, encodedTiles: result.stats.encodedTiles },
     };

@@ -206,6 +206,7 @@ async function runInSlot(
       onChunk(choice.index, chunk);
     });
     ctx.metrics.promptTokens += result.usage.promptTokens;
+    ctx.metrics.cachedPromptTokens += result.usage.cachedTokens;
     ctx.metrics.completionTokens += result.usage.completionTokens;
     return result;
   } finally {

@@ -26,6 +26,8 @@ export class ServerMetrics {
   /** Finished requests by `endpoint` and HTTP `status`. */
   readonly requests = new Map<string, number>();
   promptTokens = 0;
+  /** Prompt tokens whose KV cache was reused (chat sessions and the prefix cache). */
+  cachedPromptTokens = 0;
   completionTokens = 0;
   /** Generations stopped because their client went away. */
   abortedRequests = 0;
@@ -74,6 +76,12 @@ export class ServerMetrics {
     metric('internvl_prompt_tokens_total', 'counter', 'Prompt tokens processed (image tokens included).', [
       `internvl_prompt_tokens_total ${this.promptTokens}`,
     ]);
+    metric(
+      'internvl_prompt_cached_tokens_total',
+      'counter',
+      'Prompt tokens whose KV cache was reused instead of prefilled (prefix cache, chat sessions).',
+      [`internvl_prompt_cached_tokens_total ${this.cachedPromptTokens}`],
+    );
     metric('internvl_completion_tokens_total', 'counter', 'Tokens generated.', [
       `internvl_completion_tokens_total ${this.completionTokens}`,
     ]);

@@ -5,26 +5,36 @@ export interface OpenAIUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** As OpenAI reports prompt caching: prompt tokens served from the cache. */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 /** Usage of a request: the prompt counted once per prompt, completions summed over choices. */
-export function openAIUsage(promptTokens: number, completionTokens: number): OpenAIUsage {
+export function openAIUsage(promptTokens: number, completionTokens: number, cachedTokens = 0): OpenAIUsage {
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
+    prompt_tokens_details: { cached_tokens: cachedTokens },
   };
 }
 
 export function sumUsage(usages: readonly Usage[], promptGroups: number): OpenAIUsage {
-  const perPrompt = new Map<number, number>();
+  const perPrompt = new Map<number, { prompt: number; cached: number }>();
   let completion = 0;
   usages.forEach((u, i) => {
-    perPrompt.set(i % promptGroups, u.promptTokens);
+    // Choices of one prompt run it once each; the first one's cache use is the prompt's.
+    if (!perPrompt.has(i % promptGroups)) {
+      perPrompt.set(i % promptGroups, { prompt: u.promptTokens, cached: u.cachedTokens });
+    }
     completion += u.completionTokens;
   });
-  const prompt = [...perPrompt.values()].reduce((a, b) => a + b, 0);
-  return openAIUsage(prompt, completion);
+  const prompts = [...perPrompt.values()];
+  return openAIUsage(
+    prompts.reduce((a, b) => a + b.prompt, 0),
+    completion,
+    prompts.reduce((a, b) => a + b.cached, 0),
+  );
 }
 
 const utf8 = new TextEncoder();
