@@ -11,6 +11,14 @@
 import { InternVLError } from '../errors.js';
 import { type SampledToken, Sampler, type SamplingParams } from '../pipeline/sampler.js';
 import type { DecoderRunner, Sequence } from './decoder.js';
+import { FeatureCache } from './feature-cache.js';
+import {
+  applyMask,
+  type GrammarProvider,
+  onlyEndAllowed,
+  type ResponseFormat,
+  type TokenMatcher,
+} from './grammar-types.js';
 
 /** One image of a request, in prompt order: its tiles, and a key naming its content. */
 export interface ImageRef {
@@ -30,6 +38,12 @@ export interface GenerateRequest {
   maxNewTokens: number;
   /** Generated ids that end generation (the id itself is returned). */
   endTokenIds: number[];
+  /**
+   * Constrains the output to this format: each step's logits are masked to the tokens the grammar
+   * allows, end tokens only once the text is complete; generation stops ('stop') when the grammar
+   * admits nothing more.
+   */
+  responseFormat?: ResponseFormat;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -53,38 +67,6 @@ export interface GenerateResult {
   stats: GenerateStats;
 }
 
-/** Least-recently-used image features, bounded by their total size in bytes. */
-export class FeatureCache {
-  readonly #entries = new Map<string, Float32Array>();
-  #bytes = 0;
-  constructor(readonly maxBytes: number) {}
-
-  get(key: string): Float32Array | undefined {
-    const hit = this.#entries.get(key);
-    if (hit) {
-      this.#entries.delete(key);
-      this.#entries.set(key, hit);
-    }
-    return hit;
-  }
-
-  set(key: string, features: Float32Array): void {
-    if (features.byteLength > this.maxBytes) return;
-    const old = this.#entries.get(key);
-    if (old) {
-      this.#bytes -= old.byteLength;
-      this.#entries.delete(key);
-    }
-    this.#entries.set(key, features);
-    this.#bytes += features.byteLength;
-    for (const [k, v] of this.#entries) {
-      if (this.#bytes <= this.maxBytes) break;
-      this.#entries.delete(k);
-      this.#bytes -= v.byteLength;
-    }
-  }
-}
-
 interface Session {
   seq: Sequence;
   /** The tokens whose keys and values are in `seq`. */
@@ -104,6 +86,8 @@ export interface GeneratorDeps {
   maxBatchSize?: number;
   /** Longest prefill chunk per scheduler step; default: the decoder runner's prefillChunk. */
   prefillChunk?: number;
+  /** Compiles response formats into matchers; requests with a responseFormat fail without it. */
+  grammar?: GrammarProvider;
 }
 
 /**
@@ -138,8 +122,14 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 class Job {
   readonly sampler: Sampler;
   readonly end: Set<number>;
-  /** Plain greedy decoding: the graph's argmax replaces fetching the logits and sampling from them. */
+  /**
+   * Plain greedy decoding: the graph's argmax replaces fetching the logits and sampling from them.
+   * Never with a response format, whose mask must see the logits.
+   */
   readonly argmaxOnly: boolean;
+  matcher: TokenMatcher | undefined;
+  /** The grammar's mask for the next token. */
+  mask: Int32Array | undefined;
   seq!: Sequence;
   session: Session | undefined;
   reused = 0;
@@ -173,7 +163,12 @@ class Job {
     this.sampler = new Sampler(request.sampling, vocabSize);
     this.end = new Set(request.endTokenIds);
     const { temperature, repetitionPenalty, logprobs, topLogprobs } = request.sampling;
-    this.argmaxOnly = temperature === 0 && repetitionPenalty === 1 && !logprobs && !topLogprobs;
+    this.argmaxOnly =
+      temperature === 0 &&
+      repetitionPenalty === 1 &&
+      !logprobs &&
+      !topLogprobs &&
+      request.responseFormat === undefined;
     this.history = request.inputIds.slice();
     this.cached = request.inputIds.slice();
   }
@@ -282,6 +277,8 @@ export class Generator {
     const ids = job.request.inputIds;
     if (!job.started) {
       job.started = true;
+      // First, so a bad format fails the request before it holds a session or a sequence.
+      if (job.request.responseFormat) await this.#startGrammar(job, job.request.responseFormat);
       const sessionId = job.request.sessionId;
       job.session = sessionId ? this.#sessions.get(sessionId) : undefined;
       if (job.session?.busy) {
@@ -315,8 +312,16 @@ export class Generator {
     if (job.prefilled < ids.length) return;
     job.embeds = undefined;
     job.features = [];
-    if (this.#accept(job, typeof next === 'number' ? { id: next } : this.#draw(job, next))) return;
+    if (await this.#accept(job, typeof next === 'number' ? { id: next } : this.#draw(job, next))) return;
     decoder.joinBatch(job.seq);
+  }
+
+  async #startGrammar(job: Job, format: ResponseFormat): Promise<void> {
+    if (!this.deps.grammar) {
+      throw new InternVLError('UNSUPPORTED', 'this engine has no grammar engine for response formats');
+    }
+    job.matcher = await this.deps.grammar.matcher(format, job.request.endTokenIds);
+    job.mask = await job.matcher.nextMask();
   }
 
   /** Which images need features: those with a token after the reused prefix and not in the cache. */
@@ -409,20 +414,20 @@ export class Generator {
       return;
     }
     const vocab = decoder.dims.vocabSize;
-    members.forEach((job, b) => {
+    const chosen = members.map((job, b) => {
       job.cached.push(job.next!);
-      if (job.aborted) return;
-      const token =
-        result instanceof Float32Array
-          ? this.#draw(job, result.subarray(b * vocab, (b + 1) * vocab))
-          : { id: result[b] };
-      this.#accept(job, token);
+      if (job.aborted) return undefined;
+      return result instanceof Float32Array
+        ? this.#draw(job, result.subarray(b * vocab, (b + 1) * vocab))
+        : { id: result[b] };
     });
+    for (const [b, job] of members.entries()) if (!job.aborted) await this.#accept(job, chosen[b]);
   }
 
   /** Samples the next token from logits; undefined when sampling failed (the job has then failed). */
   #draw(job: Job, logits: Float32Array): SampledToken | undefined {
     try {
+      if (job.mask) applyMask(logits, job.mask);
       return job.sampler.next(logits, job.history);
     } catch (err) {
       this.#fail(job, err);
@@ -430,13 +435,35 @@ export class Generator {
     }
   }
 
-  /** Records the chosen token; true when the job has finished (or failed). */
-  #accept(job: Job, token: SampledToken | undefined): boolean {
+  /**
+   * Records the chosen token; true when the job has finished (or failed). With a grammar, the matcher
+   * takes the token and gives the next mask; when that mask allows only end tokens the text is
+   * complete and the job stops here, without another step.
+   */
+  async #accept(job: Job, token: SampledToken | undefined): Promise<boolean> {
     if (!token) return true;
+    let complete = false;
+    if (job.matcher) {
+      try {
+        if (!job.matcher.accept(token.id)) {
+          throw new InternVLError(
+            'INTERNAL',
+            `the grammar rejected token ${token.id}, which its mask allowed`,
+          );
+        }
+        if (!job.end.has(token.id)) {
+          job.mask = await job.matcher.nextMask();
+          complete = onlyEndAllowed(job.mask, job.end, this.deps.decoder.dims.vocabSize);
+        }
+      } catch (err) {
+        this.#fail(job, err);
+        return true;
+      }
+    }
     job.tokens.push(token);
     job.history.push(token.id);
     job.onEvent({ type: 'token', token });
-    if (job.end.has(token.id)) this.#finish(job, 'stop');
+    if (job.end.has(token.id) || complete) this.#finish(job, 'stop');
     else if (job.tokens.length >= job.request.maxNewTokens) this.#finish(job, 'length');
     else {
       job.next = token.id;
@@ -446,6 +473,8 @@ export class Generator {
   }
 
   #remove(job: Job): void {
+    job.matcher?.dispose();
+    job.matcher = undefined;
     const i = this.#jobs.indexOf(job);
     if (i >= 0) this.#jobs.splice(i, 1);
     // A session keeps its cache for the next turn; other sequences are dropped.

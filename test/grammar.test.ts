@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { GrammarEngine, grammarVocab } from '../src/engine/grammar.js';
+import { applyMask, maskAllows, onlyEndAllowed, type ResponseFormat } from '../src/engine/grammar-types.js';
+import { fatalMessage } from '../src/engine/xgrammar.js';
+import { InternVLError } from '../src/errors.js';
+import { loadTokenizer } from '../src/io/tokenizer-files.js';
+import { goldenModelDir } from './helpers.js';
+
+const DIR = goldenModelDir('tiny-internvl2_5-qwen2');
+const VOCAB = 320; // config.json vocab_size: 268 tokens, padded to 320 logits
+const IM_END = 258;
+
+const engine = GrammarEngine.forModel(DIR, VOCAB);
+
+function allowed(mask: Int32Array): number[] {
+  const out: number[] = [];
+  for (let id = 0; id < VOCAB; id++) if (maskAllows(mask, id)) out.push(id);
+  return out;
+}
+
+test('the byte-level vocabulary: special tokens empty, padding empty, byte tokens as stored', async () => {
+  const tokenizer = await loadTokenizer(DIR);
+  const json = JSON.parse(readFileSync(path.join(DIR, 'tokenizer.json'), 'utf8'));
+  const vocab = grammarVocab(tokenizer, json, VOCAB);
+  assert.equal(vocab.vocabType, 'byte_level');
+  assert.equal(vocab.prependSpace, false);
+  assert.equal(vocab.encodedVocab.length, VOCAB);
+  assert.equal(vocab.encodedVocab[0], 'Ā');
+  assert.equal(vocab.encodedVocab[123], '{');
+  assert.equal(vocab.encodedVocab[IM_END], '');
+  assert.equal(vocab.encodedVocab[261], '');
+  assert.equal(vocab.encodedVocab[300], '');
+  const sp = grammarVocab(
+    tokenizer,
+    { decoder: { type: 'Sequence', decoders: [{ type: 'ByteFallback' }] } },
+    4,
+  );
+  assert.equal(sp.vocabType, 'byte_fallback');
+  assert.equal(grammarVocab(tokenizer, undefined, 4).vocabType, 'byte_fallback');
+  assert.equal(grammarVocab(tokenizer, { decoder: { type: 'WordPiece' } }, 4).vocabType, 'raw');
+});
+
+// The golden vocabulary is byte-level with one token per byte: the id of an ASCII character is its code.
+test('a JSON schema matcher allows exactly the compact JSON of the schema, then only the end token', async () => {
+  const format: ResponseFormat = {
+    type: 'json_schema',
+    jsonSchema: { type: 'object', properties: { a: { enum: ['x', 'y'] } }, required: ['a'] },
+  };
+  const m = await engine.matcher(format, [IM_END]);
+  assert.deepEqual(allowed(await m.nextMask()), [123]); // '{'
+  for (const ch of '{"a":"') assert.ok(m.accept(ch.charCodeAt(0)), ch);
+  assert.deepEqual(allowed(await m.nextMask()), [120, 121]); // 'x' | 'y'
+  assert.equal(m.accept('z'.charCodeAt(0)), false);
+  for (const ch of 'y"') assert.ok(m.accept(ch.charCodeAt(0)), ch);
+  assert.deepEqual(allowed(await m.nextMask()), [125]); // '}'
+  assert.ok(m.accept(125));
+  const end = await m.nextMask();
+  assert.deepEqual(allowed(end), [IM_END]);
+  assert.ok(onlyEndAllowed(end, new Set([IM_END]), VOCAB));
+  m.dispose();
+});
+
+test('special tokens never enter text: inside a JSON string only text bytes are allowed', async () => {
+  const m = await engine.matcher({ type: 'json_object' }, [IM_END]);
+  for (const ch of '{"k":"') assert.ok(m.accept(ch.charCodeAt(0)));
+  const ok = allowed(await m.nextMask());
+  assert.ok(ok.includes(97));
+  assert.ok(
+    ok.every((id) => id < 256),
+    `special or padded ids allowed: ${ok.filter((id) => id >= 256)}`,
+  );
+  m.dispose();
+});
+
+test('regex and EBNF formats', async () => {
+  const re = await engine.matcher({ type: 'regex', pattern: '[0-9]{2}-(ab|cd)' }, [IM_END]);
+  assert.deepEqual(allowed(await re.nextMask()), [48, 49, 50, 51, 52, 53, 54, 55, 56, 57]);
+  for (const ch of '42-c') assert.ok(re.accept(ch.charCodeAt(0)), ch);
+  assert.deepEqual(allowed(await re.nextMask()), [100]);
+  const g = await engine.matcher({ type: 'grammar', ebnf: 'root ::= "yes" | "no"' }, [IM_END]);
+  assert.deepEqual(allowed(await g.nextMask()), [110, 121]);
+});
+
+test('bad formats fail with BAD_INPUT naming the problem, and the engine keeps working', async () => {
+  const bad: [ResponseFormat, RegExp][] = [
+    [{ type: 'json_schema', jsonSchema: { type: 'nope' } }, /invalid JSON schema: Unsupported type "nope"/],
+    [{ type: 'grammar', ebnf: 'root ::= "a' }, /invalid EBNF grammar: .+/],
+    [{ type: 'grammar', ebnf: 'start ::= "a"' }, /invalid EBNF grammar: .*root/],
+    [{ type: 'regex', pattern: '([a-z]' }, /invalid regex: .+/],
+  ];
+  for (const [format, message] of bad) {
+    await assert.rejects(engine.compile(format), (err: unknown) => {
+      assert.ok(err instanceof InternVLError);
+      assert.equal(err.code, 'BAD_INPUT');
+      assert.match(err.message, message);
+      return true;
+    });
+  }
+  // The serving instance never saw them: a matcher made before still works, and new ones compile.
+  const m = await engine.matcher({ type: 'json_object' }, [IM_END]);
+  assert.ok(m.accept(123));
+  await engine.compile({ type: 'json_schema', jsonSchema: { type: 'array', items: { type: 'integer' } } });
+  await assert.rejects(engine.matcher({ type: 'json_object' }, []), /needs an end token/);
+});
+
+test('compiled grammars are cached by format', async () => {
+  const format: ResponseFormat = { type: 'json_schema', jsonSchema: { type: 'boolean' } };
+  const first = engine.compile(format);
+  assert.equal(engine.compile(format), first);
+  await first;
+});
+
+test('applyMask and fatalMessage', () => {
+  const logits = new Float32Array(40).fill(1);
+  const mask = new Int32Array([0b101, 0]);
+  applyMask(logits, mask);
+  assert.deepEqual(
+    [...logits.keys()].filter((i) => logits[i] === 1),
+    [0, 2],
+  );
+  applyMask(logits.fill(1), new Int32Array([-1]));
+  assert.equal(logits.filter((v) => v === 1).length, 32, 'ids past the mask are forbidden');
+  assert.equal(
+    fatalMessage('[FATAL] /Users/x/xgrammar/cpp/json_schema_converter.cc:902: Unsupported type "nope"'),
+    'Unsupported type "nope"',
+  );
+  assert.equal(
+    fatalMessage('[FATAL] /a/b.cc:1: Check failed: (err.empty()) is false: Failed to parse JSON: bad'),
+    'Failed to parse JSON: bad',
+  );
+});
