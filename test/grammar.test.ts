@@ -33,6 +33,10 @@ test('the byte-level vocabulary: special tokens empty, padding empty, byte token
   assert.equal(vocab.encodedVocab[IM_END], '');
   assert.equal(vocab.encodedVocab[261], '');
   assert.equal(vocab.encodedVocab[300], '');
+  assert.deepEqual(
+    vocab.controlIds,
+    Array.from({ length: 32 }, (_, i) => i),
+  );
   const sp = grammarVocab(
     tokenizer,
     { decoder: { type: 'Sequence', decoders: [{ type: 'ByteFallback' }] } },
@@ -63,11 +67,15 @@ test('a JSON schema matcher allows exactly the compact JSON of the schema, then 
   m.dispose();
 });
 
-test('special tokens never enter text: inside a JSON string only text bytes are allowed', async () => {
+test('special tokens and raw control characters never enter JSON text', async () => {
   const m = await engine.matcher({ type: 'json_object' }, [IM_END]);
   for (const ch of '{"k":"') assert.ok(m.accept(ch.charCodeAt(0)));
   const ok = allowed(await m.nextMask());
   assert.ok(ok.includes(97));
+  assert.ok(
+    ok.every((id) => id >= 32),
+    `control characters allowed: ${ok.filter((id) => id < 32)}`,
+  );
   assert.ok(
     ok.every((id) => id < 256),
     `special or padded ids allowed: ${ok.filter((id) => id >= 256)}`,

@@ -25,6 +25,8 @@ export interface GrammarVocab {
   encodedVocab: string[];
   vocabType: VocabType;
   prependSpace: boolean;
+  /** Ids whose text holds a control character (U+0000–U+001F), which JSON text never contains raw. */
+  controlIds: number[];
 }
 
 function decoderTypes(decoder: unknown): string[] {
@@ -70,10 +72,16 @@ export function grammarVocab(tokenizer: Tokenizer, tokenizerJson: unknown, vocab
     prependSpace = true;
   }
   const encodedVocab = new Array<string>(vocabSize);
+  const controlIds: number[] = [];
   for (let id = 0; id < vocabSize; id++) {
-    encodedVocab[id] = tokenizer.isSpecial(id) ? '' : (tokenizer.idToToken(id) ?? '');
+    const special = tokenizer.isSpecial(id);
+    const token = special ? undefined : tokenizer.idToToken(id);
+    encodedVocab[id] = token ?? '';
+    if (token !== undefined && /[\x00-\x1f]/.test(tokenizer.decode([id], { skipSpecialTokens: false }))) {
+      controlIds.push(id);
+    }
   }
-  return { encodedVocab, vocabType, prependSpace };
+  return { encodedVocab, vocabType, prependSpace, controlIds };
 }
 
 /** How XGrammar writes JSON here: compact, one line, no free whitespace (fewer tokens, no runaway spaces). */
@@ -135,6 +143,7 @@ function formatName(format: ResponseFormat): string {
 }
 
 interface Serving {
+  controlIds: number[];
   instance: XGrammarInstance;
   info: TokenizerInfo;
   compiler: GrammarCompiler;
@@ -175,7 +184,7 @@ export class GrammarEngine implements GrammarProvider {
 
   #servingInstance(): Promise<Serving> {
     this.#serving ??= (async () => {
-      const { encodedVocab, vocabType, prependSpace } = await this.vocab();
+      const { encodedVocab, vocabType, prependSpace, controlIds } = await this.vocab();
       const instance = new XGrammarInstance();
       return instance.run('loading the vocabulary into XGrammar', 'INTERNAL', async (xg) => {
         const info = await xg.TokenizerInfo.createTokenizerInfo(
@@ -185,7 +194,7 @@ export class GrammarEngine implements GrammarProvider {
           encodedVocab.length,
         );
         const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
-        return { instance, info, compiler };
+        return { instance, info, compiler, controlIds };
       });
     })();
     this.#serving.catch(() => {
@@ -236,12 +245,18 @@ export class GrammarEngine implements GrammarProvider {
       );
     }
     const compiled = await this.compile(format);
-    const { instance } = await this.#servingInstance();
+    const { instance, controlIds } = await this.#servingInstance();
     const m = await instance.run('creating a grammar matcher', 'INTERNAL', (xg) =>
       xg.GrammarMatcher.createGrammarMatcher(compiled, [...endTokenIds]),
     );
+    // XGrammar's JSON strings admit raw control characters, which JSON.parse (RFC 8259) rejects.
+    const banned = format.type === 'json_schema' || format.type === 'json_object' ? controlIds : [];
     return {
-      nextMask: () => m.getNextTokenBitmask(),
+      nextMask: async () => {
+        const mask = await m.getNextTokenBitmask();
+        for (const id of banned) mask[id >> 5] &= ~(1 << (id & 31));
+        return mask;
+      },
       accept: (id) => m.acceptToken(id),
       dispose: () => m.dispose(),
     };
