@@ -4,6 +4,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { GrammarEngine, grammarVocab } from '../src/engine/grammar.js';
 import { applyMask, maskAllows, onlyEndAllowed, type ResponseFormat } from '../src/engine/grammar-types.js';
+import { tokenBytes, Utf8Guard } from '../src/engine/utf8-guard.js';
 import { fatalMessage } from '../src/engine/xgrammar.js';
 import { InternVLError } from '../src/errors.js';
 import { loadTokenizer } from '../src/io/tokenizer-files.js';
@@ -139,4 +140,37 @@ test('applyMask and fatalMessage', () => {
     fatalMessage('[FATAL] /a/b.cc:1: Check failed: (err.empty()) is false: Failed to parse JSON: bad'),
     'Failed to parse JSON: bad',
   );
+});
+
+test('token bytes per vocabulary kind, and the UTF-8 guard allows only well-formed sequences', () => {
+  assert.deepEqual([...tokenBytes('Ġa', 'byte_level')!], [0x20, 0x61]);
+  assert.deepEqual([...tokenBytes('Ā', 'byte_level')!], [0x00]);
+  assert.deepEqual([...tokenBytes('<0xE4>', 'byte_fallback')!], [0xe4]);
+  assert.deepEqual([...tokenBytes('▁hé', 'byte_fallback')!], [0x20, 0x68, 0xc3, 0xa9]);
+  assert.equal(tokenBytes('', 'raw'), undefined);
+  // One token per byte, plus a special token (undefined bytes).
+  const bytes: (Uint8Array | undefined)[] = Array.from({ length: 256 }, (_, b) => Uint8Array.of(b));
+  bytes.push(undefined);
+  const guard = new Utf8Guard(bytes);
+  const allowedFrom = (state: number) => {
+    const mask = new Int32Array(Math.ceil(257 / 32)).fill(-1);
+    guard.restrict(mask, state);
+    return Array.from({ length: 257 }, (_, id) => id).filter((id) => maskAllows(mask, id));
+  };
+  const start = allowedFrom(0);
+  assert.ok(start.includes(0x41) && start.includes(0xc2) && start.includes(0xf4) && start.includes(256));
+  assert.ok(
+    ![0x80, 0xbf, 0xc0, 0xc1, 0xf5, 0xff].some((b) => start.includes(b)),
+    'no stray continuation or bad lead',
+  );
+  const afterE0 = guard.next(0, 0xe0);
+  assert.deepEqual(
+    allowedFrom(afterE0).filter((id) => id < 256),
+    Array.from({ length: 0x20 }, (_, k) => 0xa0 + k),
+    'E0 needs A0–BF (no overlong forms)',
+  );
+  const afterED = guard.next(0, 0xed);
+  assert.ok(!allowedFrom(afterED).includes(0xa0), 'no surrogates');
+  assert.equal(guard.next(guard.next(afterE0, 0xa0), 0x80), 0, 'a complete character');
+  assert.equal(guard.next(0, 0x80), -1);
 });

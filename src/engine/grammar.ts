@@ -16,6 +16,7 @@ import { InternVLError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import type { Tokenizer } from '../text/types.js';
 import type { GrammarProvider, ResponseFormat, TokenMatcher } from './grammar-types.js';
+import { tokenBytes, Utf8Guard } from './utf8-guard.js';
 import { XGrammarInstance, type XGrammarModule } from './xgrammar.js';
 
 export type VocabType = 'byte_level' | 'byte_fallback' | 'raw';
@@ -25,7 +26,9 @@ export interface GrammarVocab {
   encodedVocab: string[];
   vocabType: VocabType;
   prependSpace: boolean;
-  /** Ids whose text holds a control character (U+0000–U+001F), which JSON text never contains raw. */
+  /** Each token's bytes; undefined for special tokens and unused ids. */
+  bytes: (Uint8Array | undefined)[];
+  /** Ids whose bytes hold a control character (U+0000–U+001F), which JSON text never contains raw. */
   controlIds: number[];
 }
 
@@ -72,16 +75,14 @@ export function grammarVocab(tokenizer: Tokenizer, tokenizerJson: unknown, vocab
     prependSpace = true;
   }
   const encodedVocab = new Array<string>(vocabSize);
+  const bytes = new Array<Uint8Array | undefined>(vocabSize);
   const controlIds: number[] = [];
   for (let id = 0; id < vocabSize; id++) {
-    const special = tokenizer.isSpecial(id);
-    const token = special ? undefined : tokenizer.idToToken(id);
-    encodedVocab[id] = token ?? '';
-    if (token !== undefined && /[\x00-\x1f]/.test(tokenizer.decode([id], { skipSpecialTokens: false }))) {
-      controlIds.push(id);
-    }
+    encodedVocab[id] = tokenizer.isSpecial(id) ? '' : (tokenizer.idToToken(id) ?? '');
+    bytes[id] = tokenBytes(encodedVocab[id], vocabType);
+    if (bytes[id]?.some((b) => b < 0x20)) controlIds.push(id);
   }
-  return { encodedVocab, vocabType, prependSpace, controlIds };
+  return { encodedVocab, vocabType, prependSpace, bytes, controlIds };
 }
 
 /** How XGrammar writes JSON here: compact, one line, no free whitespace (fewer tokens, no runaway spaces). */
@@ -144,6 +145,7 @@ function formatName(format: ResponseFormat): string {
 
 interface Serving {
   controlIds: number[];
+  utf8: Utf8Guard;
   instance: XGrammarInstance;
   info: TokenizerInfo;
   compiler: GrammarCompiler;
@@ -184,7 +186,8 @@ export class GrammarEngine implements GrammarProvider {
 
   #servingInstance(): Promise<Serving> {
     this.#serving ??= (async () => {
-      const { encodedVocab, vocabType, prependSpace, controlIds } = await this.vocab();
+      const { encodedVocab, vocabType, prependSpace, controlIds, bytes } = await this.vocab();
+      const utf8 = new Utf8Guard(bytes);
       const instance = new XGrammarInstance();
       return instance.run('loading the vocabulary into XGrammar', 'INTERNAL', async (xg) => {
         const info = await xg.TokenizerInfo.createTokenizerInfo(
@@ -194,7 +197,7 @@ export class GrammarEngine implements GrammarProvider {
           encodedVocab.length,
         );
         const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
-        return { instance, info, compiler, controlIds };
+        return { instance, info, compiler, controlIds, utf8 };
       });
     })();
     this.#serving.catch(() => {
@@ -245,19 +248,26 @@ export class GrammarEngine implements GrammarProvider {
       );
     }
     const compiled = await this.compile(format);
-    const { instance, controlIds } = await this.#servingInstance();
+    const { instance, controlIds, utf8 } = await this.#servingInstance();
     const m = await instance.run('creating a grammar matcher', 'INTERNAL', (xg) =>
       xg.GrammarMatcher.createGrammarMatcher(compiled, [...endTokenIds]),
     );
     // XGrammar's JSON strings admit raw control characters, which JSON.parse (RFC 8259) rejects.
     const banned = format.type === 'json_schema' || format.type === 'json_object' ? controlIds : [];
+    let utf8State = 0;
     return {
       nextMask: async () => {
         const mask = await m.getNextTokenBitmask();
         for (const id of banned) mask[id >> 5] &= ~(1 << (id & 31));
+        utf8.restrict(mask, utf8State);
         return mask;
       },
-      accept: (id) => m.acceptToken(id),
+      accept: (id) => {
+        const next = utf8.next(utf8State, id);
+        if (next < 0 || !m.acceptToken(id)) return false;
+        utf8State = next;
+        return true;
+      },
       dispose: () => m.dispose(),
     };
   }

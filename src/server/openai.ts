@@ -9,8 +9,12 @@
  *   reads it (low 6, medium 12, high 24 tiles, capped at the server's per-image limit); otherwise the
  *   checkpoint's max_dynamic_patch.
  * - `n` > 1 runs n generations; with a `seed`, choice i samples with seed + i.
+ * - `response_format` `json_object` / `json_schema` constrains decoding (XGrammar in the engine thread):
+ *   the JSON is compact (no free whitespace), and `finish_reason: "length"` means max_tokens cut it off
+ *   before it was complete. A schema XGrammar cannot read is a 400 naming the problem.
  */
 import { z } from 'zod';
+import type { ResponseFormat } from '../engine/grammar-types.js';
 import type { ChatMessage, ContentPart } from '../pipeline/conversation.js';
 import type { GenerationConfigInput } from '../pipeline/generation-config.js';
 import type { TokenLogprobInfo, Usage } from '../pipeline/pipeline.js';
@@ -77,6 +81,27 @@ const message = z.object({
   name: nullish(z.string()),
 });
 
+/** OpenAI's `response_format`: text, any JSON object, or JSON valid for a schema. */
+const responseFormatSchema = z.discriminatedUnion(
+  'type',
+  [
+    z.object({ type: z.literal('text') }),
+    z.object({ type: z.literal('json_object') }),
+    z.object({
+      type: z.literal('json_schema'),
+      json_schema: z.object({
+        name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, {
+          error: 'must be 1 to 64 letters, digits, underscores or dashes',
+        }),
+        description: nullish(z.string()),
+        schema: nullish(z.record(z.string(), z.unknown(), { error: 'must be a JSON Schema object' })),
+        strict: nullish(z.boolean()),
+      }),
+    }),
+  ],
+  { error: "type must be 'text', 'json_object' or 'json_schema'" },
+);
+
 export const chatCompletionRequestSchema = z.object({
   ...samplingFields,
   messages: z.array(message).min(1, { error: 'messages must not be empty' }),
@@ -86,7 +111,7 @@ export const chatCompletionRequestSchema = z.object({
   top_logprobs: nullish(z.number().int().min(0).max(20)),
   tools: nullish(z.array(z.unknown())),
   tool_choice: nullish(z.unknown()),
-  response_format: nullish(z.object({ type: z.string() })),
+  response_format: nullish(responseFormatSchema),
 });
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequestSchema>;
 
@@ -206,22 +231,40 @@ export function choiceConfigs(gen: GenerationConfigInput, n: number): Generation
   });
 }
 
+/**
+ * The generation config's responseFormat for OpenAI's `response_format`: `json_object` is any JSON
+ * object; `json_schema` without a schema is too; `strict` (default true here, as the output is always
+ * constrained) forbids properties the schema does not list.
+ */
+export function responseFormat(
+  req: Pick<ChatCompletionRequest, 'response_format'>,
+): ResponseFormat | undefined {
+  const format = req.response_format;
+  if (!format || format.type === 'text') return undefined;
+  if (format.type === 'json_object' || !format.json_schema.schema) return { type: 'json_object' };
+  const { schema, strict } = format.json_schema;
+  return { type: 'json_schema', jsonSchema: schema, ...(strict != null ? { strict } : {}) };
+}
+
+/** The HTTP parameter a response format's compile error is about. */
+export function responseFormatParam(req: Pick<ChatCompletionRequest, 'response_format'>): string {
+  return req.response_format?.type === 'json_schema'
+    ? 'response_format.json_schema.schema'
+    : 'response_format';
+}
+
 export function chatGeneration(req: ChatCompletionRequest): GenerationConfigInput {
   rejectUnsupportedSampling(req);
   if (req.tools && req.tools.length > 0) unsupported('tools', 'no tool calling');
   if (req.tool_choice != null && req.tool_choice !== 'none' && req.tool_choice !== 'auto') {
     unsupported('tool_choice', 'no tool calling');
   }
-  if (req.response_format && req.response_format.type !== 'text') {
-    unsupported(
-      'response_format',
-      `type ${JSON.stringify(req.response_format.type)}: no constrained decoding`,
-    );
-  }
   if (req.top_logprobs && !req.logprobs) {
     throw new HttpError(400, 'top_logprobs needs logprobs: true', { param: 'top_logprobs' });
   }
   const gen = baseGeneration(req, req.max_completion_tokens ?? req.max_tokens);
+  const format = responseFormat(req);
+  if (format) gen.responseFormat = format;
   if (req.logprobs) {
     gen.logprobs = true;
     gen.topLogprobs = req.top_logprobs ?? 0;

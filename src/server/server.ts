@@ -9,6 +9,7 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
+import type { ResponseFormat } from '../engine/grammar-types.js';
 import { InternVLError } from '../errors.js';
 import type { ChatMessage } from '../pipeline/conversation.js';
 import type { GenerationConfigInput } from '../pipeline/generation-config.js';
@@ -36,6 +37,7 @@ import {
   type MediaLimits,
   parseRequest,
   prepareMessages,
+  responseFormatParam,
   sumUsage,
 } from './openai.js';
 
@@ -435,6 +437,7 @@ export class InternVLServer {
     if (body.model != null && body.model !== this.modelName) throw this.#unknownModel(body.model);
     const gen = chatGeneration(body);
     const n = body.n ?? 1;
+    if (gen.responseFormat) await this.#compileFormat(gen.responseFormat, responseFormatParam(body));
     const prepared = await prepareMessages(body, this.#media, signal);
     try {
       const choices = choiceConfigs(gen, n).map(
@@ -453,6 +456,20 @@ export class InternVLServer {
       });
     } finally {
       await prepared.release();
+    }
+  }
+
+  /** Compiles a response format (cached) before any work, so a bad schema is a 400 naming it. */
+  async #compileFormat(format: ResponseFormat, param: string): Promise<void> {
+    try {
+      await this.pipeline.compileResponseFormat(format);
+    } catch (err) {
+      if (!(err instanceof InternVLError) || err.code !== 'BAD_INPUT') throw err;
+      throw new HttpError(400, `${param}: ${err.message}`, {
+        param,
+        openaiCode: 'invalid_value',
+        cause: err,
+      });
     }
   }
 
