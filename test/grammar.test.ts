@@ -55,14 +55,14 @@ test('a JSON schema matcher allows exactly the compact JSON of the schema, then 
     jsonSchema: { type: 'object', properties: { a: { enum: ['x', 'y'] } }, required: ['a'] },
   };
   const m = await engine.matcher(format, [IM_END]);
-  assert.deepEqual(allowed(await m.nextMask()), [123]); // '{'
-  for (const ch of '{"a":"') assert.ok(m.accept(ch.charCodeAt(0)), ch);
-  assert.deepEqual(allowed(await m.nextMask()), [120, 121]); // 'x' | 'y'
-  assert.equal(m.accept('z'.charCodeAt(0)), false);
-  for (const ch of 'y"') assert.ok(m.accept(ch.charCodeAt(0)), ch);
-  assert.deepEqual(allowed(await m.nextMask()), [125]); // '}'
-  assert.ok(m.accept(125));
-  const end = await m.nextMask();
+  assert.deepEqual(allowed(m.mask()), [123]); // '{'
+  for (const ch of '{"a":"') assert.ok(await m.accept(ch.charCodeAt(0)), ch);
+  assert.deepEqual(allowed(m.mask()), [120, 121]); // 'x' | 'y'
+  assert.equal(await m.accept('z'.charCodeAt(0)), false);
+  for (const ch of 'y"') assert.ok(await m.accept(ch.charCodeAt(0)), ch);
+  assert.deepEqual(allowed(m.mask()), [125]); // '}'
+  assert.ok(await m.accept(125));
+  const end = m.mask();
   assert.deepEqual(allowed(end), [IM_END]);
   assert.ok(onlyEndAllowed(end, new Set([IM_END]), VOCAB));
   m.dispose();
@@ -70,8 +70,8 @@ test('a JSON schema matcher allows exactly the compact JSON of the schema, then 
 
 test('special tokens and raw control characters never enter JSON text', async () => {
   const m = await engine.matcher({ type: 'json_object' }, [IM_END]);
-  for (const ch of '{"k":"') assert.ok(m.accept(ch.charCodeAt(0)));
-  const ok = allowed(await m.nextMask());
+  for (const ch of '{"k":"') assert.ok(await m.accept(ch.charCodeAt(0)));
+  const ok = allowed(m.mask());
   assert.ok(ok.includes(97));
   assert.ok(
     ok.every((id) => id >= 32),
@@ -86,11 +86,24 @@ test('special tokens and raw control characters never enter JSON text', async ()
 
 test('regex and EBNF formats', async () => {
   const re = await engine.matcher({ type: 'regex', pattern: '[0-9]{2}-(ab|cd)' }, [IM_END]);
-  assert.deepEqual(allowed(await re.nextMask()), [48, 49, 50, 51, 52, 53, 54, 55, 56, 57]);
-  for (const ch of '42-c') assert.ok(re.accept(ch.charCodeAt(0)), ch);
-  assert.deepEqual(allowed(await re.nextMask()), [100]);
+  assert.deepEqual(allowed(re.mask()), [48, 49, 50, 51, 52, 53, 54, 55, 56, 57]);
+  for (const ch of '42-c') assert.ok(await re.accept(ch.charCodeAt(0)), ch);
+  assert.deepEqual(allowed(re.mask()), [100]);
   const g = await engine.matcher({ type: 'grammar', ebnf: 'root ::= "yes" | "no"' }, [IM_END]);
-  assert.deepEqual(allowed(await g.nextMask()), [110, 121]);
+  assert.deepEqual(allowed(g.mask()), [110, 121]);
+});
+
+test('a token after which grammar and UTF-8 allow nothing is refused (a dead end), the state kept', async () => {
+  // XGrammar reads [àé] as the single bytes 0xE0 and 0xE9, UTF-8 lead bytes that 'x' cannot follow.
+  const m = await engine.matcher({ type: 'regex', pattern: '[àé]x' }, [IM_END]);
+  assert.deepEqual(allowed(m.mask()), [0xe0, 0xe9]);
+  assert.equal(await m.accept(0xe9), false);
+  assert.equal(await m.accept(0xe0), false);
+  assert.deepEqual(allowed(m.mask()), [0xe0, 0xe9]);
+  const literal = await engine.matcher({ type: 'regex', pattern: '(é)x' }, [IM_END]);
+  assert.deepEqual(allowed(literal.mask()), [0xc3]);
+  assert.ok(await literal.accept(0xc3));
+  assert.deepEqual(allowed(literal.mask()), [0xa9]);
 });
 
 test('bad formats fail with BAD_INPUT naming the problem, and the engine keeps working', async () => {
@@ -110,7 +123,7 @@ test('bad formats fail with BAD_INPUT naming the problem, and the engine keeps w
   }
   // The serving instance never saw them: a matcher made before still works, and new ones compile.
   const m = await engine.matcher({ type: 'json_object' }, [IM_END]);
-  assert.ok(m.accept(123));
+  assert.ok(await m.accept(123));
   await engine.compile({ type: 'json_schema', jsonSchema: { type: 'array', items: { type: 'integer' } } });
   await assert.rejects(engine.matcher({ type: 'json_object' }, []), /needs an end token/);
 });

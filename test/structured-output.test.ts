@@ -118,6 +118,13 @@ test('bad response formats are clear errors', async () => {
     );
   }
   await assert.rejects(
+    pipe.infer('x', { responseFormat: { type: 'regex', pattern: '[àé]x' }, maxNewTokens: 4 }),
+    (err: unknown) =>
+      err instanceof InternVLError &&
+      err.code === 'BAD_INPUT' &&
+      /write such characters as literal/.test(err.message),
+  );
+  await assert.rejects(
     pipe.infer('x', { responseFormat: { type: 'json_object' }, ignoreEos: true }),
     /responseFormat needs an end token/,
   );

@@ -4,7 +4,8 @@
  * then cached), and decode tok/s of greedy decoding with and without a JSON schema. Decode speed is
  * read from streamed token times (first to last token), so prompt prefill and compile are not in it.
  * Unconstrained greedy decoding takes the argmax inside the graph; constrained decoding fetches the
- * logits, masks them and picks in JS, and that difference is what is measured.
+ * logits, masks them and picks in JS. A third run, greedy with logprobs (the logits path without a
+ * grammar), splits the difference into the logits path's share and the grammar's.
  */
 
 import type { EngineOptions } from '../engine/core.js';
@@ -68,6 +69,7 @@ export async function runStructuredBench(options: StructuredBenchOptions): Promi
       return { tokPerS: n > 1 ? ((n - 1) * 1000) / (times[n - 1] - times[0]) : 0, tokens: n, text, finish };
     };
     const free: number[] = [];
+    const viaLogits: number[] = [];
     const constrained: number[] = [];
     const tokens: number[] = [];
     let valid = 0;
@@ -82,12 +84,12 @@ export async function runStructuredBench(options: StructuredBenchOptions): Promi
         valid++;
       }
       // The same number of tokens without a grammar (ignoreEos: a random model may end at once).
-      free.push(
-        (await decode({ maxNewTokens: Math.max(2, run.tokens), temperature: 0, ignoreEos: true }, prompt))
-          .tokPerS,
-      );
+      const same = { maxNewTokens: Math.max(2, run.tokens), temperature: 0, ignoreEos: true };
+      free.push((await decode(same, prompt)).tokPerS);
+      viaLogits.push((await decode({ ...same, logprobs: true }, prompt)).tokPerS);
     }
     const freeTokPerS = median(free);
+    const logitsTokPerS = median(viaLogits);
     const constrainedTokPerS = median(constrained);
     return {
       model: options.model,
@@ -97,8 +99,13 @@ export async function runStructuredBench(options: StructuredBenchOptions): Promi
       reps: options.reps,
       tokensPerAnswer: tokens,
       completeJsonAnswers: valid,
-      decodeTokPerS: { greedy: round(freeTokPerS, 2), greedyJsonSchema: round(constrainedTokPerS, 2) },
+      decodeTokPerS: {
+        greedy: round(freeTokPerS, 2),
+        greedyLogitsPath: round(logitsTokPerS, 2),
+        greedyJsonSchema: round(constrainedTokPerS, 2),
+      },
       jsonSchemaSlowdownPercent: round((1 - constrainedTokPerS / freeTokPerS) * 100, 1),
+      jsonSchemaSlowdownVsLogitsPathPercent: round((1 - constrainedTokPerS / logitsTokPerS) * 100, 1),
     };
   } finally {
     await pipe.close();

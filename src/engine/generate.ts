@@ -128,8 +128,6 @@ class Job {
    */
   readonly argmaxOnly: boolean;
   matcher: TokenMatcher | undefined;
-  /** The grammar's mask for the next token. */
-  mask: Int32Array | undefined;
   seq!: Sequence;
   session: Session | undefined;
   reused = 0;
@@ -312,7 +310,7 @@ export class Generator {
     if (job.prefilled < ids.length) return;
     job.embeds = undefined;
     job.features = [];
-    if (await this.#accept(job, typeof next === 'number' ? { id: next } : this.#draw(job, next))) return;
+    if (this.#accept(job, typeof next === 'number' ? { id: next } : await this.#choose(job, next))) return;
     decoder.joinBatch(job.seq);
   }
 
@@ -321,7 +319,6 @@ export class Generator {
       throw new InternVLError('UNSUPPORTED', 'this engine has no grammar engine for response formats');
     }
     job.matcher = await this.deps.grammar.matcher(format, job.request.endTokenIds);
-    job.mask = await job.matcher.nextMask();
   }
 
   /** Which images need features: those with a token after the reused prefix and not in the cache. */
@@ -414,20 +411,51 @@ export class Generator {
       return;
     }
     const vocab = decoder.dims.vocabSize;
-    const chosen = members.map((job, b) => {
+    for (const [b, job] of members.entries()) {
       job.cached.push(job.next!);
-      if (job.aborted) return undefined;
-      return result instanceof Float32Array
-        ? this.#draw(job, result.subarray(b * vocab, (b + 1) * vocab))
-        : { id: result[b] };
-    });
-    for (const [b, job] of members.entries()) if (!job.aborted) await this.#accept(job, chosen[b]);
+      if (job.aborted) continue;
+      const token =
+        result instanceof Float32Array
+          ? await this.#choose(job, result.subarray(b * vocab, (b + 1) * vocab))
+          : { id: result[b] };
+      this.#accept(job, token);
+    }
+  }
+
+  /**
+   * The next token from logits. With a grammar the logits are masked first, and the matcher takes
+   * the token; one it refuses (a dead end) is masked out and the draw repeated.
+   */
+  async #choose(job: Job, logits: Float32Array): Promise<SampledToken | undefined> {
+    for (;;) {
+      const token = this.#draw(job, logits);
+      if (!token || !job.matcher || job.end.has(token.id)) return token;
+      try {
+        if (await job.matcher.accept(token.id)) return token;
+      } catch (err) {
+        this.#fail(job, err);
+        return undefined;
+      }
+      logits[token.id] = -Infinity;
+      if (!logits.some((v) => v > -Infinity)) {
+        this.#fail(
+          job,
+          new InternVLError(
+            'BAD_INPUT',
+            'the response format allows no token here that keeps the text valid UTF-8 (XGrammar reads a ' +
+              'non-ASCII character inside a regex or EBNF character class as a single byte: write such ' +
+              'characters as literal strings, e.g. (a|é) instead of [aé])',
+          ),
+        );
+        return undefined;
+      }
+    }
   }
 
   /** Samples the next token from logits; undefined when sampling failed (the job has then failed). */
   #draw(job: Job, logits: Float32Array): SampledToken | undefined {
     try {
-      if (job.mask) applyMask(logits, job.mask);
+      if (job.matcher) applyMask(logits, job.matcher.mask());
       return job.sampler.next(logits, job.history);
     } catch (err) {
       this.#fail(job, err);
@@ -436,30 +464,15 @@ export class Generator {
   }
 
   /**
-   * Records the chosen token; true when the job has finished (or failed). With a grammar, the matcher
-   * takes the token and gives the next mask; when that mask allows only end tokens the text is
-   * complete and the job stops here, without another step.
+   * Records the chosen token; true when the job has finished (or failed). With a grammar whose mask
+   * now allows only end tokens the text is complete, and the job stops here without another step.
    */
-  async #accept(job: Job, token: SampledToken | undefined): Promise<boolean> {
+  #accept(job: Job, token: SampledToken | undefined): boolean {
     if (!token) return true;
-    let complete = false;
-    if (job.matcher) {
-      try {
-        if (!job.matcher.accept(token.id)) {
-          throw new InternVLError(
-            'INTERNAL',
-            `the grammar rejected token ${token.id}, which its mask allowed`,
-          );
-        }
-        if (!job.end.has(token.id)) {
-          job.mask = await job.matcher.nextMask();
-          complete = onlyEndAllowed(job.mask, job.end, this.deps.decoder.dims.vocabSize);
-        }
-      } catch (err) {
-        this.#fail(job, err);
-        return true;
-      }
-    }
+    const complete =
+      job.matcher !== undefined &&
+      !job.end.has(token.id) &&
+      onlyEndAllowed(job.matcher.mask(), job.end, this.deps.decoder.dims.vocabSize);
     job.tokens.push(token);
     job.history.push(token.id);
     job.onEvent({ type: 'token', token });

@@ -20,9 +20,12 @@ export type ResponseFormat =
 /** One request's grammar state: which tokens may come next, and the tokens chosen. */
 export interface TokenMatcher {
   /** The allowed next tokens as a bitmask: token i is allowed when bit i % 32 of word i >> 5 is set. */
-  nextMask(): Promise<Int32Array>;
-  /** Advances by one token; false when the grammar does not allow it (the state is then unchanged). */
-  accept(tokenId: number): boolean;
+  mask(): Int32Array;
+  /**
+   * Advances by one token. False, with the state unchanged, when the mask does not allow it or when
+   * nothing could follow it (a dead end): the caller then picks another token.
+   */
+  accept(tokenId: number): Promise<boolean>;
   /** Frees the matcher. */
   dispose(): void;
 }

@@ -255,17 +255,27 @@ export class GrammarEngine implements GrammarProvider {
     // XGrammar's JSON strings admit raw control characters, which JSON.parse (RFC 8259) rejects.
     const banned = format.type === 'json_schema' || format.type === 'json_object' ? controlIds : [];
     let utf8State = 0;
+    const maskFor = async (state: number) => {
+      const mask = await m.getNextTokenBitmask();
+      for (const id of banned) mask[id >> 5] &= ~(1 << (id & 31));
+      utf8.restrict(mask, state);
+      return mask;
+    };
+    let mask = await maskFor(utf8State);
     return {
-      nextMask: async () => {
-        const mask = await m.getNextTokenBitmask();
-        for (const id of banned) mask[id >> 5] &= ~(1 << (id & 31));
-        utf8.restrict(mask, utf8State);
-        return mask;
-      },
-      accept: (id) => {
-        const next = utf8.next(utf8State, id);
-        if (next < 0 || !m.acceptToken(id)) return false;
-        utf8State = next;
+      mask: () => mask,
+      accept: async (id) => {
+        const state = utf8.next(utf8State, id);
+        if (state < 0 || !m.acceptToken(id)) return false;
+        const next = await maskFor(state);
+        // A dead end: the grammar and well-formed UTF-8 agree on no next token (XGrammar reads a
+        // non-ASCII character in a character class as a byte, so the two can part ways).
+        if (next.every((word) => word === 0)) {
+          m.rollBack(1);
+          return false;
+        }
+        utf8State = state;
+        mask = next;
         return true;
       },
       dispose: () => m.dispose(),
