@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { GrammarEngine, grammarVocab } from '../src/engine/grammar.js';
 import { applyMask, maskAllows, onlyEndAllowed, type ResponseFormat } from '../src/engine/grammar-types.js';
 import { tokenBytes, Utf8Guard } from '../src/engine/utf8-guard.js';
-import { fatalMessage } from '../src/engine/xgrammar.js';
+import { fatalMessage, XGrammarInstance } from '../src/engine/xgrammar.js';
 import { InternVLError } from '../src/errors.js';
 import { loadTokenizer } from '../src/io/tokenizer-files.js';
 import { goldenModelDir } from './helpers.js';
@@ -186,4 +186,26 @@ test('token bytes per vocabulary kind, and the UTF-8 guard allows only well-form
   assert.ok(!allowedFrom(afterED).includes(0xa0), 'no surrogates');
   assert.equal(guard.next(guard.next(afterE0, 0xa0), 0x80), 0, 'a complete character');
   assert.equal(guard.next(0, 0x80), -1);
+});
+
+test('an XGrammar instance turns failures into named errors and is not used after an abort', async () => {
+  const instance = new XGrammarInstance();
+  await assert.rejects(
+    instance.run('checking', 'BAD_INPUT', async () => {
+      throw new Error('boom');
+    }),
+    (err: unknown) =>
+      err instanceof InternVLError && err.code === 'BAD_INPUT' && err.message === 'checking: boom',
+  );
+  assert.equal(instance.aborted, false);
+  await assert.rejects(
+    instance.run('invalid JSON schema', 'BAD_INPUT', (xg) => xg.Grammar.fromJSONSchema('{"type": 5}')),
+    /invalid JSON schema: .+/,
+  );
+  assert.equal(instance.aborted, true);
+  await assert.rejects(
+    instance.run('again', 'BAD_INPUT', (xg) => xg.Grammar.builtinJSONGrammar()),
+    (err: unknown) =>
+      err instanceof InternVLError && err.code === 'INTERNAL' && /has aborted/.test(err.message),
+  );
 });

@@ -158,6 +158,7 @@ export interface GrammarEngineOptions {
 
 export class GrammarEngine implements GrammarProvider {
   #serving: Promise<Serving> | undefined;
+  #servingInstanceLoaded: XGrammarInstance | undefined;
   #checker: XGrammarInstance | undefined;
   readonly #compiled = new Map<string, Promise<CompiledGrammar>>();
   readonly #cacheSize: number;
@@ -197,6 +198,7 @@ export class GrammarEngine implements GrammarProvider {
           encodedVocab.length,
         );
         const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
+        this.#servingInstanceLoaded = instance;
         return { instance, info, compiler, controlIds, utf8 };
       });
     })();
@@ -208,6 +210,12 @@ export class GrammarEngine implements GrammarProvider {
 
   /** Checks and compiles `format` (cached); throws BAD_INPUT naming the problem. */
   compile(format: ResponseFormat): Promise<CompiledGrammar> {
+    if (this.#servingInstanceLoaded?.aborted) {
+      // It should never abort (formats are checked first); if it did, start over with a new one.
+      this.#serving = undefined;
+      this.#servingInstanceLoaded = undefined;
+      this.#compiled.clear();
+    }
     const key = formatKey(format);
     const hit = this.#compiled.get(key);
     if (hit) {

@@ -65,8 +65,8 @@ export class XGrammarInstance {
   }
 
   /**
-   * Runs `fn` on this instance; an abort becomes InternVLError(code) with XGrammar's own message,
-   * prefixed by `what`.
+   * Runs `fn` on this instance; a failure becomes InternVLError(code) with XGrammar's own message
+   * (for an abort, the `[FATAL]` line it printed), prefixed by `what`.
    */
   async run<T>(
     what: string,
@@ -78,10 +78,11 @@ export class XGrammarInstance {
     try {
       return await fn(this.xg);
     } catch (err) {
+      if (err instanceof InternVLError) throw err;
       const fatal = this.#messages.find((m) => m.startsWith('[FATAL]'));
-      if (!fatal && !String(err).includes('Aborted')) throw err;
-      this.#aborted = true;
-      throw new InternVLError(code, `${what}: ${fatal ? fatalMessage(fatal) : String(err)}`, { cause: err });
+      if (fatal || String(err).includes('Aborted')) this.#aborted = true;
+      const message = fatal ? fatalMessage(fatal) : err instanceof Error ? err.message : String(err);
+      throw new InternVLError(code, `${what}: ${message}`, { cause: err });
     }
   }
 }

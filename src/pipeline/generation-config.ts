@@ -36,7 +36,8 @@ export interface GenerationConfig {
   /**
    * Constrain the text to a JSON object, a JSON Schema, a regex or an EBNF grammar (XGrammar, in the
    * engine thread); generation ends, finishReason 'stop', once the text is complete. Text cut off by
-   * maxNewTokens (finishReason 'length') is incomplete.
+   * maxNewTokens (finishReason 'length') is incomplete. Logprobs are then those of the constrained
+   * (masked) distribution.
    */
   responseFormat?: ResponseFormat;
 }
