@@ -14,12 +14,12 @@
  *   before it was complete. A schema XGrammar cannot read is a 400 naming the problem.
  */
 import { z } from 'zod';
-import type { ResponseFormat } from '../engine/grammar-types.js';
 import type { ChatMessage, ContentPart } from '../pipeline/conversation.js';
 import type { GenerationConfigInput } from '../pipeline/generation-config.js';
 import type { TokenLogprobInfo, Usage } from '../pipeline/pipeline.js';
 import { HttpError } from './errors.js';
 import { type LocalVideo, loadRequestImage, type MediaPolicy, materializeVideo } from './media.js';
+import { responseFormat, responseFormatSchema } from './response-format.js';
 
 /** LMDeploy's reading of OpenAI's `detail` as a tile budget (`_preprocess_v1_5`). */
 export const DETAIL_TILES: Readonly<Record<string, number>> = { low: 6, medium: 12, high: 24 };
@@ -80,27 +80,6 @@ const message = z.object({
   }),
   name: nullish(z.string()),
 });
-
-/** OpenAI's `response_format`: text, any JSON object, or JSON valid for a schema. */
-const responseFormatSchema = z.discriminatedUnion(
-  'type',
-  [
-    z.object({ type: z.literal('text') }),
-    z.object({ type: z.literal('json_object') }),
-    z.object({
-      type: z.literal('json_schema'),
-      json_schema: z.object({
-        name: z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, {
-          error: 'must be 1 to 64 letters, digits, underscores or dashes',
-        }),
-        description: nullish(z.string()),
-        schema: nullish(z.record(z.string(), z.unknown(), { error: 'must be a JSON Schema object' })),
-        strict: nullish(z.boolean()),
-      }),
-    }),
-  ],
-  { error: "type must be 'text', 'json_object' or 'json_schema'" },
-);
 
 export const chatCompletionRequestSchema = z.object({
   ...samplingFields,
@@ -229,28 +208,6 @@ export function choiceConfigs(gen: GenerationConfigInput, n: number): Generation
     const seed = gen.seed + i <= Number.MAX_SAFE_INTEGER ? gen.seed + i : gen.seed - i;
     return { ...gen, seed };
   });
-}
-
-/**
- * The generation config's responseFormat for OpenAI's `response_format`: `json_object` is any JSON
- * object; `json_schema` without a schema is too; `strict` (default true here, as the output is always
- * constrained) forbids properties the schema does not list.
- */
-export function responseFormat(
-  req: Pick<ChatCompletionRequest, 'response_format'>,
-): ResponseFormat | undefined {
-  const format = req.response_format;
-  if (!format || format.type === 'text') return undefined;
-  if (format.type === 'json_object' || !format.json_schema.schema) return { type: 'json_object' };
-  const { schema, strict } = format.json_schema;
-  return { type: 'json_schema', jsonSchema: schema, ...(strict != null ? { strict } : {}) };
-}
-
-/** The HTTP parameter a response format's compile error is about. */
-export function responseFormatParam(req: Pick<ChatCompletionRequest, 'response_format'>): string {
-  return req.response_format?.type === 'json_schema'
-    ? 'response_format.json_schema.schema'
-    : 'response_format';
 }
 
 export function chatGeneration(req: ChatCompletionRequest): GenerationConfigInput {

@@ -37,9 +37,9 @@ import {
   type MediaLimits,
   parseRequest,
   prepareMessages,
-  responseFormatParam,
   sumUsage,
 } from './openai.js';
+import { responseFormatParam } from './response-format.js';
 
 export interface ServerOptions {
   /** The id in /v1/models and the `model` requests must name; default the model path's last part. */
