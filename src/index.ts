@@ -19,6 +19,7 @@ export {
   type VisionConfig,
 } from './config/model-config.js';
 export type { EngineOptions } from './engine/core.js';
+export type { ResponseFormat } from './engine/grammar-types.js';
 export { type ImageOptions, InternVLModel, type LoadOptions } from './engine/model.js';
 export { type ErrorCode, InternVLError } from './errors.js';
 export { type ResolveModelOptions, resolveModel } from './io/hub.js';

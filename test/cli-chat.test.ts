@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Pipeline, pipeline, type Response } from '../src/pipeline/pipeline.js';
 import { GOLDEN_DIR, goldenModelDir, REPO_ROOT } from './helpers.js';
+import { assertValidJson } from './structured-fixtures.js';
 
 const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
 const IMAGE = path.join(GOLDEN_DIR, 'prep/sources/s0_500x300_rgb.png');
@@ -121,6 +122,55 @@ describe('internvl chat, interactive', () => {
 });
 
 describe('internvl chat, errors', () => {
+  test('--json-schema FILE: the answer is JSON valid for the schema; bad files and schemas fail clearly', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ivl-cli-schema-'));
+    try {
+      const schema = {
+        type: 'object',
+        properties: {
+          name: { type: 'string', maxLength: 5 },
+          tags: { type: 'array', items: { enum: ['a', 'b'] }, maxItems: 2 },
+        },
+        required: ['name', 'tags'],
+        additionalProperties: false,
+      };
+      const file = path.join(dir, 'schema.json');
+      writeFileSync(file, JSON.stringify(schema));
+      const bad = path.join(dir, 'bad.json');
+      writeFileSync(bad, JSON.stringify({ type: 'nope' }));
+      const notJson = path.join(dir, 'not.json');
+      writeFileSync(notJson, '{type');
+      const [ok, unsupported, broken, missing] = await Promise.all([
+        runChat([
+          MODEL,
+          '--json-schema',
+          file,
+          '--max-new-tokens',
+          '200',
+          '--temperature',
+          '1',
+          '--seed',
+          '3',
+          'Who?',
+        ]),
+        runChat([MODEL, '--json-schema', bad, 'Who?']),
+        runChat([MODEL, '--json-schema', notJson, 'Who?']),
+        runChat([MODEL, '--json-schema', path.join(dir, 'none.json'), 'Who?']),
+      ]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assertValidJson(ok.stdout.trimEnd(), schema, 'chat --json-schema');
+      assert.equal(unsupported.code, 1);
+      assert.match(unsupported.stderr, /invalid JSON schema: Unsupported type "nope"/);
+      assert.equal(unsupported.stdout, '');
+      assert.equal(broken.code, 2);
+      assert.match(broken.stderr, /--json-schema: .*not\.json is not JSON/);
+      assert.equal(missing.code, 2);
+      assert.match(missing.stderr, /--json-schema: cannot read .*none\.json/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('bad flags, a missing image and an unknown model path fail clearly', async () => {
     const [help, unknownFlag, badNumber, missingImage, noModel, replImage] = await Promise.all([
       runChat(['--help']),

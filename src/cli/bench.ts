@@ -28,12 +28,14 @@ import type { DecoderDims } from '../models/decoder.js';
 import { GraphBuilder } from '../onnx/graph.js';
 import { createRandomCheckpoint, hasWeights } from '../tools/random-checkpoint.js';
 import { noPositionals, parseCommandArgs } from './args.js';
+import { runStructuredBench } from './bench-structured.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
 
 const USAGE = `Usage: internvl bench [--shape InternVL2_5-1B] [--model DIR] [--llm-dtype int4]
                       [--prefill-dtype int4] [--vit-dtype fp32] [--block-size 32] [--accuracy-level 4]
                       [--int8-kernel auto|u8s8|u8u8] [--threads N] [--reps 3] [--json FILE]
+                      [--structured]
 
 Measures in one run: the fp32 GEMM roofline and weight-streaming bandwidth through ORT; ViT s/tile
 (batches of 1 and 7; fp32 and int8); prefill tok/s at 300 and 1800 tokens (fp32, int8 and the chosen
@@ -41,9 +43,14 @@ LLM precision); decode tok/s at past 300 and 1500; and, in child processes, load
 the graph cache), time to first token for one image of 6 tiles + thumbnail, and peak RSS. Without
 --model a random checkpoint of --shape is created once under the cache folder. Prints JSON.
 
+--structured measures constrained decoding instead, through pipeline(): XGrammar's setup on the
+vocabulary, a JSON Schema's compile time (cold and cached), and greedy decode tok/s with and
+without the schema (from streamed token times, so prefill and compile are not in it).
+
 Examples:
   npx internvl bench --reps 3                                  # random weights at the InternVL2_5-1B shape
   npx internvl bench --model ./InternVL2_5-1B --llm-dtype int8 --json bench.json
+  npx internvl bench --structured --reps 5                     # JSON-schema decoding vs plain
 `;
 
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
@@ -291,6 +298,21 @@ export interface BenchOptions {
   log?: (line: string) => void;
 }
 
+/** `model`, or the random checkpoint of `shape` under the cache folder (created on first use). */
+async function benchModel(
+  shape: string,
+  model: string | undefined,
+  log: (line: string) => void,
+): Promise<string> {
+  if (model) return model;
+  const modelDir = path.join(path.dirname(defaultGraphCacheDir()), 'random-models', `${shape}-seed0`);
+  if (!hasWeights(modelDir)) {
+    log(`creating random ${shape} checkpoint in ${modelDir}`);
+    await createRandomCheckpoint({ shape, out: modelDir, seed: 0 });
+  }
+  return modelDir;
+}
+
 export async function runBench(options: BenchOptions): Promise<Record<string, unknown>> {
   const log = options.log ?? (() => {});
   const shape = options.shape ?? 'InternVL2_5-1B';
@@ -298,11 +320,7 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   const threads = options.threads ?? defaultThreads();
   const precision = options.precision;
   const cacheDir = defaultGraphCacheDir();
-  const modelDir = options.model ?? path.join(path.dirname(cacheDir), 'random-models', `${shape}-seed0`);
-  if (!options.model && !hasWeights(modelDir)) {
-    log(`creating random ${shape} checkpoint in ${modelDir}`);
-    await createRandomCheckpoint({ shape, out: modelDir, seed: 0 });
-  }
+  const modelDir = await benchModel(shape, options.model, log);
 
   log('machine limits');
   const gemm = await measureGemm(threads, reps);
@@ -434,6 +452,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
       threads: { type: 'string' },
       reps: { type: 'string' },
       json: { type: 'string' },
+      structured: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     });
   let values: ReturnType<typeof parse>['values'];
@@ -459,14 +478,24 @@ export async function benchCommand(argv: string[]): Promise<number> {
     if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${v}'`);
     return n;
   };
-  const result = await runBench({
-    shape: values.shape,
-    model: values.model,
-    threads: positive(values.threads, 'threads'),
-    reps: positive(values.reps, 'reps'),
-    precision,
-    log: (line) => process.stderr.write(`${line}\n`),
-  });
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const threads = positive(values.threads, 'threads');
+  const reps = positive(values.reps, 'reps');
+  const result = values.structured
+    ? await runStructuredBench({
+        model: await benchModel(values.shape ?? 'InternVL2_5-1B', values.model, log),
+        engine: { ...precision, threads },
+        reps: reps ?? 3,
+        log,
+      })
+    : await runBench({
+        shape: values.shape,
+        model: values.model,
+        threads,
+        reps,
+        precision,
+        log,
+      });
   const text = JSON.stringify(result, null, 2);
   process.stdout.write(`${text}\n`);
   if (values.json) await writeFile(values.json, `${text}\n`);

@@ -2,7 +2,7 @@
  * `internvl chat`: answer one prompt (streamed, or one JSON line), or run an interactive multi-turn
  * chat that reads messages line by line from stdin (a terminal or a pipe).
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { createInterface, type Interface } from 'node:readline';
 import { InternVLError } from '../errors.js';
@@ -46,6 +46,8 @@ Options:
   --top-k K             keep the K most likely tokens; 0 = off
   --seed S              makes sampling reproducible
   --json                print each answer as one JSON line (the Response object) instead of text
+  --json-schema FILE    answer with compact JSON valid for the JSON Schema in FILE (constrained
+                        decoding; give --max-new-tokens room for the whole JSON)
 ${PRECISION_USAGE}
   -h, --help            show this help
 
@@ -63,6 +65,7 @@ Examples:
   npx internvl chat OpenGVLab/InternVL2_5-1B --image photo.jpg "Describe this image in detail."
   npx internvl chat ./InternVL2_5-1B --image a.jpg --image b.jpg "What differs between the two images?"
   npx internvl chat ./InternVL2_5-1B --video clip.mp4 --json "What happens in this video?"
+  npx internvl chat ./InternVL2_5-1B --json-schema person.json "Who is in the photo?" --image p.jpg
   npx internvl chat ./InternVL2_5-1B                 # interactive
   npx internvl chat ./random-1b --max-new-tokens 32 "Hi"   # a create-random checkpoint: made-up words
 
@@ -111,6 +114,7 @@ function parseChatArgs(argv: string[]): ChatArgs | 'help' {
     'top-k': { type: 'string' },
     seed: { type: 'string' },
     json: { type: 'boolean' },
+    'json-schema': { type: 'string' },
     ...PRECISION_FLAGS,
     help: { type: 'boolean', short: 'h' },
   });
@@ -144,6 +148,9 @@ function parseChatArgs(argv: string[]): ChatArgs | 'help' {
   if (topK !== undefined) gen.topK = topK;
   const seed = integerOption(values.seed, 'seed', 0);
   if (seed !== undefined) gen.seed = seed;
+  if (values['json-schema'] !== undefined) {
+    gen.responseFormat = { type: 'json_schema', jsonSchema: readJsonSchema(values['json-schema']) };
+  }
   try {
     parseGenerationConfigInput(gen);
   } catch (err) {
@@ -160,6 +167,26 @@ function parseChatArgs(argv: string[]): ChatArgs | 'help' {
     json: values.json ?? false,
     precision: precisionOptions(values),
   };
+}
+
+/** The JSON Schema object in a file; a missing file or one that is not a JSON object is a usage error. */
+function readJsonSchema(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`--json-schema: cannot read ${file}: ${errorMessage(err)}`);
+  }
+  let schema: unknown;
+  try {
+    schema = JSON.parse(text);
+  } catch (err) {
+    throw new UsageError(`--json-schema: ${file} is not JSON: ${errorMessage(err)}`);
+  }
+  if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
+    throw new UsageError(`--json-schema: ${file} must hold a JSON Schema object`);
+  }
+  return schema as Record<string, unknown>;
 }
 
 const isUrl = (source: string) => /^(https?|data|file):/i.test(source);
@@ -370,6 +397,8 @@ export async function chatCommand(argv: string[]): Promise<number> {
       ...args.precision,
       onProgress: createTaskProgress(process.stderr),
     });
+    // A schema XGrammar cannot read fails here, before any prompt.
+    if (args.gen.responseFormat) await pipe.compileResponseFormat(args.gen.responseFormat);
     return args.prompt !== undefined ? await answerOnce(pipe, args, args.prompt) : await repl(pipe, args);
   } catch (err) {
     process.stderr.write(`internvl chat: ${errorMessage(err)}\n`);

@@ -13,6 +13,8 @@ import type { WeightSource } from '../models/weights.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
+import { GrammarEngine } from './grammar.js';
+import type { ResponseFormat } from './grammar-types.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';
 import {
@@ -92,9 +94,13 @@ export class EngineCore {
     private readonly vision: VisionEncoder,
     private readonly decoder: DecoderRunner,
     private readonly imgContextId: number,
+    dir: string,
     prefixCacheBytes: number,
   ) {
+    // Loaded on the first request with a response format (XGrammar and the vocabulary).
+    this.grammar = GrammarEngine.forModel(dir, decoder.dims.vocabSize);
     this.generator = new Generator({
+      grammar: this.grammar,
       decoder,
       imgContextId,
       tokensPerTile: numImageTokens(config),
@@ -105,6 +111,7 @@ export class EngineCore {
   }
 
   private readonly generator: Generator;
+  private readonly grammar: GrammarEngine;
 
   /**
    * Loads a checkpoint folder. `onProgress(done, total)` counts the components loaded (vision encoder,
@@ -151,7 +158,7 @@ export class EngineCore {
       });
       const imgContextId = await imageContextTokenId(dir);
       onProgress?.(2, 2);
-      return new EngineCore(config, checkpoint, vision, decoder, imgContextId, prefixCacheBytes);
+      return new EngineCore(config, checkpoint, vision, decoder, imgContextId, dir, prefixCacheBytes);
     } catch (err) {
       await checkpoint.close();
       throw err;
@@ -202,6 +209,17 @@ export class EngineCore {
     onEvent: (event: GenerateEvent) => void,
   ): Promise<GenerateResult> {
     return this.generator.generate(request, callId, onEvent);
+  }
+
+  /**
+   * Checks and compiles a response format against the vocabulary (cached), so a bad one is reported
+   * before generation starts; returns how long the compile took (0 when it was cached).
+   */
+  async compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
+    const before = this.grammar.compileTimes.length;
+    await this.grammar.compile(format);
+    const times = this.grammar.compileTimes;
+    return { compileMs: times.length > before ? times[times.length - 1] : 0 };
   }
 
   abort(callId: number): void {

@@ -9,8 +9,11 @@
  * encoded again. Image features are also cached by content key, bounded in bytes.
  */
 import { InternVLError } from '../errors.js';
-import { type SampledToken, Sampler, type SamplingParams } from '../pipeline/sampler.js';
-import type { DecoderRunner, Sequence } from './decoder.js';
+import type { SampledToken, SamplingParams } from '../pipeline/sampler.js';
+import type { DecoderRunner } from './decoder.js';
+import { FeatureCache } from './feature-cache.js';
+import { commonPrefix, Job, type Session, yieldToEventLoop } from './generate-job.js';
+import { applyMask, type GrammarProvider, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
 import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
 
 /** One image of a request, in prompt order: its tiles, and a key naming its content. */
@@ -31,6 +34,12 @@ export interface GenerateRequest {
   maxNewTokens: number;
   /** Generated ids that end generation (the id itself is returned). */
   endTokenIds: number[];
+  /**
+   * Constrains the output to this format: each step's logits are masked to the tokens the grammar
+   * allows, end tokens only once the text is complete; generation stops ('stop') when the grammar
+   * admits nothing more.
+   */
+  responseFormat?: ResponseFormat;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -54,45 +63,6 @@ export interface GenerateResult {
   stats: GenerateStats;
 }
 
-/** Least-recently-used image features, bounded by their total size in bytes. */
-export class FeatureCache {
-  readonly #entries = new Map<string, Float32Array>();
-  #bytes = 0;
-  constructor(readonly maxBytes: number) {}
-
-  get(key: string): Float32Array | undefined {
-    const hit = this.#entries.get(key);
-    if (hit) {
-      this.#entries.delete(key);
-      this.#entries.set(key, hit);
-    }
-    return hit;
-  }
-
-  set(key: string, features: Float32Array): void {
-    if (features.byteLength > this.maxBytes) return;
-    const old = this.#entries.get(key);
-    if (old) {
-      this.#bytes -= old.byteLength;
-      this.#entries.delete(key);
-    }
-    this.#entries.set(key, features);
-    this.#bytes += features.byteLength;
-    for (const [k, v] of this.#entries) {
-      if (this.#bytes <= this.maxBytes) break;
-      this.#entries.delete(k);
-      this.#bytes -= v.byteLength;
-    }
-  }
-}
-
-interface Session {
-  seq: Sequence;
-  /** The tokens whose keys and values are in `seq`. */
-  tokens: number[];
-  busy: boolean;
-}
-
 export interface GeneratorDeps {
   decoder: DecoderRunner;
   imgContextId: number;
@@ -107,79 +77,8 @@ export interface GeneratorDeps {
   prefillChunk?: number;
   /** Bytes of finished prompts' KV kept for later requests that start the same way (0 = off, the default). */
   prefixCacheBytes?: number;
-}
-
-/**
- * Resolves after pending I/O and messages have run: setImmediate in Node; in a browser a
- * MessageChannel message (a zero-delay setTimeout would be clamped to 4 ms per step).
- */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (typeof setImmediate === 'function') {
-      setImmediate(resolve);
-      return;
-    }
-    const channel = new MessageChannel();
-    // The browser's MessagePort (Node's typings describe worker_threads' EventEmitter port).
-    const port = channel.port1 as unknown as { onmessage: (() => void) | null; close(): void };
-    port.onmessage = () => {
-      port.close();
-      resolve();
-    };
-    channel.port2.postMessage(null);
-  });
-}
-
-function commonPrefix(a: readonly number[], b: readonly number[]): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
-}
-
-/** A request moving through encode → prefill → decode. */
-class Job {
-  readonly sampler: Sampler;
-  readonly end: Set<number>;
-  /** Plain greedy decoding: the graph's argmax replaces fetching the logits and sampling from them. */
-  readonly argmaxOnly: boolean;
-  seq!: Sequence;
-  session: Session | undefined;
-  reused = 0;
-  /** Prompt tokens already in the cache. */
-  prefilled = 0;
-  /** Feature rows per image, filled as images are encoded (undefined = not needed). */
-  features: (Float32Array | undefined)[] = [];
-  /** Next image / tile to encode. */
-  imageIndex = 0;
-  tileIndex = 0;
-  tileFeatures: Float32Array[] = [];
-  encodedTiles = 0;
-  /** Tiles this call must encode (images not cached and not in the reused prefix). */
-  tilesToEncode = 0;
-  embeds: Float32Array | undefined;
-  history: number[];
-  cached: number[];
-  tokens: SampledToken[] = [];
-  next: number | undefined;
-  aborted = false;
-  started = false;
-
-  constructor(
-    readonly request: GenerateRequest,
-    readonly callId: number,
-    readonly onEvent: (event: GenerateEvent) => void,
-    readonly resolve: (r: GenerateResult) => void,
-    readonly reject: (e: unknown) => void,
-    vocabSize: number,
-  ) {
-    this.sampler = new Sampler(request.sampling, vocabSize);
-    this.end = new Set(request.endTokenIds);
-    const { temperature, repetitionPenalty, logprobs, topLogprobs } = request.sampling;
-    this.argmaxOnly = temperature === 0 && repetitionPenalty === 1 && !logprobs && !topLogprobs;
-    this.history = request.inputIds.slice();
-    this.cached = request.inputIds.slice();
-  }
+  /** Compiles response formats into matchers; requests with a responseFormat fail without it. */
+  grammar?: GrammarProvider;
 }
 
 export class Generator {
@@ -294,6 +193,8 @@ export class Generator {
     const ids = job.request.inputIds;
     if (!job.started) {
       job.started = true;
+      // First, so a bad format fails the request before it holds a session or a sequence.
+      if (job.request.responseFormat) await this.#startGrammar(job, job.request.responseFormat);
       const sessionId = job.request.sessionId;
       job.session = sessionId ? this.#sessions.get(sessionId) : undefined;
       if (job.session?.busy) {
@@ -334,8 +235,15 @@ export class Generator {
     if (job.prefilled < ids.length) return;
     job.embeds = undefined;
     job.features = [];
-    if (this.#accept(job, typeof next === 'number' ? { id: next } : this.#draw(job, next))) return;
+    if (this.#accept(job, typeof next === 'number' ? { id: next } : await this.#choose(job, next))) return;
     decoder.joinBatch(job.seq);
+  }
+
+  async #startGrammar(job: Job, format: ResponseFormat): Promise<void> {
+    if (!this.deps.grammar) {
+      throw new InternVLError('UNSUPPORTED', 'this engine has no grammar engine for response formats');
+    }
+    job.matcher = await this.deps.grammar.matcher(format, job.request.endTokenIds);
   }
 
   /** Which images need features: those with a token after the reused prefix and not in the cache. */
@@ -428,20 +336,51 @@ export class Generator {
       return;
     }
     const vocab = decoder.dims.vocabSize;
-    members.forEach((job, b) => {
+    for (const [b, job] of members.entries()) {
       job.cached.push(job.next!);
-      if (job.aborted) return;
+      if (job.aborted) continue;
       const token =
         result instanceof Float32Array
-          ? this.#draw(job, result.subarray(b * vocab, (b + 1) * vocab))
+          ? await this.#choose(job, result.subarray(b * vocab, (b + 1) * vocab))
           : { id: result[b] };
       this.#accept(job, token);
-    });
+    }
+  }
+
+  /**
+   * The next token from logits. With a grammar the logits are masked first, and the matcher takes
+   * the token; one it refuses (a dead end) is masked out and the draw repeated.
+   */
+  async #choose(job: Job, logits: Float32Array): Promise<SampledToken | undefined> {
+    for (;;) {
+      const token = this.#draw(job, logits);
+      if (!token || !job.matcher || job.end.has(token.id)) return token;
+      try {
+        if (await job.matcher.accept(token.id)) return token;
+      } catch (err) {
+        this.#fail(job, err);
+        return undefined;
+      }
+      logits[token.id] = -Infinity;
+      if (!logits.some((v) => v > -Infinity)) {
+        this.#fail(
+          job,
+          new InternVLError(
+            'BAD_INPUT',
+            'the response format allows no token here that keeps the text valid UTF-8 (XGrammar reads a ' +
+              'non-ASCII character inside a regex or EBNF character class as a single byte: write such ' +
+              'characters as literal strings, e.g. (a|é) instead of [aé])',
+          ),
+        );
+        return undefined;
+      }
+    }
   }
 
   /** Samples the next token from logits; undefined when sampling failed (the job has then failed). */
   #draw(job: Job, logits: Float32Array): SampledToken | undefined {
     try {
+      if (job.matcher) applyMask(logits, job.matcher.mask());
       return job.sampler.next(logits, job.history);
     } catch (err) {
       this.#fail(job, err);
@@ -449,13 +388,20 @@ export class Generator {
     }
   }
 
-  /** Records the chosen token; true when the job has finished (or failed). */
+  /**
+   * Records the chosen token; true when the job has finished (or failed). With a grammar whose mask
+   * now allows only end tokens the text is complete, and the job stops here without another step.
+   */
   #accept(job: Job, token: SampledToken | undefined): boolean {
     if (!token) return true;
+    const complete =
+      job.matcher !== undefined &&
+      !job.end.has(token.id) &&
+      onlyEndAllowed(job.matcher.mask(), job.end, this.deps.decoder.dims.vocabSize);
     job.tokens.push(token);
     job.history.push(token.id);
     job.onEvent({ type: 'token', token });
-    if (job.end.has(token.id)) this.#finish(job, 'stop');
+    if (job.end.has(token.id) || complete) this.#finish(job, 'stop');
     else if (job.tokens.length >= job.request.maxNewTokens) this.#finish(job, 'length');
     else {
       job.next = token.id;
@@ -465,6 +411,8 @@ export class Generator {
   }
 
   #remove(job: Job, completed: boolean): void {
+    job.matcher?.dispose();
+    job.matcher = undefined;
     const i = this.#jobs.indexOf(job);
     if (i >= 0) this.#jobs.splice(i, 1);
     // A session keeps its cache for the next turn; a completed prompt goes to the prefix cache.

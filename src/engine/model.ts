@@ -8,6 +8,7 @@ import { resolveModel } from '../io/hub.js';
 import type { SampledToken } from '../pipeline/sampler.js';
 import type { EngineOptions, ImageInput } from './core.js';
 import type { GenerateEvent, GenerateRequest, GenerateResult } from './generate.js';
+import type { ResponseFormat } from './grammar-types.js';
 import { WorkerClient } from './worker-rpc.js';
 
 export interface LoadOptions extends EngineOptions {
@@ -150,6 +151,14 @@ export class InternVLModel {
     } finally {
       signal?.removeEventListener('abort', abort);
     }
+  }
+
+  /**
+   * Checks and compiles a response format in the engine thread (XGrammar against the model's
+   * vocabulary; cached by format), so a bad one fails before generation. `compileMs` is 0 when cached.
+   */
+  compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
+    return this.call('compileGrammar', [format]);
   }
 
   /** Forgets a chat session's KV cache in the engine. */

@@ -3,6 +3,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { InternVLError } from '../errors.js';
 import { EngineCore, type EngineOptions, type ImageInput } from './core.js';
 import type { GenerateRequest } from './generate.js';
+import type { ResponseFormat } from './grammar-types.js';
 import { serveCalls } from './worker-rpc.js';
 
 const { dir, options } = workerData as { dir: string; options: EngineOptions };
@@ -32,6 +33,7 @@ serveCalls(
       engine().generate(request as GenerateRequest, callId as number, (token) =>
         emit(callId as number, token),
       ),
+    compileGrammar: (format) => engine().compileGrammar(format as ResponseFormat),
     abort: (callId) => engine().abort(callId as number),
     releaseSession: (sessionId) => engine().releaseSession(sessionId as string),
     close: async () => {

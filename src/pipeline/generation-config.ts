@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { GenerationConfigFile } from '../config/generation-config.js';
+import type { ResponseFormat } from '../engine/grammar-types.js';
 import { InternVLError } from '../errors.js';
 import type { Template } from '../text/templates.js';
 import type { Tokenizer } from '../text/types.js';
@@ -32,6 +33,13 @@ export interface GenerationConfig {
   topLogprobs: number;
   /** Leave special tokens out of the decoded text. */
   skipSpecialTokens: boolean;
+  /**
+   * Constrain the text to a JSON object, a JSON Schema, a regex or an EBNF grammar (XGrammar, in the
+   * engine thread); generation ends, finishReason 'stop', once the text is complete. Text cut off by
+   * maxNewTokens (finishReason 'length') is incomplete. Logprobs are then those of the constrained
+   * (masked) distribution.
+   */
+  responseFormat?: ResponseFormat;
 }
 
 /** A resolved config with the ids that end generation. */
@@ -70,6 +78,33 @@ const topLogprobs = numberField('topLogprobs', 'an integer from 0 to 20');
 const stopError = describe('stop', 'a non-empty string or a list of non-empty strings');
 const stopTokenIdsError = describe('stopTokenIds', 'a list of non-negative integer token ids');
 const boolean = (field: string) => z.boolean({ error: describe(field, 'true or false') });
+
+const formatError = describe(
+  'responseFormat',
+  "{type: 'json_object'}, {type: 'json_schema', jsonSchema: {...}, strict?}, {type: 'regex', pattern} or {type: 'grammar', ebnf}",
+);
+const nonEmpty = (field: string) =>
+  z
+    .string({ error: describe(field, 'a non-empty string') })
+    .min(1, { error: describe(field, 'a non-empty string') });
+
+/** A response format: the shapes of ResponseFormat, unknown fields rejected. */
+export const responseFormatSchema = z.discriminatedUnion(
+  'type',
+  [
+    z.strictObject({ type: z.literal('json_object') }),
+    z.strictObject({
+      type: z.literal('json_schema'),
+      jsonSchema: z.record(z.string(), z.unknown(), {
+        error: describe('responseFormat.jsonSchema', 'a JSON Schema object'),
+      }),
+      strict: boolean('responseFormat.strict').optional(),
+    }),
+    z.strictObject({ type: z.literal('regex'), pattern: nonEmpty('responseFormat.pattern') }),
+    z.strictObject({ type: z.literal('grammar'), ebnf: nonEmpty('responseFormat.ebnf') }),
+  ],
+  { error: formatError },
+);
 
 /** Validates user input (unknown fields are errors, so a misspelt option is not silently ignored). */
 const generationConfigInputSchema = z.strictObject({
@@ -111,6 +146,7 @@ const generationConfigInputSchema = z.strictObject({
     .max(20, { error: topLogprobs.error })
     .optional(),
   skipSpecialTokens: boolean('skipSpecialTokens').optional(),
+  responseFormat: responseFormatSchema.optional(),
 });
 
 const FIELD_NAMES = Object.keys(generationConfigInputSchema.shape);
@@ -135,6 +171,9 @@ export function parseGenerationConfigInput(input: unknown): Partial<GenerationCo
   const r = generationConfigInputSchema.safeParse(input);
   if (!r.success) {
     const messages = r.error.issues.map((issue) => {
+      if (issue.code === 'unrecognized_keys' && issue.path.length > 0) {
+        return `unknown field(s) ${issue.keys.join(', ')} in ${issue.path.join('.')}`;
+      }
       if (issue.code === 'unrecognized_keys') return issue.keys.map(unknownFieldMessage).join('; ');
       return issue.message;
     });
@@ -213,6 +252,15 @@ export function resolveGenerationConfig(
     endTokenIds: [...new Set([...(ignoreEos ? [] : eosTokenIds), ...stopTokenIds])],
   };
   if (given.seed !== undefined) resolved.seed = given.seed;
+  if (given.responseFormat !== undefined) {
+    if (resolved.endTokenIds.length === 0) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        'invalid generation config: responseFormat needs an end token to finish on; ignoreEos leaves none unless stopTokenIds names one',
+      );
+    }
+    resolved.responseFormat = given.responseFormat as ResponseFormat;
+  }
   if (topLogprobs > 0 && !resolved.logprobs) {
     throw new InternVLError('BAD_INPUT', 'invalid generation config: topLogprobs needs logprobs');
   }

@@ -8,6 +8,7 @@ import { type GenerationConfigFile, loadGenerationConfig } from '../config/gener
 import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import type { EngineOptions } from '../engine/core.js';
 import type { GenerateRequest, ImageRef } from '../engine/generate.js';
+import type { ResponseFormat } from '../engine/grammar-types.js';
 import { InternVLModel } from '../engine/model.js';
 import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
@@ -35,6 +36,7 @@ import {
 } from './conversation.js';
 import {
   type GenerationConfigInput,
+  parseGenerationConfigInput,
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from './generation-config.js';
@@ -343,6 +345,15 @@ export class Pipeline {
     return session;
   }
 
+  /**
+   * Checks and compiles a response format in the engine thread (cached by format), e.g. to report a bad
+   * schema early or to warm the cache; `compileMs` is 0 when it was already compiled.
+   */
+  compileResponseFormat(format: ResponseFormat): Promise<{ compileMs: number }> {
+    const parsed = parseGenerationConfigInput({ responseFormat: format }).responseFormat!;
+    return this.model.compileGrammar(parsed);
+  }
+
   /** Frees a chat session's KV cache in the engine. */
   async endSession(session: Session): Promise<void> {
     await this.model.releaseSession(session.id);
@@ -562,6 +573,7 @@ export class Pipeline {
       sampling: samplingParams(config),
       maxNewTokens: config.maxNewTokens,
       endTokenIds: config.endTokenIds,
+      ...(config.responseFormat ? { responseFormat: config.responseFormat } : {}),
     };
   }
 
@@ -580,6 +592,7 @@ export class Pipeline {
     const logprobs: TokenLogprobInfo[] = [];
     let text = '';
     let generated = 0;
+    let flushed = false;
     const emit = (piece: string, ids: number[], info: TokenLogprobInfo[]) => {
       text += piece;
       if (onChunk && (piece || ids.length)) {
@@ -592,6 +605,7 @@ export class Pipeline {
       const info = config.logprobs ? [this.#logprobInfo(token)] : [];
       logprobs.push(...info);
       if (end.has(token.id)) {
+        flushed = true;
         emit(stops.push(decoder.flush()).emit + stops.flush(), [], info);
         return;
       }
@@ -606,7 +620,8 @@ export class Pipeline {
     const result = await this.model.generate(request, { onToken, onEncode, signal });
     let finishReason: FinishReason = result.finishReason;
     if (stops.stopped) finishReason = 'stop';
-    else if (finishReason !== 'stop') emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
+    // Also after a 'stop' without an end token: a response format whose text is complete.
+    else if (!flushed) emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
     return {
       text,
       finishReason,

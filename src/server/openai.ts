@@ -9,12 +9,16 @@
  *   reads it (low 6, medium 12, high 24 tiles, capped at the server's per-image limit); otherwise the
  *   checkpoint's max_dynamic_patch.
  * - `n` > 1 runs n generations; with a `seed`, choice i samples with seed + i.
+ * - `response_format` `json_object` / `json_schema` constrains decoding (XGrammar in the engine thread):
+ *   the JSON is compact (no free whitespace), and `finish_reason: "length"` means max_tokens cut it off
+ *   before it was complete. A schema XGrammar cannot read is a 400 naming the problem.
  */
 import { z } from 'zod';
 import type { ChatMessage, ContentPart } from '../pipeline/conversation.js';
 import type { GenerationConfigInput } from '../pipeline/generation-config.js';
 import { HttpError } from './errors.js';
 import { type LocalVideo, loadRequestImage, type MediaPolicy, materializeVideo } from './media.js';
+import { responseFormat, responseFormatSchema } from './response-format.js';
 
 /** LMDeploy's reading of OpenAI's `detail` as a tile budget (`_preprocess_v1_5`). */
 export const DETAIL_TILES: Readonly<Record<string, number>> = { low: 6, medium: 12, high: 24 };
@@ -107,7 +111,7 @@ export const chatCompletionRequestSchema = z.object({
       error: "tool_choice is not supported by this server beyond 'none' and 'auto' (no tool calling)",
     }),
   ),
-  response_format: nullish(z.object({ type: z.string() })),
+  response_format: nullish(responseFormatSchema),
 });
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequestSchema>;
 
@@ -240,16 +244,12 @@ export function choiceConfigs(gen: GenerationConfigInput, n: number): Generation
 
 export function chatGeneration(req: ChatCompletionRequest): GenerationConfigInput {
   rejectUnsupportedSampling(req);
-  if (req.response_format && req.response_format.type !== 'text') {
-    unsupported(
-      'response_format',
-      `type ${JSON.stringify(req.response_format.type)}: no constrained decoding`,
-    );
-  }
   if (req.top_logprobs && !req.logprobs) {
     throw new HttpError(400, 'top_logprobs needs logprobs: true', { param: 'top_logprobs' });
   }
   const gen = baseGeneration(req, req.max_completion_tokens ?? req.max_tokens);
+  const format = responseFormat(req);
+  if (format) gen.responseFormat = format;
   if (req.logprobs) {
     gen.logprobs = true;
     gen.topLogprobs = req.top_logprobs ?? 0;

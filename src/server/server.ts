@@ -9,6 +9,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import path from 'node:path';
+import type { ResponseFormat } from '../engine/grammar-types.js';
 import { InternVLError } from '../errors.js';
 import { pipeline as loadPipeline, type Pipeline, type PipelineOptions } from '../pipeline/pipeline.js';
 import { sendChatPage } from './chat-page.js';
@@ -25,6 +26,7 @@ import {
   prepareMessages,
 } from './openai.js';
 import { RequestBodyParser } from './request-body.js';
+import { responseFormatParam } from './response-format.js';
 
 export interface ServerOptions {
   /** The id in /v1/models and the `model` requests must name; default the model path's last part. */
@@ -415,6 +417,7 @@ export class InternVLServer {
     if (body.model != null && body.model !== this.modelName) throw this.#unknownModel(body.model);
     const gen = chatGeneration(body);
     const n = body.n ?? 1;
+    if (gen.responseFormat) await this.#compileFormat(gen.responseFormat, responseFormatParam(body));
     const prepared = await prepareMessages(body, this.#mediaLimits(pipe), signal);
     try {
       const choices = choiceConfigs(gen, n).map(
@@ -437,6 +440,20 @@ export class InternVLServer {
       throw err;
     } finally {
       await prepared.release();
+    }
+  }
+
+  /** Compiles a response format (cached) before any work, so a bad schema is a 400 naming it. */
+  async #compileFormat(format: ResponseFormat, param: string): Promise<void> {
+    try {
+      await this.pipeline.compileResponseFormat(format);
+    } catch (err) {
+      if (!(err instanceof InternVLError) || err.code !== 'BAD_INPUT') throw err;
+      throw new HttpError(400, `${param}: ${err.message}`, {
+        param,
+        openaiCode: 'invalid_value',
+        cause: err,
+      });
     }
   }
 

@@ -1,0 +1,292 @@
+/**
+ * Constrained decoding with XGrammar in the engine thread: a response format (JSON object, JSON Schema,
+ * regex, EBNF) is compiled against the model's vocabulary into a grammar whose matcher gives each step's
+ * allowed-token bitmask.
+ *
+ * Two XGrammar instances: a bad format aborts the instance that reads it (see xgrammar.ts), so each new
+ * format is first parsed into a grammar (cheap, no vocabulary) on a throwaway "checking" instance,
+ * replaced after an abort; only formats that parse there are compiled on the serving instance, whose
+ * compiled grammars and matchers running requests use. Compiled grammars are cached by format (the
+ * vocabulary is the engine's one tokenizer).
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { CompiledGrammar, GrammarCompiler, TokenizerInfo } from '@mlc-ai/web-xgrammar';
+import { InternVLError } from '../errors.js';
+import { loadTokenizer } from '../io/tokenizer-files.js';
+import type { Tokenizer } from '../text/types.js';
+import type { GrammarProvider, ResponseFormat, TokenMatcher } from './grammar-types.js';
+import { tokenBytes, Utf8Guard } from './utf8-guard.js';
+import { XGrammarInstance, type XGrammarModule } from './xgrammar.js';
+
+export type VocabType = 'byte_level' | 'byte_fallback' | 'raw';
+
+export interface GrammarVocab {
+  /** Token strings as the vocabulary stores them, by id; '' for special tokens and unused ids. */
+  encodedVocab: string[];
+  vocabType: VocabType;
+  prependSpace: boolean;
+  /** Each token's bytes; undefined for special tokens and unused ids. */
+  bytes: (Uint8Array | undefined)[];
+  /** Ids whose bytes hold a control character (U+0000–U+001F), which JSON text never contains raw. */
+  controlIds: number[];
+}
+
+function decoderTypes(decoder: unknown): string[] {
+  if (!decoder || typeof decoder !== 'object') return [];
+  const d = decoder as { type?: unknown; decoders?: unknown };
+  const inner = Array.isArray(d.decoders) ? d.decoders.flatMap(decoderTypes) : [];
+  return [...(typeof d.type === 'string' ? [d.type] : []), ...inner];
+}
+
+/**
+ * The vocabulary XGrammar compiles against. The kind follows the tokenizer: a tokenizer.json whose
+ * decoder is ByteLevel (Qwen2, GPT-2 style BPE) is byte_level; SentencePiece (tokenizer.model, or a
+ * tokenizer.json with ByteFallback / Metaspace / `byte_fallback`, as InternLM2's) is byte_fallback,
+ * whose `▁` is a space and `<0xAB>` a byte; anything else is raw. Special tokens are given as empty
+ * strings, which XGrammar never lets into text (they can only end it, as end tokens).
+ */
+export function grammarVocab(tokenizer: Tokenizer, tokenizerJson: unknown, vocabSize: number): GrammarVocab {
+  const json = tokenizerJson as
+    | {
+        decoder?: unknown;
+        model?: { byte_fallback?: unknown };
+        pre_tokenizer?: unknown;
+        normalizer?: unknown;
+      }
+    | undefined;
+  let vocabType: VocabType;
+  let prependSpace: boolean;
+  if (json) {
+    const decoders = decoderTypes(json.decoder);
+    const text = JSON.stringify([json.pre_tokenizer ?? null, json.normalizer ?? null]);
+    if (decoders.includes('ByteLevel')) vocabType = 'byte_level';
+    else if (
+      decoders.includes('ByteFallback') ||
+      decoders.includes('Metaspace') ||
+      json.model?.byte_fallback === true
+    )
+      vocabType = 'byte_fallback';
+    else vocabType = 'raw';
+    prependSpace =
+      vocabType === 'byte_fallback' && /"(?:Prepend|prepend_scheme|add_prefix_space)"/.test(text);
+  } else {
+    vocabType = 'byte_fallback';
+    prependSpace = true;
+  }
+  const encodedVocab = new Array<string>(vocabSize);
+  const bytes = new Array<Uint8Array | undefined>(vocabSize);
+  const controlIds: number[] = [];
+  for (let id = 0; id < vocabSize; id++) {
+    encodedVocab[id] = tokenizer.isSpecial(id) ? '' : (tokenizer.idToToken(id) ?? '');
+    bytes[id] = tokenBytes(encodedVocab[id], vocabType);
+    if (bytes[id]?.some((b) => b < 0x20)) controlIds.push(id);
+  }
+  return { encodedVocab, vocabType, prependSpace, bytes, controlIds };
+}
+
+/** How XGrammar writes JSON here: compact, one line, no free whitespace (fewer tokens, no runaway spaces). */
+const JSON_LAYOUT = { anyWhitespace: false, indent: -1, separators: [',', ':'] as [string, string] };
+
+function schemaText(format: ResponseFormat & { type: 'json_schema' | 'json_object' }): string {
+  return format.type === 'json_object' ? '{"type":"object"}' : JSON.stringify(format.jsonSchema);
+}
+
+function strictMode(format: ResponseFormat): boolean {
+  return format.type === 'json_schema' ? (format.strict ?? true) : false;
+}
+
+function regexTag(pattern: string) {
+  return { type: 'structural_tag' as const, format: { type: 'regex' as const, pattern } };
+}
+
+/** Parses a format into a grammar without a vocabulary (throws on a bad format). */
+async function parseOnly(xg: XGrammarModule, format: ResponseFormat): Promise<void> {
+  const { anyWhitespace, indent, separators } = JSON_LAYOUT;
+  const grammar =
+    format.type === 'grammar'
+      ? await xg.Grammar.fromEBNF(format.ebnf)
+      : format.type === 'regex'
+        ? await xg.Grammar.fromStructuralTag(regexTag(format.pattern))
+        : await xg.Grammar.fromJSONSchema(
+            schemaText(format),
+            anyWhitespace,
+            indent,
+            separators,
+            strictMode(format),
+          );
+  grammar.dispose();
+}
+
+function compileOn(compiler: GrammarCompiler, format: ResponseFormat): Promise<CompiledGrammar> {
+  const { anyWhitespace, indent, separators } = JSON_LAYOUT;
+  if (format.type === 'grammar') return compiler.compileGrammar(format.ebnf);
+  if (format.type === 'regex') return compiler.compileStructuralTag(regexTag(format.pattern));
+  return compiler.compileJSONSchema(
+    schemaText(format),
+    anyWhitespace,
+    indent,
+    separators,
+    strictMode(format),
+  );
+}
+
+/** A format's cache key: its type and content. */
+export function formatKey(format: ResponseFormat): string {
+  return JSON.stringify(format);
+}
+
+function formatName(format: ResponseFormat): string {
+  if (format.type === 'json_schema') return 'invalid JSON schema';
+  if (format.type === 'regex') return 'invalid regex';
+  if (format.type === 'grammar') return 'invalid EBNF grammar';
+  return 'invalid response format';
+}
+
+interface Serving {
+  controlIds: number[];
+  utf8: Utf8Guard;
+  instance: XGrammarInstance;
+  info: TokenizerInfo;
+  compiler: GrammarCompiler;
+}
+
+export interface GrammarEngineOptions {
+  /** Compiled grammars kept (least recently used dropped first); default 64. */
+  cacheSize?: number;
+}
+
+export class GrammarEngine implements GrammarProvider {
+  #serving: Promise<Serving> | undefined;
+  #servingInstanceLoaded: XGrammarInstance | undefined;
+  #checker: XGrammarInstance | undefined;
+  readonly #compiled = new Map<string, Promise<CompiledGrammar>>();
+  readonly #cacheSize: number;
+  /** Milliseconds each compile took (parse check + compile), latest last; for benchmarks. */
+  readonly compileTimes: number[] = [];
+
+  constructor(
+    private readonly vocab: () => Promise<GrammarVocab>,
+    options: GrammarEngineOptions = {},
+  ) {
+    this.#cacheSize = options.cacheSize ?? 64;
+  }
+
+  /** A grammar engine for a model folder's tokenizer, with `vocabSize` logits per step. */
+  static forModel(dir: string, vocabSize: number, options?: GrammarEngineOptions): GrammarEngine {
+    return new GrammarEngine(async () => {
+      const tokenizer = await loadTokenizer(dir);
+      const file = path.join(dir, 'tokenizer.json');
+      const json = await readFile(file, 'utf8').then(
+        (text) => JSON.parse(text) as unknown,
+        () => undefined,
+      );
+      return grammarVocab(tokenizer, json, vocabSize);
+    }, options);
+  }
+
+  #servingInstance(): Promise<Serving> {
+    this.#serving ??= (async () => {
+      const { encodedVocab, vocabType, prependSpace, controlIds, bytes } = await this.vocab();
+      const utf8 = new Utf8Guard(bytes);
+      const instance = new XGrammarInstance();
+      return instance.run('loading the vocabulary into XGrammar', 'INTERNAL', async (xg) => {
+        const info = await xg.TokenizerInfo.createTokenizerInfo(
+          encodedVocab,
+          vocabType,
+          prependSpace,
+          encodedVocab.length,
+        );
+        const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
+        this.#servingInstanceLoaded = instance;
+        return { instance, info, compiler, controlIds, utf8 };
+      });
+    })();
+    this.#serving.catch(() => {
+      this.#serving = undefined;
+    });
+    return this.#serving;
+  }
+
+  /** Checks and compiles `format` (cached); throws BAD_INPUT naming the problem. */
+  compile(format: ResponseFormat): Promise<CompiledGrammar> {
+    if (this.#servingInstanceLoaded?.aborted) {
+      // It should never abort (formats are checked first); if it did, start over with a new one.
+      this.#serving = undefined;
+      this.#servingInstanceLoaded = undefined;
+      this.#compiled.clear();
+    }
+    const key = formatKey(format);
+    const hit = this.#compiled.get(key);
+    if (hit) {
+      this.#compiled.delete(key);
+      this.#compiled.set(key, hit);
+      return hit;
+    }
+    const compiled = this.#compileNew(format);
+    this.#compiled.set(key, compiled);
+    compiled.catch(() => this.#compiled.delete(key));
+    while (this.#compiled.size > this.#cacheSize) {
+      const [oldest, entry] = this.#compiled.entries().next().value as [string, Promise<CompiledGrammar>];
+      this.#compiled.delete(oldest);
+      // Matchers made from it keep the grammar alive inside XGrammar.
+      entry.then((g) => g.dispose()).catch(() => {});
+    }
+    return compiled;
+  }
+
+  async #compileNew(format: ResponseFormat): Promise<CompiledGrammar> {
+    const started = performance.now();
+    if (!this.#checker || this.#checker.aborted) this.#checker = new XGrammarInstance();
+    await this.#checker.run(formatName(format), 'BAD_INPUT', (xg) => parseOnly(xg, format));
+    const serving = await this.#servingInstance();
+    const compiled = await serving.instance.run(`compiling ${format.type}`, 'INTERNAL', () =>
+      compileOn(serving.compiler, format),
+    );
+    this.compileTimes.push(performance.now() - started);
+    if (this.compileTimes.length > 100) this.compileTimes.shift();
+    return compiled;
+  }
+
+  async matcher(format: ResponseFormat, endTokenIds: readonly number[]): Promise<TokenMatcher> {
+    if (endTokenIds.length === 0) {
+      throw new InternVLError(
+        'BAD_INPUT',
+        'a response format needs an end token to finish on (ignoreEos without stopTokenIds leaves none)',
+      );
+    }
+    const compiled = await this.compile(format);
+    const { instance, controlIds, utf8 } = await this.#servingInstance();
+    const m = await instance.run('creating a grammar matcher', 'INTERNAL', (xg) =>
+      xg.GrammarMatcher.createGrammarMatcher(compiled, [...endTokenIds]),
+    );
+    // XGrammar's JSON strings admit raw control characters, which JSON.parse (RFC 8259) rejects.
+    const banned = format.type === 'json_schema' || format.type === 'json_object' ? controlIds : [];
+    let utf8State = 0;
+    const maskFor = async (state: number) => {
+      const mask = await m.getNextTokenBitmask();
+      for (const id of banned) mask[id >> 5] &= ~(1 << (id & 31));
+      utf8.restrict(mask, state);
+      return mask;
+    };
+    let mask = await maskFor(utf8State);
+    return {
+      mask: () => mask,
+      accept: async (id) => {
+        const state = utf8.next(utf8State, id);
+        if (state < 0 || !m.acceptToken(id)) return false;
+        const next = await maskFor(state);
+        // A dead end: the grammar and well-formed UTF-8 agree on no next token (XGrammar reads a
+        // non-ASCII character in a character class as a byte, so the two can part ways).
+        if (next.every((word) => word === 0)) {
+          m.rollBack(1);
+          return false;
+        }
+        utf8State = state;
+        mask = next;
+        return true;
+      },
+      dispose: () => m.dispose(),
+    };
+  }
+}
