@@ -21,6 +21,9 @@ const COMMANDS = [
   'convert',
   'eval-quant',
   'bench',
+  'pull',
+  'ls',
+  'rm',
 ];
 
 test('every command has --help with examples that run through npx', () => {
