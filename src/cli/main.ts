@@ -5,6 +5,7 @@ const COMMANDS = {
   help: 'show this help',
   version: 'print the version',
   chat: 'chat with a model about images or a video (one prompt, or interactive)',
+  info: 'architecture, parameter counts and estimated peak memory per precision of a model',
   pull: 'download a hub model into the Hugging Face cache (resumable, with progress)',
   ls: 'list the cached hub models and the graph-cache entries built from them, with sizes',
   rm: 'remove a cached hub model and its graph-cache entries',
@@ -76,6 +77,8 @@ export async function main(argv: string[]): Promise<number> {
       return (await import('./bench.js')).benchCommand(rest);
     case 'serve':
       return (await import('./serve.js')).serveCommand(rest);
+    case 'info':
+      return (await import('./info.js')).infoCommand(rest);
     case 'pull':
       return (await import('./cache.js')).pullCommand(rest);
     case 'ls':

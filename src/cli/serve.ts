@@ -1,6 +1,7 @@
 /** `internvl serve`: the OpenAI-compatible server on a model, until SIGINT/SIGTERM. */
+import { describeMemoryCheck } from '../engine/memory-check.js';
 import { InternVLError } from '../errors.js';
-import { createTaskProgress } from '../io/progress.js';
+import { createAnyTaskProgress } from '../io/progress.js';
 import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
 import { createServer, defaultModelName, type ServerOptions } from '../server/server.js';
 import {
@@ -121,7 +122,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
   try {
     const pipe = await pipeline(args.model, {
       ...args.pipeline,
-      onProgress: createTaskProgress(process.stderr),
+      onProgress: createAnyTaskProgress(process.stderr),
+      onMemoryCheck: (check) => process.stderr.write(`internvl serve: ${describeMemoryCheck(check)}\n`),
     });
     const server = await createServer(pipe, {
       ...args.options,

@@ -8,6 +8,7 @@ import { type GenerationConfigFile, loadGenerationConfig } from '../config/gener
 import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import type { EngineOptions } from '../engine/core.js';
 import type { GenerateRequest, ImageRef } from '../engine/generate.js';
+import type { MemoryCheck } from '../engine/memory-check.js';
 import { InternVLModel } from '../engine/model.js';
 import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
@@ -39,8 +40,10 @@ import {
   resolveGenerationConfig,
 } from './generation-config.js';
 import type { ImageTiling } from './media-prep.js';
+import { checkMemoryBeforeLoad } from './memory-guard.js';
 import { type SampledToken, samplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop.js';
+import { RequestClock, type Timings } from './timings.js';
 
 export const DEFAULT_MODEL = 'OpenGVLab/InternVL2_5-1B';
 export const DEFAULT_SESSION_LEN = 8192;
@@ -73,6 +76,13 @@ export interface PipelineOptions {
    * checkpoint), and encoding image tiles for a request. `createTaskProgress()` draws it on stderr.
    */
   onProgress?: (progress: TaskProgress) => void;
+  /**
+   * Load even when the estimated peak memory exceeds the memory available (engine/memory-check.ts);
+   * by default such a load is refused with an OUT_OF_MEMORY error naming the numbers and a precision that fits.
+   */
+  ignoreMemoryCheck?: boolean;
+  /** Called before loading with the precision and the memory estimate (e.g. to print them). */
+  onMemoryCheck?: (check: MemoryCheck) => void;
 }
 
 export interface TokenLogprobInfo {
@@ -100,6 +110,8 @@ export interface Response {
   logprobs?: TokenLogprobInfo[];
   /** What the engine did not have to recompute: prompt tokens reused from the session's KV cache, and tiles encoded for this request. */
   cache: { reusedPromptTokens: number; encodedTiles: number };
+  /** Time to first token, ViT seconds, prefill and decode speed of this request (timings.ts); absent when no token came. */
+  timings?: Timings;
 }
 
 /** One streamed piece: new text; the last piece also carries finishReason and usage. */
@@ -236,10 +248,20 @@ export class Pipeline {
         options.hub?.onProgress ??
         (progress && ((p) => progress({ label: p.file, done: p.downloaded, total: p.total, bytes: true }))),
     });
+    options.onMemoryCheck?.(await checkMemoryBeforeLoad(dir, options));
     const tokenizer = await loadTokenizer(dir);
     const generationFile = await loadGenerationConfig(dir);
     // Everything but the pipeline's own options goes to the engine.
-    const { maxTiles, splitTileBudget, sessionLen, hub, onProgress, ...engineOptions } = options;
+    const {
+      maxTiles,
+      splitTileBudget,
+      sessionLen,
+      hub,
+      onProgress,
+      ignoreMemoryCheck,
+      onMemoryCheck,
+      ...engineOptions
+    } = options;
     const engine = await InternVLModel.load(dir, {
       ...engineOptions,
       onProgress: progress && ((done, total) => progress({ label: 'loading model', done, total })),
@@ -551,7 +573,9 @@ export class Pipeline {
         onChunk({ text: piece, tokenIds: ids, ...(config.logprobs ? { logprobs: info } : {}) });
       }
     };
+    const clock = new RequestClock();
     const onToken = (token: SampledToken) => {
+      clock.token();
       if (stops.stopped) return;
       generated++;
       const info = config.logprobs ? [this.#logprobInfo(token)] : [];
@@ -566,13 +590,15 @@ export class Pipeline {
       if (hit) stopped.abort();
     };
     const progress = this.options.onProgress;
-    const onEncode =
-      progress && ((done: number, total: number) => progress({ label: 'encoding tiles', done, total }));
+    const onEncode = (done: number, total: number) => {
+      clock.encoded();
+      progress?.({ label: 'encoding tiles', done, total });
+    };
     const result = await this.model.generate(request, { onToken, onEncode, signal });
     let finishReason: FinishReason = result.finishReason;
     if (stops.stopped) finishReason = 'stop';
     else if (finishReason !== 'stop') emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
-    return {
+    const response: Response = {
       text,
       finishReason,
       tokenIds,
@@ -580,6 +606,9 @@ export class Pipeline {
       ...(config.logprobs ? { logprobs } : {}),
       cache: { reusedPromptTokens: result.stats.reusedTokens, encodedTiles: result.stats.encodedTiles },
     };
+    const timings = clock.timings(request.inputIds.length - result.stats.reusedTokens);
+    if (timings) response.timings = timings;
+    return response;
   }
 }
 
