@@ -24,6 +24,7 @@ const COMMANDS = [
   'pull',
   'ls',
   'rm',
+  'info',
 ];
 
 test('every command has --help with examples that run through npx', () => {
