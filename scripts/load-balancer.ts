@@ -168,6 +168,17 @@ async function send(base: string, model: string, count: number): Promise<Sent> {
   return result;
 }
 
+/** The counts of a phase and its aggregate throughput. */
+function rates(sent: Sent) {
+  return {
+    requests: sent.ok,
+    byUpstream: sent.byUpstream,
+    seconds: Number(sent.seconds.toFixed(2)),
+    requestsPerSecond: Number((sent.ok / sent.seconds).toFixed(2)),
+    completionTokensPerSecond: Number((sent.completionTokens / sent.seconds).toFixed(1)),
+  };
+}
+
 const dir = await mkdtemp(path.join(os.tmpdir(), 'internvl-lb-'));
 let failures: string[] = [];
 try {
@@ -232,20 +243,8 @@ try {
     replicas: 2,
     concurrency,
     maxTokens,
-    bothReplicas: {
-      requests: both.ok,
-      byUpstream: both.byUpstream,
-      seconds: Number(both.seconds.toFixed(2)),
-      requestsPerSecond: Number((both.ok / both.seconds).toFixed(2)),
-      completionTokensPerSecond: Number((both.completionTokens / both.seconds).toFixed(1)),
-    },
-    afterSigterm: {
-      requests: after.ok,
-      byUpstream: after.byUpstream,
-      seconds: Number(after.seconds.toFixed(2)),
-      requestsPerSecond: Number((after.ok / after.seconds).toFixed(2)),
-      completionTokensPerSecond: Number((after.completionTokens / after.seconds).toFixed(1)),
-    },
+    bothReplicas: rates(both),
+    afterSigterm: rates(after),
     failures,
   };
   process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
