@@ -190,7 +190,10 @@ describe('the commands', () => {
     );
     const absent = await run(['info', 'some-org/not-cached'], { HF_HUB_CACHE: path.join(tmp, 'hub') });
     assert.equal(absent.code, 1);
-    assert.match(absent.stderr, /some-org\/not-cached .* is not in the cache/);
+    assert.match(
+      absent.stderr,
+      /some-org\/not-cached is not a folder and not in the Hugging Face cache .*`npx internvl pull some-org\/not-cached` downloads it/,
+    );
   });
 
   test('chat --json carries timings; without a terminal, loading and encoding progress are plain lines', async () => {

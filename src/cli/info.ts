@@ -14,6 +14,7 @@ import {
   precisionFlags,
   REPORTED_PRECISIONS,
 } from '../engine/memory-estimate.js';
+import { InternVLError } from '../errors.js';
 import { resolveModel } from '../io/hub.js';
 import { formatBytes } from '../io/progress.js';
 import { internVitDimsFromConfig } from '../models/internvit.js';
@@ -77,7 +78,14 @@ export async function infoCommand(argv: string[]): Promise<number> {
   }
   try {
     // Only what is on disk: a hub id must be in the cache (`internvl pull` puts it there).
-    const dir = await resolveModel(model, { offline: true });
+    const dir = await resolveModel(model, { offline: true }).catch((err: unknown) => {
+      if (!(err instanceof InternVLError && err.code === 'OFFLINE')) throw err;
+      throw new InternVLError(
+        'NOT_FOUND',
+        `${model} is not a folder and not in the Hugging Face cache (info reads only what is on disk); ` +
+          `\`npx internvl pull ${model}\` downloads it (${err.message})`,
+      );
+    });
     const config = await loadModelConfig(dir);
     const params = parameterCounts(config);
     const weights = await weightBytes(dir);
