@@ -196,7 +196,7 @@ describe('the commands', () => {
     );
   });
 
-  test('chat --json carries timings; without a terminal, loading and encoding progress are plain lines', async () => {
+  test('chat --json carries timings; without a terminal, loading, encoding and prefill progress are plain lines', async () => {
     const image = path.join(GOLDEN_DIR, 'prep/sources/s0_500x300_rgb.png');
     const r = await run([
       'chat',
@@ -219,6 +219,8 @@ describe('the commands', () => {
     assert.ok(!r.stderr.includes('\r'));
     assert.match(r.stderr, /^loading model 100% 2 \/ 2$/m);
     assert.match(r.stderr, /^encoding tiles 100% 3 \/ 3$/m);
+    // 3 tiles of 256 tokens and the text: more than one prefill chunk (512), so prefill reports progress.
+    assert.match(r.stderr, /^prefill {2}\d\d% 512 \/ (\d+)\nprefill 100% \1 \/ \1$/m);
   });
 
   test('the pipeline reports decode speed once two tokens came', async () => {

@@ -73,7 +73,7 @@ export interface PipelineOptions {
   hub?: ResolveModelOptions;
   /**
    * Progress of long steps: file downloads (`bytes`), loading the engine (its first load converts the
-   * checkpoint), and encoding image tiles for a request. `createTaskProgress()` draws it on stderr.
+   * checkpoint), encoding image tiles and prefilling a long prompt for a request. `createTaskProgress()` draws it on stderr.
    */
   onProgress?: (progress: TaskProgress) => void;
   /**
@@ -594,7 +594,9 @@ export class Pipeline {
       clock.encoded();
       progress?.({ label: 'encoding tiles', done, total });
     };
-    const result = await this.model.generate(request, { onToken, onEncode, signal });
+    const onPrefill =
+      progress && ((done: number, total: number) => progress({ label: 'prefill', done, total }));
+    const result = await this.model.generate(request, { onToken, onEncode, onPrefill, signal });
     let finishReason: FinishReason = result.finishReason;
     if (stops.stopped) finishReason = 'stop';
     else if (finishReason !== 'stop') emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
