@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'BAD_INPUT'
   | 'CONTEXT_OVERFLOW'
   | 'ABORTED'
+  | 'OUT_OF_MEMORY'
   | 'INTERNAL';
 
 export class InternVLError extends Error {

@@ -21,6 +21,10 @@ const COMMANDS = [
   'convert',
   'eval-quant',
   'bench',
+  'pull',
+  'ls',
+  'rm',
+  'info',
 ];
 
 test('every command has --help with examples that run through npx', () => {

@@ -111,11 +111,14 @@ export const PRECISION_FLAGS = {
   'llm-dtype': { type: 'string' },
   'prefill-dtype': { type: 'string' },
   'vit-dtype': { type: 'string' },
+  'ignore-memory-check': { type: 'boolean' },
 } as const;
 
 export const PRECISION_USAGE = `  --llm-dtype D         LLM weights: fp32 (default), int8 or int4
   --prefill-dtype D     LLM weights for long prefill chunks (default: --llm-dtype); int8 with int4 is fastest on CPU
-  --vit-dtype D         vision encoder weights: fp32 (default) or int8`;
+  --vit-dtype D         vision encoder weights: fp32 (default) or int8
+  --ignore-memory-check load even when the estimated peak memory exceeds the memory available
+                        (the first line on stderr names the precision and the estimate; see internvl info)`;
 
 function oneOf<T extends string>(
   value: string | undefined,
@@ -134,15 +137,18 @@ export function precisionOptions(values: {
   'llm-dtype'?: string;
   'prefill-dtype'?: string;
   'vit-dtype'?: string;
+  'ignore-memory-check'?: boolean;
 }): {
   llmDtype?: 'fp32' | 'int8' | 'int4';
   prefillDtype?: 'fp32' | 'int8' | 'int4';
   vitDtype?: 'fp32' | 'int8';
+  ignoreMemoryCheck: boolean;
 } {
   const weights = ['fp32', 'int8', 'int4'] as const;
   return {
     llmDtype: oneOf(values['llm-dtype'], 'llm-dtype', weights),
     prefillDtype: oneOf(values['prefill-dtype'], 'prefill-dtype', weights),
     vitDtype: oneOf(values['vit-dtype'], 'vit-dtype', ['fp32', 'int8'] as const),
+    ignoreMemoryCheck: values['ignore-memory-check'] ?? false,
   };
 }

@@ -5,8 +5,9 @@
 import { readFileSync, statSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { createInterface, type Interface } from 'node:readline';
+import { describeMemoryCheck } from '../engine/memory-check.js';
 import { InternVLError } from '../errors.js';
-import { createTaskProgress } from '../io/progress.js';
+import { createAnyTaskProgress } from '../io/progress.js';
 import type { PromptInput } from '../pipeline/conversation.js';
 import { type GenerationConfigInput, parseGenerationConfigInput } from '../pipeline/generation-config.js';
 import {
@@ -45,7 +46,8 @@ Options:
   --top-p P             nucleus sampling, in (0, 1]
   --top-k K             keep the K most likely tokens; 0 = off
   --seed S              makes sampling reproducible
-  --json                print each answer as one JSON line (the Response object) instead of text
+  --json                print each answer as one JSON line (the Response object, with timings: time to
+                        first token, ViT seconds, prefill and decode tokens/s) instead of text
   --json-schema FILE    answer with compact JSON valid for the JSON Schema in FILE (constrained
                         decoding; give --max-new-tokens room for the whole JSON)
 ${PRECISION_USAGE}
@@ -395,7 +397,8 @@ export async function chatCommand(argv: string[]): Promise<number> {
     pipe = await pipeline(args.model, {
       maxTiles: args.maxTiles,
       ...args.precision,
-      onProgress: createTaskProgress(process.stderr),
+      onProgress: createAnyTaskProgress(process.stderr),
+      onMemoryCheck: (check) => process.stderr.write(`internvl chat: ${describeMemoryCheck(check)}\n`),
     });
     // A schema XGrammar cannot read fails here, before any prompt.
     if (args.gen.responseFormat) await pipe.compileResponseFormat(args.gen.responseFormat);

@@ -69,7 +69,7 @@ export async function convertModel(
           options.cacheDir ?? defaultGraphCacheDir(),
           graph.key,
           graph.build,
-          { verify: 'full' },
+          { verify: 'full', source: graph.source },
         );
         done.push({ role: graph.role, dtype: graph.dtype, path: modelPath, cached: hit });
       }

@@ -5,6 +5,10 @@ const COMMANDS = {
   help: 'show this help',
   version: 'print the version',
   chat: 'chat with a model about images or a video (one prompt, or interactive)',
+  info: 'architecture, parameter counts and estimated peak memory per precision of a model',
+  pull: 'download a hub model into the Hugging Face cache (resumable, with progress)',
+  ls: 'list the cached hub models and the graph-cache entries built from them, with sizes',
+  rm: 'remove a cached hub model and its graph-cache entries',
   serve:
     'OpenAI-compatible HTTP server and a chat page at / (chat/completions, completions, models, metrics)',
   data: 'training data: stats, filter, pack',
@@ -25,6 +29,7 @@ ${Object.entries(COMMANDS)
   .join('\n')}
 
 Examples:
+  npx internvl pull OpenGVLab/InternVL2_5-1B                   # download once, then ls / rm
   npx internvl chat OpenGVLab/InternVL2_5-1B --image photo.jpg "Describe this image."
   npx internvl serve OpenGVLab/InternVL2_5-1B --port 23333     # then open http://127.0.0.1:23333/
   npx internvl create-random --shape InternVL2_5-1B --out ./random-1b
@@ -72,6 +77,14 @@ export async function main(argv: string[]): Promise<number> {
       return (await import('./bench.js')).benchCommand(rest);
     case 'serve':
       return (await import('./serve.js')).serveCommand(rest);
+    case 'info':
+      return (await import('./info.js')).infoCommand(rest);
+    case 'pull':
+      return (await import('./cache.js')).pullCommand(rest);
+    case 'ls':
+      return (await import('./cache.js')).lsCommand(rest);
+    case 'rm':
+      return (await import('./cache.js')).rmCommand(rest);
     default:
       return unknownCommand(command);
   }

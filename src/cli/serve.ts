@@ -1,6 +1,7 @@
 /** `internvl serve`: the OpenAI-compatible server on a model, until SIGINT/SIGTERM. */
+import { describeMemoryCheck } from '../engine/memory-check.js';
 import { InternVLError } from '../errors.js';
-import { createTaskProgress } from '../io/progress.js';
+import { createAnyTaskProgress } from '../io/progress.js';
 import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
 import {
   DEFAULT_BODY_LIMIT_BYTES,
@@ -139,7 +140,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.stderr.write(`internvl serve: --port must be at most 65535, got ${args.port}\n`);
     return 2;
   }
-  const loading = pipeline(args.model, { ...args.pipeline, onProgress: createTaskProgress(process.stderr) });
+  const loading = pipeline(args.model, {
+    ...args.pipeline,
+    onProgress: createAnyTaskProgress(process.stderr),
+    onMemoryCheck: (check) => process.stderr.write(`internvl serve: ${describeMemoryCheck(check)}\n`),
+  });
   let server: InternVLServer;
   try {
     const modelName = args.options.modelName ?? defaultModelName(args.model);

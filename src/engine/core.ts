@@ -139,7 +139,11 @@ export class EngineCore {
       const cacheFor = (component: string, dims: unknown, tag: Record<string, unknown>) =>
         cacheDir === false
           ? undefined
-          : { dir: cacheDir, key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }) };
+          : {
+              dir: cacheDir,
+              key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }),
+              source: { files: checkpoint.files(), component, dtype: String(tag.dtype) },
+            };
       onProgress?.(0, 2);
       const visionDims = visionDimsFromConfig(config);
       const vision = await VisionEncoder.create(visionDims, weights, {

@@ -47,7 +47,9 @@ export type FinishReason = 'stop' | 'length' | 'abort';
 /** What a generate call reports while it runs: each chosen token, and vision-encoding progress. */
 export type GenerateEvent =
   | { type: 'token'; token: SampledToken }
-  | { type: 'encode'; done: number; total: number };
+  | { type: 'encode'; done: number; total: number }
+  /** Prompt tokens prefilled so far of those not reused; sent only for prompts longer than one chunk. */
+  | { type: 'prefill'; done: number; total: number };
 
 export interface GenerateStats {
   promptTokens: number;
@@ -232,6 +234,8 @@ export class Generator {
       ? await decoder.forwardArgmax(job.seq, chunk, n, options)
       : await decoder.forward(job.seq, chunk, n, options);
     job.prefilled += n;
+    const total = ids.length - job.reused;
+    if (total > this.#prefillChunk) job.onEvent({ type: 'prefill', done: job.prefilled - job.reused, total });
     if (job.prefilled < ids.length) return;
     job.embeds = undefined;
     job.features = [];

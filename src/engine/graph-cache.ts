@@ -33,6 +33,9 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { type Graph, serializeModel } from '../onnx/graph.js';
+import { type GraphSource, writeGraphSource } from './graph-source.js';
+
+export type { GraphSource } from './graph-source.js';
 
 /** Bumped whenever graph building changes in a way that invalidates cached graphs. */
 export const GRAPH_FORMAT_VERSION = 5;
@@ -195,7 +198,11 @@ export function removeStaleTempEntries(cacheDir: string): string[] {
  * path. With `keepExisting`, an intact entry another process renamed into place first is kept, not
  * replaced: that process may be opening it; a damaged one is replaced.
  */
-export function writeGraphDir(graph: Graph, dir: string, options: { keepExisting?: boolean } = {}): string {
+export function writeGraphDir(
+  graph: Graph,
+  dir: string,
+  options: { keepExisting?: boolean; source?: GraphSource } = {},
+): string {
   const modelPath = path.join(dir, 'model.onnx');
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}-${HOST_TAG}`;
   mkdirSync(tmp, { recursive: true });
@@ -210,6 +217,7 @@ export function writeGraphDir(graph: Graph, dir: string, options: { keepExisting
     ];
     const manifest: EntryManifest = { format: MANIFEST_FORMAT, files };
     writeFileSync(path.join(tmp, MANIFEST), `${JSON.stringify(manifest, null, 1)}\n`);
+    if (options.source) writeGraphSource(tmp, options.source);
     if (!options.keepExisting) {
       rmSync(dir, { recursive: true, force: true });
       renameSync(tmp, dir);
@@ -242,6 +250,8 @@ export interface CachedGraphOptions {
   rebuild?: { reason: string };
   /** Where a warning about a damaged entry goes (default: a line on stderr). */
   onWarning?: (message: string) => void;
+  /** What the graph was built from, recorded in the entry (source.json) for `internvl ls` and `rm`. */
+  source?: GraphSource;
 }
 
 /** The default warning sink: one line on stderr (forwarded to the main thread from a worker). */
@@ -277,6 +287,6 @@ export async function cachedGraph(
   const graph = await build();
   // The damaged entry goes first: its sizes may look right (a flipped byte) and would be kept.
   if (damaged) rmSync(dir, { recursive: true, force: true });
-  writeGraphDir(graph, dir, { keepExisting: true });
+  writeGraphDir(graph, dir, { keepExisting: true, source: options.source });
   return { modelPath, hit: false };
 }

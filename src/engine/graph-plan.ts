@@ -9,7 +9,7 @@ import { buildDecoderGraph, decoderDimsFromConfig } from '../models/registry.js'
 import type { WeightSource } from '../models/weights.js';
 import type { Graph } from '../onnx/graph.js';
 import { checkWeightDtype } from '../onnx/quantize.js';
-import { graphCacheKey } from './graph-cache.js';
+import { type GraphSource, graphCacheKey } from './graph-cache.js';
 import { chooseInt8Kernel } from './int8-probe.js';
 import {
   decoderGraphQuant,
@@ -83,6 +83,8 @@ export interface PlannedGraph {
   role: string;
   dtype: string;
   key: string;
+  /** What it is built from, recorded in its cache entry (graph-source.ts). */
+  source: GraphSource;
   build: () => Promise<Graph>;
 }
 
@@ -105,6 +107,7 @@ export function planEngineGraphs(
         visionDims,
         vitCacheTag(precision.vitDtype, precision.int8Kernel),
       ),
+      source: { files: checkpoint.files(), component: 'vision', dtype: precision.vitDtype },
       build: () =>
         buildVisionGraph(visionDims, weights, {
           vitDtype: precision.vitDtype,
@@ -116,6 +119,7 @@ export function planEngineGraphs(
     role,
     dtype,
     key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, dtype)),
+    source: { files: checkpoint.files(), component: 'decoder', dtype },
     build: () => buildDecoderGraph(decoderDims, weights, decoderGraphQuant(precision, dtype)),
   });
   plan.push(decoderGraph('decoder', precision.llmDtype));

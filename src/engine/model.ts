@@ -131,16 +131,19 @@ export class InternVLModel {
     options: {
       onToken?: (token: SampledToken) => void;
       onEncode?: (done: number, total: number) => void;
+      /** Prefill progress in prompt tokens, for prompts longer than one prefill chunk. */
+      onPrefill?: (done: number, total: number) => void;
       signal?: AbortSignal;
     } = {},
   ): Promise<GenerateResult> {
     const engine = await this.engine();
-    const { signal, onToken, onEncode } = options;
+    const { signal, onToken, onEncode, onPrefill } = options;
     const call = engine.start<GenerateResult>('generate', [request], {
       onEvent: (e) => {
         const event = e as GenerateEvent;
         if (event.type === 'token') onToken?.(event.token);
-        else onEncode?.(event.done, event.total);
+        else if (event.type === 'encode') onEncode?.(event.done, event.total);
+        else onPrefill?.(event.done, event.total);
       },
     });
     const abort = () => void engine.call('abort', [call.id]).catch(() => {});

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import { InternVLError } from '../errors.js';
 import { type Graph, modelToBytes } from '../onnx/graph.js';
-import { cachedGraph, warnOnStderr } from './graph-cache.js';
+import { cachedGraph, type GraphSource, warnOnStderr } from './graph-cache.js';
 import * as ort from './ort.js';
 
 export interface SessionOptions {
@@ -84,6 +84,8 @@ export interface GraphCacheOptions {
   key: string;
   /** Where a warning about a damaged entry goes (default: a line on stderr). */
   onWarning?: (message: string) => void;
+  /** What the graph is built from, recorded in a new entry (graph-source.ts). */
+  source?: GraphSource;
 }
 
 /**
@@ -99,7 +101,8 @@ export async function sessionForGraph(
   if (!options.cache) return createSession(await build(), options);
   const { dir, key } = options.cache;
   const onWarning = options.cache.onWarning ?? warnOnStderr;
-  const first = await cachedGraph(dir, key, build, { onWarning });
+  const { source } = options.cache;
+  const first = await cachedGraph(dir, key, build, { onWarning, source });
   try {
     return await createSession(first.modelPath, options);
   } catch (err) {
@@ -107,6 +110,7 @@ export async function sessionForGraph(
     if (!first.hit) throw unloadableGraph(first.modelPath, err);
     const rebuilt = await cachedGraph(dir, key, build, {
       onWarning,
+      source,
       rebuild: { reason: `ONNX Runtime cannot load it: ${ortErrorText(err)}` },
     });
     try {

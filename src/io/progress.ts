@@ -84,3 +84,37 @@ export function createProgressBar(
   const draw = createTaskProgress(stream, intervalMs);
   return (p) => draw({ label: p.file, done: p.downloaded, total: p.total, bytes: true });
 }
+
+/**
+ * A task progress callback for logs and pipes: one plain line (no bar, no carriage return) when a
+ * task starts, each time it passes another quarter, and when it completes; at most 5 lines a task.
+ */
+export function createTaskLines(stream: ProgressStream = process.stderr): (progress: TaskProgress) => void {
+  let label: string | undefined;
+  let lastQuarter = -1;
+  return (p) => {
+    if (p.label !== label) {
+      label = p.label;
+      lastQuarter = -1;
+    }
+    const total = p.total !== undefined && p.total > 0 ? p.total : undefined;
+    const quarter =
+      total === undefined ? Math.max(lastQuarter, 0) : Math.min(4, Math.floor((4 * p.done) / total));
+    if (quarter <= lastQuarter) return;
+    lastQuarter = quarter;
+    stream.write(`${formatTaskLine(p, 0).replace(' [] ', ' ')}\n`);
+  };
+}
+
+/** A bar redrawn in place on a terminal, plain lines otherwise (createTaskProgress, createTaskLines). */
+export function createAnyTaskProgress(
+  stream: ProgressStream = process.stderr,
+): (progress: TaskProgress) => void {
+  return stream.isTTY ? createTaskProgress(stream) : createTaskLines(stream);
+}
+
+/** Download progress as a bar on a terminal, plain lines otherwise. */
+export function createDownloadProgress(stream: ProgressStream = process.stderr): ProgressCallback {
+  const draw = createAnyTaskProgress(stream);
+  return (p) => draw({ label: p.file, done: p.downloaded, total: p.total, bytes: true });
+}

@@ -9,6 +9,7 @@ import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import type { EngineOptions } from '../engine/core.js';
 import type { GenerateRequest, ImageRef } from '../engine/generate.js';
 import type { ResponseFormat } from '../engine/grammar-types.js';
+import type { MemoryCheck } from '../engine/memory-check.js';
 import { InternVLModel } from '../engine/model.js';
 import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
@@ -41,10 +42,12 @@ import {
   resolveGenerationConfig,
 } from './generation-config.js';
 import type { ImageTiling } from './media-prep.js';
+import { checkMemoryBeforeLoad } from './memory-guard.js';
 import { OffThreadTokenizer } from './off-thread-tokenizer.js';
 import { longestTokenChars, PromptBounds } from './prompt-bounds.js';
 import { type SampledToken, samplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop.js';
+import { RequestClock, type Timings } from './timings.js';
 
 export const DEFAULT_MODEL = 'OpenGVLab/InternVL2_5-1B';
 export const DEFAULT_SESSION_LEN = 8192;
@@ -80,9 +83,16 @@ export interface PipelineOptions {
   hub?: ResolveModelOptions;
   /**
    * Progress of long steps: file downloads (`bytes`), loading the engine (its first load converts the
-   * checkpoint), and encoding image tiles for a request. `createTaskProgress()` draws it on stderr.
+   * checkpoint), encoding image tiles and prefilling a long prompt for a request. `createTaskProgress()` draws it on stderr.
    */
   onProgress?: (progress: TaskProgress) => void;
+  /**
+   * Load even when the estimated peak memory exceeds the memory available (engine/memory-check.ts);
+   * by default such a load is refused with an OUT_OF_MEMORY error naming the numbers and a precision that fits.
+   */
+  ignoreMemoryCheck?: boolean;
+  /** Called before loading with the precision and the memory estimate (e.g. to print them). */
+  onMemoryCheck?: (check: MemoryCheck) => void;
 }
 
 export interface TokenLogprobInfo {
@@ -112,6 +122,8 @@ export interface Response {
   logprobs?: TokenLogprobInfo[];
   /** What the engine did not have to recompute: prompt tokens reused from the session's KV cache, and tiles encoded for this request. */
   cache: { reusedPromptTokens: number; encodedTiles: number };
+  /** Time to first token, ViT seconds, prefill and decode speed of this request (timings.ts); absent when no token came. */
+  timings?: Timings;
 }
 
 /** One streamed piece: new text; the last piece also carries finishReason and usage. */
@@ -254,10 +266,20 @@ export class Pipeline {
         options.hub?.onProgress ??
         (progress && ((p) => progress({ label: p.file, done: p.downloaded, total: p.total, bytes: true }))),
     });
+    options.onMemoryCheck?.(await checkMemoryBeforeLoad(dir, options));
     const tokenizer = await loadTokenizer(dir);
     const generationFile = await loadGenerationConfig(dir);
     // Everything but the pipeline's own options goes to the engine.
-    const { maxTiles, splitTileBudget, sessionLen, hub, onProgress, ...engineOptions } = options;
+    const {
+      maxTiles,
+      splitTileBudget,
+      sessionLen,
+      hub,
+      onProgress,
+      ignoreMemoryCheck,
+      onMemoryCheck,
+      ...engineOptions
+    } = options;
     const engine = await InternVLModel.load(dir, {
       ...engineOptions,
       onProgress: progress && ((done, total) => progress({ label: 'loading model', done, total })),
@@ -599,7 +621,9 @@ export class Pipeline {
         onChunk({ text: piece, tokenIds: ids, ...(config.logprobs ? { logprobs: info } : {}) });
       }
     };
+    const clock = new RequestClock();
     const onToken = (token: SampledToken) => {
+      clock.token();
       if (stops.stopped) return;
       generated++;
       const info = config.logprobs ? [this.#logprobInfo(token)] : [];
@@ -615,14 +639,18 @@ export class Pipeline {
       if (hit) stopped.abort();
     };
     const progress = this.options.onProgress;
-    const onEncode =
-      progress && ((done: number, total: number) => progress({ label: 'encoding tiles', done, total }));
-    const result = await this.model.generate(request, { onToken, onEncode, signal });
+    const onEncode = (done: number, total: number) => {
+      clock.encoded();
+      progress?.({ label: 'encoding tiles', done, total });
+    };
+    const onPrefill =
+      progress && ((done: number, total: number) => progress({ label: 'prefill', done, total }));
+    const result = await this.model.generate(request, { onToken, onEncode, onPrefill, signal });
     let finishReason: FinishReason = result.finishReason;
     if (stops.stopped) finishReason = 'stop';
     // Also after a 'stop' without an end token: a response format whose text is complete.
     else if (!flushed) emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
-    return {
+    const response: Response = {
       text,
       finishReason,
       tokenIds,
@@ -635,6 +663,9 @@ export class Pipeline {
       ...(config.logprobs ? { logprobs } : {}),
       cache: { reusedPromptTokens: result.stats.reusedTokens, encodedTiles: result.stats.encodedTiles },
     };
+    const timings = clock.timings(request.inputIds.length - result.stats.reusedTokens);
+    if (timings) response.timings = timings;
+    return response;
   }
 }
 
