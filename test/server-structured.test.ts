@@ -105,6 +105,37 @@ test('json_object and a json_schema without a schema give a JSON object', async 
   }
 });
 
+test('/v1/completions takes response_format too (as vLLM does)', async () => {
+  const schema = schemaFor(7);
+  const res = await fetch(`${base}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      prompt: 'JSON:',
+      max_tokens: 256,
+      temperature: 0,
+      response_format: { type: 'json_schema', json_schema: { name: 'x', schema } },
+    }),
+  });
+  const body = (await res.json()) as { choices: { text: string; finish_reason: string }[] };
+  assert.equal(res.status, 200, JSON.stringify(body));
+  assertValidJson(body.choices[0].text, schema, 'completions');
+  assert.equal(body.choices[0].finish_reason, 'stop');
+  const invalid = await fetch(`${base}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      prompt: 'x',
+      response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'nope' } } },
+    }),
+  });
+  assert.equal(invalid.status, 400);
+  assert.match(
+    ((await invalid.json()) as { error: { message: string } }).error.message,
+    /Unsupported type "nope"/,
+  );
+});
+
 test('bad response formats are 400s in OpenAI shape naming the problem', async () => {
   const cases: [unknown, string, RegExp][] = [
     [{ type: 'nope' }, 'response_format.type', /type must be 'text', 'json_object' or 'json_schema'/],

@@ -134,6 +134,8 @@ export const completionRequestSchema = z.object({
   echo: nullish(z.boolean()),
   suffix: nullish(z.string()),
   best_of: nullish(z.number().int().min(1)),
+  /** Not in OpenAI's legacy API; accepted as vLLM does. */
+  response_format: nullish(responseFormatSchema),
 });
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 
@@ -266,6 +268,8 @@ export function completionGeneration(req: CompletionRequest): GenerationConfigIn
   if (req.suffix) unsupported('suffix', 'no fill-in-the-middle');
   if (req.best_of != null && req.best_of !== (req.n ?? 1)) unsupported('best_of', 'use n');
   const gen = baseGeneration(req, req.max_tokens ?? COMPLETIONS_DEFAULT_MAX_TOKENS);
+  const format = responseFormat(req);
+  if (format) gen.responseFormat = format;
   if (req.logprobs != null) {
     gen.logprobs = true;
     gen.topLogprobs = req.logprobs;

@@ -469,6 +469,7 @@ export class InternVLServer {
     if (body.model != null && body.model !== this.modelName) throw this.#unknownModel(body.model);
     const gen = completionGeneration(body);
     const n = body.n ?? 1;
+    if (gen.responseFormat) await this.#compileFormat(gen.responseFormat, responseFormatParam(body));
     const prompts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
     if (prompts.length * n > this.limiter.maxQueue) {
       throw new HttpError(
