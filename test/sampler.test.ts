@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { GREEDY_SAMPLING, Sampler, type SamplingParams, Xoshiro128 } from '../src/engine/sampler.js';
 import { InternVLError } from '../src/errors.js';
-import { GREEDY_SAMPLING, Sampler, type SamplingParams, Xoshiro128 } from '../src/pipeline/sampler.js';
 
 const sampling = (overrides: Partial<SamplingParams>): SamplingParams => ({
   ...GREEDY_SAMPLING,

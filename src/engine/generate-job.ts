@@ -1,8 +1,9 @@
 /** A generate call's state as the Generator moves it through encode → prefill → decode, and helpers. */
-import { type SampledToken, Sampler } from '../pipeline/sampler.js';
+
 import type { Sequence } from './decoder.js';
 import type { GenerateEvent, GenerateRequest, GenerateResult } from './generate.js';
 import type { TokenMatcher } from './grammar-types.js';
+import { type SampledToken, Sampler } from './sampler.js';
 
 export interface Session {
   seq: Sequence;

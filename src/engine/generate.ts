@@ -9,12 +9,12 @@
  * encoded again. Image features are also cached by content key, bounded in bytes.
  */
 import { InternVLError } from '../errors.js';
-import type { SampledToken, SamplingParams } from '../pipeline/sampler.js';
 import type { DecoderRunner } from './decoder.js';
 import { FeatureCache } from './feature-cache.js';
 import { commonPrefix, Job, type Session, yieldToEventLoop } from './generate-job.js';
 import { applyMask, type GrammarProvider, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
 import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
+import type { SampledToken, SamplingParams } from './sampler.js';
 
 /** One image of a request, in prompt order: its tiles, and a key naming its content. */
 export interface ImageRef {

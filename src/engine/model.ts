@@ -5,10 +5,10 @@
 import type { ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { resolveModel } from '../io/hub.js';
-import type { SampledToken } from '../pipeline/sampler.js';
 import type { EngineOptions, ImageInput } from './core.js';
 import type { GenerateEvent, GenerateRequest, GenerateResult } from './generate.js';
 import type { ResponseFormat } from './grammar-types.js';
+import type { SampledToken } from './sampler.js';
 import { WorkerClient } from './worker-rpc.js';
 
 export interface LoadOptions extends EngineOptions {

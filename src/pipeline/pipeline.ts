@@ -11,6 +11,7 @@ import type { GenerateRequest, ImageRef } from '../engine/generate.js';
 import type { ResponseFormat } from '../engine/grammar-types.js';
 import type { MemoryCheck } from '../engine/memory-check.js';
 import { InternVLModel } from '../engine/model.js';
+import { type SampledToken, samplingParams } from '../engine/sampler.js';
 import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
 import { type ResolveModelOptions, resolveModel } from '../io/hub.js';
@@ -45,7 +46,6 @@ import type { ImageTiling } from './media-prep.js';
 import { checkMemoryBeforeLoad } from './memory-guard.js';
 import { OffThreadTokenizer } from './off-thread-tokenizer.js';
 import { longestTokenChars, PromptBounds } from './prompt-bounds.js';
-import { type SampledToken, samplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop.js';
 import { RequestClock, type Timings } from './timings.js';
 

@@ -10,6 +10,7 @@ import { type ModelConfig, numImageTokens, parseModelConfig } from '../config/mo
 import { DecoderRunner, decoderDimsFromConfig } from '../engine/decoder.js';
 import { type FinishReason, type GenerateRequest, Generator } from '../engine/generate.js';
 import * as ort from '../engine/ort.js';
+import { GREEDY_SAMPLING, samplingParams } from '../engine/sampler.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { InternVLError } from '../errors.js';
 import {
@@ -17,7 +18,6 @@ import {
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from '../pipeline/generation-config.js';
-import { GREEDY_SAMPLING, samplingParams } from '../pipeline/sampler.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { toPixelValues } from '../preprocess/pixels.js';
 import { dynamicPreprocess } from '../preprocess/tiles.js';
