@@ -16,7 +16,7 @@ import {
   repoIdArgument,
 } from '../io/hub-cache.js';
 import { createDownloadProgress, formatBytes } from '../io/progress.js';
-import { noPositionals, parseCommandArgs, UsageError } from './args.js';
+import { noPositionals, parseCommandArgs, UsageError, usageFailure } from './args.js';
 
 const PULL_USAGE = `Usage: internvl pull MODEL [--revision REV]
 
@@ -52,12 +52,6 @@ Examples:
   npx internvl rm OpenGVLab/InternVL2_5-1B
   npx internvl rm OpenGVLab/InternVL2_5-1B --yes
 `;
-
-function usageFailure(command: string, err: unknown, usage: string): number {
-  if (!(err instanceof UsageError)) throw err;
-  process.stderr.write(`internvl ${command}: ${err.message}\n\n${usage}`);
-  return 2;
-}
 
 function failure(command: string, err: unknown): number {
   process.stderr.write(`internvl ${command}: ${err instanceof Error ? err.message : String(err)}\n`);

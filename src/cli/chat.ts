@@ -26,6 +26,7 @@ import {
   parseCommandArgs,
   precisionOptions,
   UsageError,
+  usageFailure,
 } from './args.js';
 
 const USAGE = `Usage: internvl chat [model] [options] [prompt]
@@ -382,9 +383,7 @@ export async function chatCommand(argv: string[]): Promise<number> {
   try {
     args = parseChatArgs(argv);
   } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`internvl chat: ${err.message}\n\n${USAGE}`);
-    return 2;
+    return usageFailure('chat', err, USAGE);
   }
   if (args === 'help') {
     process.stdout.write(USAGE);

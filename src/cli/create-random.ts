@@ -4,7 +4,7 @@ import {
   DEFAULT_MAX_SHARD_BYTES,
   RANDOM_SHAPES,
 } from '../tools/random-checkpoint.js';
-import { integerOption, noPositionals, parseCommandArgs, UsageError } from './args.js';
+import { integerOption, noPositionals, parseCommandArgs, UsageError, usageFailure } from './args.js';
 
 const USAGE = `Usage: internvl create-random --shape NAME --out DIR [options]
 
@@ -85,8 +85,6 @@ export async function createRandomCommand(argv: string[]): Promise<number> {
   try {
     return await run(argv);
   } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`internvl create-random: ${err.message}\n\n${USAGE}`);
-    return 2;
+    return usageFailure('create-random', err, USAGE);
   }
 }

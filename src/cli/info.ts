@@ -19,7 +19,7 @@ import { resolveModel } from '../io/hub.js';
 import { formatBytes } from '../io/progress.js';
 import { internVitDimsFromConfig } from '../models/internvit.js';
 import { decoderDimsFromConfig } from '../models/registry.js';
-import { parseCommandArgs, UsageError } from './args.js';
+import { parseCommandArgs, UsageError, usageFailure } from './args.js';
 
 const USAGE = `Usage: internvl info MODEL [--json]
 
@@ -72,9 +72,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
     [model] = positionals;
     json = values.json ?? false;
   } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`internvl info: ${err.message}\n\n${USAGE}`);
-    return 2;
+    return usageFailure('info', err, USAGE);
   }
   try {
     // Only what is on disk: a hub id must be in the cache (`internvl pull` puts it there).

@@ -16,6 +16,7 @@ import {
   parseCommandArgs,
   precisionOptions,
   UsageError,
+  usageFailure,
 } from './args.js';
 
 const USAGE = `Usage: internvl serve [model] [options]
@@ -128,9 +129,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
   try {
     args = parseServeArgs(argv);
   } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`internvl serve: ${err.message}\n\n${USAGE}`);
-    return 2;
+    return usageFailure('serve', err, USAGE);
   }
   if (args === 'help') {
     process.stdout.write(USAGE);

@@ -92,11 +92,16 @@ export function cpuInfo(): CpuInfo {
   return cached;
 }
 
+/** The kernel INTERNVL_INT8_KERNEL asks for, validated; undefined when it is not set. */
+export function int8KernelFromEnv(): Int8Kernel | undefined {
+  const fromEnv = process.env[INT8_KERNEL_ENV];
+  return fromEnv ? checkInt8Kernel(INT8_KERNEL_ENV, fromEnv) : undefined;
+}
+
 /**
  * The int8 scheme for callers that cannot wait for the probe: INTERNVL_INT8_KERNEL, else the flags'
  * choice. The engine's loaders use int8-probe.ts's chooseInt8Kernel instead.
  */
 export function defaultInt8Kernel(): Int8Kernel {
-  const fromEnv = process.env[INT8_KERNEL_ENV];
-  return fromEnv ? checkInt8Kernel(INT8_KERNEL_ENV, fromEnv) : cpuInfo().int8KernelByFlags;
+  return int8KernelFromEnv() ?? cpuInfo().int8KernelByFlags;
 }

@@ -6,7 +6,7 @@
  */
 import { GraphBuilder, modelToBytes } from '../onnx/graph.js';
 import { checkInt8Kernel, type Int8Kernel, quantizedMatMul } from '../onnx/quantize.js';
-import { type CpuInfo, cpuInfo, INT8_KERNEL_ENV } from './cpu.js';
+import { type CpuInfo, cpuInfo, int8KernelFromEnv } from './cpu.js';
 import * as ort from './ort.js';
 
 export interface Int8Probe {
@@ -64,8 +64,8 @@ export async function chooseInt8Kernel(requested?: Int8Kernel | 'auto'): Promise
   if (requested !== undefined && requested !== 'auto') {
     return { kernel: checkInt8Kernel('int8Kernel', requested), source: 'option' };
   }
-  const fromEnv = process.env[INT8_KERNEL_ENV];
-  if (fromEnv) return { kernel: checkInt8Kernel(INT8_KERNEL_ENV, fromEnv), source: 'env' };
+  const fromEnv = int8KernelFromEnv();
+  if (fromEnv) return { kernel: fromEnv, source: 'env' };
   const probe = await probeInt8Kernels();
   return { kernel: probe.u8s8 ? 'u8s8' : 'u8u8', source: 'probe' };
 }
