@@ -84,9 +84,10 @@ test('when another process finishes the same entry first, its complete entry is 
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ivl-cache-'));
   try {
     const cache = path.join(dir, 'cache');
+    const other = scaleGraph(5);
     const { modelPath } = await cachedGraph(cache, 'k', async () => {
       // The other process renames its entry into place while this one is still building.
-      writeGraphDir(scaleGraph(5), path.join(cache, 'k'), { keepExisting: true });
+      await writeGraphDir(other, path.join(cache, 'k'), { keepExisting: true });
       return scaleGraph(3);
     });
     assert.deepEqual(readdirSync(cache), ['k'], 'no temporary folder is left');

@@ -6,7 +6,7 @@ import { copyFile, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { writeGraphDir } from '../engine/graph-cache.js';
+import { buildGraphDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
@@ -55,7 +55,7 @@ export async function convertModelForWeb(
     }
     const graphs: Record<string, WebGraphEntry> = {};
     for (const planned of planEngineGraphs(config, checkpoint, weights, precision)) {
-      writeGraphDir(await planned.build(), path.join(outDir, planned.role));
+      await buildGraphDir(planned.build, path.join(outDir, planned.role));
       graphs[planned.role] = {
         dtype: planned.dtype,
         model: await fileEntry(outDir, `${planned.role}/model.onnx`),

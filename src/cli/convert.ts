@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { cachedGraph, defaultGraphCacheDir, writeGraphDir } from '../engine/graph-cache.js';
+import { buildGraphDir, cachedGraph, defaultGraphCacheDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { checkInt8Kernel, checkWeightDtype } from '../onnx/quantize.js';
@@ -61,7 +61,7 @@ export async function convertModel(
     const done: ConvertedGraph[] = [];
     for (const graph of plan) {
       if (options.out) {
-        const file = writeGraphDir(await graph.build(), path.join(options.out, graph.role));
+        const file = await buildGraphDir(graph.build, path.join(options.out, graph.role));
         done.push({ role: graph.role, dtype: graph.dtype, path: file, cached: false });
       } else {
         // An explicit conversion checks cached entries in full (weights.bin's SHA-256 too).

@@ -15,7 +15,7 @@
  * whose process on this host is gone) are removed; one whose process still runs, or that another host
  * is writing into a shared cache, is left alone.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import {
   closeSync,
   existsSync,
@@ -28,10 +28,10 @@ import {
   rmSync,
   statSync,
   writeFileSync,
-  writeSync,
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ExternalDataFile, withWeightSink } from '../onnx/external-data.js';
 import { type Graph, serializeModel } from '../onnx/graph.js';
 import { type GraphSource, writeGraphSource } from './graph-source.js';
 
@@ -71,40 +71,6 @@ interface ManifestFile {
 interface EntryManifest {
   format: typeof MANIFEST_FORMAT;
   files: ManifestFile[];
-}
-
-const ZEROS = new Uint8Array(1 << 16);
-
-/** Writes the chunks (at their offsets; gaps stay zero) and returns the file's size and SHA-256. */
-function writeChunks(file: string, chunks: Iterable<{ offset?: number; data: Uint8Array }>): ManifestFile {
-  const fd = openSync(file, 'w');
-  // Hashed as written while the chunks go forward (gaps hashed as the zeros they read back as).
-  let hash: Hash | undefined = createHash('sha256');
-  let end = 0;
-  try {
-    let position = 0;
-    for (const { offset, data } of chunks) {
-      if (offset !== undefined) position = offset;
-      if (hash && position < end) hash = undefined;
-      for (let gap = position - end; hash && gap > 0; gap -= ZEROS.length)
-        hash.update(ZEROS.subarray(0, Math.min(gap, ZEROS.length)));
-      hash?.update(data);
-      // writeSync takes at most 2 GiB per call.
-      for (let start = 0; start < data.byteLength; ) {
-        const n = Math.min(data.byteLength - start, 1 << 30);
-        start += writeSync(fd, data, start, n, position);
-        position += n;
-      }
-      end = Math.max(end, position);
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return {
-    name: path.basename(file),
-    bytes: end,
-    sha256: hash ? hash.digest('hex') : sha256File(file),
-  };
 }
 
 function sha256File(file: string): string {
@@ -194,27 +160,32 @@ export function removeStaleTempEntries(cacheDir: string): string[] {
 }
 
 /**
- * Writes a graph as model.onnx + weights.bin + checksums.json into `dir` (atomically); returns the model
- * path. With `keepExisting`, an intact entry another process renamed into place first is kept, not
- * replaced: that process may be opening it; a damaged one is replaced.
+ * Builds a graph into `dir` as model.onnx + weights.bin + checksums.json (atomically); returns the model
+ * path. The weights go to weights.bin as the build adds them (onnx/external-data.ts), so the graph never
+ * holds them all in memory. With `keepExisting`, an intact entry another process renamed into place
+ * first is kept, not replaced: that process may be opening it; a damaged one is replaced.
  */
-export function writeGraphDir(
-  graph: Graph,
+export async function buildGraphDir(
+  build: () => Promise<Graph>,
   dir: string,
   options: { keepExisting?: boolean; source?: GraphSource } = {},
-): string {
+): Promise<string> {
   const modelPath = path.join(dir, 'model.onnx');
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}-${HOST_TAG}`;
   mkdirSync(tmp, { recursive: true });
   try {
-    const { modelChunks, external } = serializeModel(graph, { externalData: { location: 'weights.bin' } });
-    const files = [
-      writeChunks(path.join(tmp, 'weights.bin'), external),
-      writeChunks(
-        path.join(tmp, 'model.onnx'),
-        modelChunks.map((data) => ({ data })),
-      ),
-    ];
+    const weights = new ExternalDataFile(path.join(tmp, 'weights.bin'));
+    const model = new ExternalDataFile(path.join(tmp, 'model.onnx'), 1);
+    let files: ManifestFile[];
+    try {
+      const graph = await withWeightSink(weights, build);
+      const { modelChunks } = serializeModel(graph, { sink: weights });
+      for (const chunk of modelChunks) model.write(chunk);
+      files = [weights.close(), model.close()];
+    } finally {
+      weights.abandon();
+      model.abandon();
+    }
     const manifest: EntryManifest = { format: MANIFEST_FORMAT, files };
     writeFileSync(path.join(tmp, MANIFEST), `${JSON.stringify(manifest, null, 1)}\n`);
     if (options.source) writeGraphSource(tmp, options.source);
@@ -241,6 +212,15 @@ export function writeGraphDir(
     throw err;
   }
   return modelPath;
+}
+
+/** A graph already built in memory written as a graph folder (buildGraphDir). */
+export function writeGraphDir(
+  graph: Graph,
+  dir: string,
+  options: { keepExisting?: boolean; source?: GraphSource } = {},
+): Promise<string> {
+  return buildGraphDir(async () => graph, dir, options);
 }
 
 export interface CachedGraphOptions {
@@ -284,9 +264,8 @@ export async function cachedGraph(
     damaged = true;
   }
   mkdirSync(cacheDir, { recursive: true });
-  const graph = await build();
   // The damaged entry goes first: its sizes may look right (a flipped byte) and would be kept.
   if (damaged) rmSync(dir, { recursive: true, force: true });
-  writeGraphDir(graph, dir, { keepExisting: true, source: options.source });
+  await buildGraphDir(build, dir, { keepExisting: true, source: options.source });
   return { modelPath, hit: false };
 }

@@ -18,7 +18,7 @@ const PROBE_K = 64;
 const PROBE_N = 8;
 
 async function probeKernel(kernel: Int8Kernel): Promise<boolean> {
-  const g = new GraphBuilder('int8_probe');
+  const g = new GraphBuilder('int8_probe', undefined, null);
   const x = g.input('x', 'float32', [1, PROBE_K]);
   // Every weight quantises to 127 and every activation but the first to 255 (scale 1/255, zero point 0).
   const weights = new Float32Array(PROBE_N * PROBE_K).fill(1);

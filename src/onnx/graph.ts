@@ -1,11 +1,25 @@
 /**
  * The project's graph IR and builder. A graph is plain data (inputs, nodes, initializers, outputs),
  * so later passes (autodiff for training, quantisation, the browser target) can walk and rewrite it;
- * `serializeModel` turns it into an ONNX ModelProto.
+ * `serializeModel` (serialize.ts) turns it into an ONNX ModelProto.
+ *
+ * A builder given a WeightSink (an external data file, onnx/external-data.ts) hands every large weight
+ * to it as the weight is added and keeps only where it went, so a graph converted from a checkpoint
+ * never holds its weights in memory all at once.
  */
-import { DTYPE_BYTES, type DType, OnnxDataType, ProtoWriter } from './proto.js';
+import { DTYPE_BYTES, type DType, OnnxDataType } from './proto.js';
 
 export type { DType } from './proto.js';
+
+import { isExternalCandidate } from './serialize.js';
+
+export {
+  EXTERNAL_MIN_BYTES,
+  modelToBytes,
+  type SerializedModel,
+  type SerializeOptions,
+  serializeModel,
+} from './serialize.js';
 export type Dim = number | string;
 
 export interface ValueInfo {
@@ -47,14 +61,50 @@ export interface Initializer extends TensorValue {
   name: string;
 }
 
+/** An initializer whose bytes were written to an external data file while the graph was built. */
+export interface ExternalInitializer {
+  name: string;
+  dtype: DType;
+  dims: number[];
+  offset: number;
+  length: number;
+}
+
+/** Takes initializer bytes while a graph is built (an external data file beside the model). */
+export interface WeightSink {
+  /** The file's name as the model refers to it (beside model.onnx). */
+  readonly location: string;
+  /** Stores the bytes; returns their offset in the file. */
+  write(bytes: Uint8Array): number;
+}
+
 export interface Graph {
   name: string;
   inputs: ValueInfo[];
   outputs: ValueInfo[];
   nodes: OnnxNode[];
+  /** Initializers held in memory. */
   initializers: Initializer[];
+  /** Initializers already written to `sink` (only for a builder given a sink). */
+  external?: { sink: WeightSink; initializers: ExternalInitializer[] };
   /** Opset versions by domain ('' = ai.onnx). */
   opsets: Record<string, number>;
+}
+
+/** Bytes of all initializers of a graph, in memory and external. */
+export function initializerBytes(graph: Graph): number {
+  const inline = graph.initializers.reduce((n, i) => n + i.data.byteLength, 0);
+  return inline + (graph.external?.initializers.reduce((n, i) => n + i.length, 0) ?? 0);
+}
+
+let ambientSink: () => WeightSink | undefined = () => undefined;
+
+/**
+ * Where a builder constructed without an explicit sink asks for one (onnx/external-data.ts sets this
+ * in Node, so graphs built inside `withWeightSink` stream their weights; the browser never sets it).
+ */
+export function setAmbientWeightSink(provider: () => WeightSink | undefined): void {
+  ambientSink = provider;
 }
 
 export const MS_DOMAIN = 'com.microsoft';
@@ -88,8 +138,17 @@ export class GraphBuilder {
   /** Prefix for generated value names, e.g. 'layers.3.attn'. */
   scope = '';
 
-  constructor(name: string, opsets: Record<string, number> = { '': 21, [MS_DOMAIN]: 1 }) {
+  /**
+   * `sink`: where large weights go as they are added (default: the one `withWeightSink` offers, if any;
+   * null for none).
+   */
+  constructor(
+    name: string,
+    opsets: Record<string, number> = { '': 21, [MS_DOMAIN]: 1 },
+    sink: WeightSink | null = ambientSink() ?? null,
+  ) {
     this.graph = { name, inputs: [], outputs: [], nodes: [], initializers: [], opsets: { ...opsets } };
+    if (sink) this.graph.external = { sink, initializers: [] };
   }
 
   /** A fresh value name under the current scope. */
@@ -148,7 +207,14 @@ export class GraphBuilder {
     if (elements !== expected) {
       throw new Error(`initializer ${name}: ${elements} elements for dims [${dims}] (${expected})`);
     }
-    this.graph.initializers.push({ name, dtype, dims, data });
+    const external = this.graph.external;
+    if (external && isExternalCandidate(dtype, data.byteLength)) {
+      // Written now; the caller's array is no longer referenced by the graph.
+      const offset = external.sink.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      external.initializers.push({ name, dtype, dims, offset, length: data.byteLength });
+    } else {
+      this.graph.initializers.push({ name, dtype, dims, data });
+    }
     return name;
   }
 
@@ -246,156 +312,6 @@ export class GraphBuilder {
   cast(x: string, to: DType): string {
     return this.op('Cast', [x], { to: { int: OnnxDataType[to] } });
   }
-}
-
-function encodeDims(w: ProtoWriter, field: number, shape: Dim[]): void {
-  const shapeMsg = new ProtoWriter();
-  for (const d of shape) {
-    const dim = new ProtoWriter();
-    if (typeof d === 'number') dim.int(1, d);
-    else dim.string(2, d);
-    shapeMsg.message(1, dim);
-  }
-  w.message(field, shapeMsg);
-}
-
-function encodeValueInfo(v: ValueInfo): ProtoWriter {
-  const tensorType = new ProtoWriter().int(1, OnnxDataType[v.dtype]);
-  encodeDims(tensorType, 2, v.shape);
-  const type = new ProtoWriter().message(1, tensorType);
-  return new ProtoWriter().string(1, v.name).message(2, type);
-}
-
-function tensorBytes(t: TensorValue): Uint8Array {
-  const d = t.data;
-  return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-}
-
-/** Where an initializer's bytes go when a model uses external data. */
-export interface ExternalPlacement {
-  location: string;
-  offset: number;
-  length: number;
-}
-
-function encodeTensor(name: string, t: TensorValue, external?: ExternalPlacement): ProtoWriter {
-  const w = new ProtoWriter();
-  for (const d of t.dims) w.int(1, d);
-  w.int(2, OnnxDataType[t.dtype]);
-  w.string(8, name);
-  if (external) {
-    const entry = (key: string, value: string) => new ProtoWriter().string(1, key).string(2, value);
-    w.message(13, entry('location', external.location));
-    w.message(13, entry('offset', String(external.offset)));
-    w.message(13, entry('length', String(external.length)));
-    w.int(14, 1);
-  } else {
-    w.bytes(9, tensorBytes(t));
-  }
-  return w;
-}
-
-function encodeAttribute(name: string, value: AttributeValue): ProtoWriter {
-  const w = new ProtoWriter().string(1, name);
-  if (typeof value === 'number') {
-    w.float(2, value).int(20, 1);
-  } else if (typeof value === 'string') {
-    w.string(4, value).int(20, 3);
-  } else if (Array.isArray(value)) {
-    for (const v of value) w.int(8, v);
-    w.int(20, 7);
-  } else if ('int' in value) {
-    w.int(3, value.int).int(20, 2);
-  } else if ('ints' in value) {
-    for (const v of value.ints) w.int(8, v);
-    w.int(20, 7);
-  } else {
-    w.message(5, encodeTensor('', value)).int(20, 4);
-  }
-  return w;
-}
-
-function encodeNode(n: OnnxNode): ProtoWriter {
-  const w = new ProtoWriter();
-  for (const i of n.inputs) w.string(1, i);
-  for (const o of n.outputs) w.string(2, o);
-  w.string(3, n.name).string(4, n.opType);
-  for (const [k, v] of Object.entries(n.attributes)) w.message(5, encodeAttribute(k, v));
-  if (n.domain) w.string(7, n.domain);
-  return w;
-}
-
-export interface SerializeOptions {
-  /**
-   * Non-integer initializers of at least this many bytes go to an external data file named `location`
-   * (placed at 64 KiB-aligned offsets so ORT can map them); their bytes are returned in order.
-   */
-  externalData?: { location: string; minBytes?: number };
-}
-
-export interface SerializedModel {
-  /** ModelProto chunks; concatenate or write in order. */
-  modelChunks: Uint8Array[];
-  modelBytes: number;
-  /** External data pieces with their file offsets (empty without externalData). */
-  external: { offset: number; data: Uint8Array }[];
-  externalBytes: number;
-}
-
-const EXTERNAL_ALIGN = 65536;
-
-export function serializeModel(graph: Graph, options: SerializeOptions = {}): SerializedModel {
-  const g = new ProtoWriter();
-  for (const n of graph.nodes) g.message(1, encodeNode(n));
-  g.string(2, graph.name);
-  const external: { offset: number; data: Uint8Array }[] = [];
-  let externalBytes = 0;
-  const minBytes = options.externalData?.minBytes ?? 1024;
-  for (const init of graph.initializers) {
-    const bytes = tensorBytes(init);
-    // Integer tensors stay inline: shape inference must read shape and index constants.
-    const isInteger = init.dtype === 'int64' || init.dtype === 'int32';
-    if (options.externalData && bytes.byteLength >= minBytes && !isInteger) {
-      const offset = Math.ceil(externalBytes / EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
-      external.push({ offset, data: bytes });
-      externalBytes = offset + bytes.byteLength;
-      g.message(
-        5,
-        encodeTensor(init.name, init, {
-          location: options.externalData.location,
-          offset,
-          length: bytes.byteLength,
-        }),
-      );
-    } else {
-      g.message(5, encodeTensor(init.name, init));
-    }
-  }
-  for (const v of graph.inputs) g.message(11, encodeValueInfo(v));
-  for (const v of graph.outputs) g.message(12, encodeValueInfo(v));
-
-  const model = new ProtoWriter().int(1, 10).string(2, 'internvl-ts');
-  model.message(7, g);
-  for (const [domain, version] of Object.entries(graph.opsets)) {
-    const opset = new ProtoWriter();
-    if (domain) opset.string(1, domain);
-    opset.int(2, version);
-    model.message(8, opset);
-  }
-  const modelChunks = model.finishChunks();
-  return { modelChunks, modelBytes: model.length, external, externalBytes };
-}
-
-/** The whole model as one in-memory buffer (no external data). */
-export function modelToBytes(graph: Graph): Uint8Array {
-  const { modelChunks, modelBytes } = serializeModel(graph);
-  const out = new Uint8Array(modelBytes);
-  let offset = 0;
-  for (const c of modelChunks) {
-    out.set(c, offset);
-    offset += c.byteLength;
-  }
-  return out;
 }
 
 export function elementCount(dims: number[]): number {
