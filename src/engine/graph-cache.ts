@@ -33,6 +33,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ExternalDataFile, withWeightSink } from '../onnx/external-data.js';
 import { type Graph, serializeModel } from '../onnx/graph.js';
+import { collectGarbage } from './collect-garbage.js';
 import { type GraphSource, writeGraphSource } from './graph-source.js';
 
 export type { GraphSource } from './graph-source.js';
@@ -186,6 +187,8 @@ export async function buildGraphDir(
       weights.abandon();
       model.abandon();
     }
+    // The build's tensors are garbage now; free them before a session loads the graph.
+    collectGarbage();
     const manifest: EntryManifest = { format: MANIFEST_FORMAT, files };
     writeFileSync(path.join(tmp, MANIFEST), `${JSON.stringify(manifest, null, 1)}\n`);
     if (options.source) writeGraphSource(tmp, options.source);

@@ -122,8 +122,11 @@ export const MEMORY_CALIBRATION = {
   perQuantGraphByte: 1.25,
   /** Node, ONNX Runtime, the tokenizer, the media worker and the activations of one request. */
   runtimeBytes: 525e6,
-  /** Converting: extra resident bytes, per byte of its weights, while a graph is built and written. */
-  buildPerByte: 1.36,
+  /**
+   * Converting: extra resident bytes while a graph is built, per fp32 byte of its largest tensor (its
+   * weights stream to disk as they are made, so only the tensor being read and converted is in memory).
+   */
+  buildPerLargestTensorByte: 2.5,
 };
 
 export interface MemoryEstimate {
@@ -158,16 +161,26 @@ export function estimateMemory(config: ModelConfig, precision: MemoryPrecision):
   const decoderBytes = (dtype: WeightDtype) =>
     decoderSpecs.reduce((n, s) => n + storedBytes(s, dtype, isMatrixWeight(s)), 0) +
     (head ? storedBytes(head, dtype === 'fp32' ? 'fp32' : 'int4', true) : 0);
-  const graphs: MemoryEstimate['graphs'] = [
-    { role: 'vision', dtype: precision.vitDtype, bytes: vitBytes(precision.vitDtype) },
+  const largest = (specs: TensorSpec[]) => Math.max(0, ...specs.map((s) => 4 * elements(s.shape)));
+  const vitLargest = largest([...t.vitGraph, ...t.projector]);
+  const decoderLargest = largest([...decoderSpecs, ...(head ? [head] : [])]);
+  const graphs: (MemoryEstimate['graphs'][number] & { largestTensor: number })[] = [
+    {
+      role: 'vision',
+      dtype: precision.vitDtype,
+      bytes: vitBytes(precision.vitDtype),
+      largestTensor: vitLargest,
+    },
   ];
-  graphs.push({ role: 'decoder', dtype: precision.llmDtype, bytes: decoderBytes(precision.llmDtype) });
+  const decoderGraph = (role: string, dtype: WeightDtype) => ({
+    role,
+    dtype,
+    bytes: decoderBytes(dtype),
+    largestTensor: decoderLargest,
+  });
+  graphs.push(decoderGraph('decoder', precision.llmDtype));
   if (precision.prefillDtype !== precision.llmDtype) {
-    graphs.push({
-      role: 'decoder-prefill',
-      dtype: precision.prefillDtype,
-      bytes: decoderBytes(precision.prefillDtype),
-    });
+    graphs.push(decoderGraph('decoder-prefill', precision.prefillDtype));
   }
   const embeddingRows = ESTIMATE_PROMPT_TOKENS * dims.hiddenSize * 2;
   const c = MEMORY_CALIBRATION;
@@ -180,12 +193,13 @@ export function estimateMemory(config: ModelConfig, precision: MemoryPrecision):
   let loaded = 0;
   let converting = running;
   for (const g of graphs) {
-    converting = Math.max(converting, loaded + resident(g) + g.bytes * c.buildPerByte + base);
+    const building = g.largestTensor * c.buildPerLargestTensorByte;
+    converting = Math.max(converting, loaded + resident(g) + building + base);
     loaded += resident(g);
   }
   return {
     precision,
-    graphs,
+    graphs: graphs.map(({ role, dtype, bytes }) => ({ role, dtype, bytes })),
     embeddingRows,
     running,
     converting,
