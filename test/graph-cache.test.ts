@@ -232,7 +232,7 @@ test('temporary folders of dead conversions are removed; a live process keeps it
     const dead = path.join(c.dir, `k2.tmp-${finished.pid}-1700000000000`);
     const live = path.join(c.dir, `k3.tmp-${process.pid}-1700000000000`);
     const hostTag = createHash('sha256').update(os.hostname()).digest('hex').slice(0, 8);
-    const ours = `k5.tmp-${finished.pid}-1700000000000-${hostTag}`;
+    const ours = `k5.tmp-${finished.pid}-1700000000000.2-${hostTag}`;
     const otherHost = path.join(c.dir, `k6.tmp-${finished.pid}-1700000000000-0badcafe`);
     for (const dir of [dead, live, path.join(c.dir, ours), otherHost]) {
       mkdirSync(dir);

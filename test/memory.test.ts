@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -87,6 +87,35 @@ describe('the estimate', () => {
       }
     } finally {
       await checkpoint.close();
+    }
+  });
+
+  test('the estimates in docs/memory.md are what estimateMemory gives, each within 15 % of its measured peak', async () => {
+    // The table of measured peaks (scripts/measure-memory.sh); a change to the formula, its constants or the
+    // graphs' weights that the measurements no longer bear out fails here until they are measured again.
+    const doc = readFileSync(path.join(REPO_ROOT, 'docs/memory.md'), 'utf8');
+    const rows = [
+      ...doc.matchAll(
+        /^\| (InternVL2_5-\w+) \| (fp32|int4 \+ int8 prefill) \| (first load|cached) \| ([\d.]+) GB \| ([\d.]+) GB \|/gm,
+      ),
+    ];
+    assert.equal(rows.length, 8, 'the 1B and 2B rows: fp32 and int4, first load and cached');
+    for (const [, shape, precision, run, measured, documented] of rows) {
+      const dir = path.join(tmp, `cfg-${shape}`);
+      await createRandomCheckpoint({ shape, out: dir, weights: false });
+      const estimate = estimateMemory(
+        await loadModelConfig(dir),
+        precision === 'fp32'
+          ? { llmDtype: 'fp32', prefillDtype: 'fp32', vitDtype: 'fp32' }
+          : { llmDtype: 'int4', prefillDtype: 'int8', vitDtype: 'fp32' },
+      );
+      const gb = (run === 'cached' ? estimate.running : estimate.converting) / 1e9;
+      const row = `${shape} ${precision} ${run}`;
+      assert.equal(gb.toFixed(2), documented, `${row}: the documented estimate`);
+      assert.ok(
+        Math.abs(gb / Number(measured) - 1) <= 0.15,
+        `${row}: ${gb} GB estimated, ${measured} GB measured`,
+      );
     }
   });
 

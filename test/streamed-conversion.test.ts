@@ -5,10 +5,10 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
+import { ExternalDataFile, withWeightSink } from '../src/engine/external-data.js';
 import { buildGraphDir } from '../src/engine/graph-cache.js';
 import { planEngineGraphs, resolvePrecision } from '../src/engine/graph-plan.js';
 import { Checkpoint } from '../src/io/safetensors.js';
-import { ExternalDataFile, withWeightSink } from '../src/onnx/external-data.js';
 import {
   type Graph,
   GraphBuilder,

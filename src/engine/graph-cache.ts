@@ -11,7 +11,7 @@
  * machine), so every chat or server start would pay about 2 s for InternVL2_5-1B's fp32 graphs and
  * minutes for the largest models; sizes catch truncation, the model.onnx hash catches a damaged graph,
  * and a load ONNX Runtime refuses is rebuilt too (see session.ts). A damaged entry is rebuilt with a
- * warning naming it. Temporary folders left by a killed conversion (`<key>.tmp-<pid>-<time>-<host>`
+ * warning naming it. Temporary folders left by a killed conversion (`<key>.tmp-<pid>-<time>.<n>-<host>`
  * whose process on this host is gone) are removed; one whose process still runs, or that another host
  * is writing into a shared cache, is left alone.
  */
@@ -31,9 +31,9 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ExternalDataFile, withWeightSink } from '../onnx/external-data.js';
 import { type Graph, serializeModel } from '../onnx/graph.js';
 import { collectGarbage } from './collect-garbage.js';
+import { ExternalDataFile, withWeightSink } from './external-data.js';
 import { type GraphSource, writeGraphSource } from './graph-source.js';
 
 export type { GraphSource } from './graph-source.js';
@@ -132,8 +132,9 @@ function processIsAlive(pid: number): boolean {
   }
 }
 
-/** `<key>.tmp-<pid>-<time>-<host>`: the host tag (hash of the host name) scopes the pid to its machine. */
-const TEMP_ENTRY = /^.+\.tmp-(\d+)-\d+(?:-([0-9a-f]{8}))?$/;
+/** `<key>.tmp-<pid>-<time>.<n>-<host>` (older versions: no `.<n>`): the host tag (hash of the host name) scopes the pid to its machine. */
+const TEMP_ENTRY = /^.+\.tmp-(\d+)-\d+(?:\.\d+)?(?:-([0-9a-f]{8}))?$/;
+let tempSequence = 0;
 const HOST_TAG = createHash('sha256').update(os.hostname()).digest('hex').slice(0, 8);
 
 /**
@@ -162,7 +163,7 @@ export function removeStaleTempEntries(cacheDir: string): string[] {
 
 /**
  * Builds a graph into `dir` as model.onnx + weights.bin + checksums.json (atomically); returns the model
- * path. The weights go to weights.bin as the build adds them (onnx/external-data.ts), so the graph never
+ * path. The weights go to weights.bin as the build adds them (engine/external-data.ts), so the graph never
  * holds them all in memory. With `keepExisting`, an intact entry another process renamed into place
  * first is kept, not replaced: that process may be opening it; a damaged one is replaced.
  */
@@ -172,7 +173,8 @@ export async function buildGraphDir(
   options: { keepExisting?: boolean; source?: GraphSource } = {},
 ): Promise<string> {
   const modelPath = path.join(dir, 'model.onnx');
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}-${HOST_TAG}`;
+  // The sequence number keeps two builds of one process apart (one may start inside the other's build).
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}.${++tempSequence}-${HOST_TAG}`;
   mkdirSync(tmp, { recursive: true });
   try {
     const weights = new ExternalDataFile(path.join(tmp, 'weights.bin'));

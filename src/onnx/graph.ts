@@ -3,7 +3,7 @@
  * so later passes (autodiff for training, quantisation, the browser target) can walk and rewrite it;
  * `serializeModel` (serialize.ts) turns it into an ONNX ModelProto.
  *
- * A builder given a WeightSink (an external data file, onnx/external-data.ts) hands every large weight
+ * A builder given a WeightSink (an external data file, engine/external-data.ts) hands every large weight
  * to it as the weight is added and keeps only where it went, so a graph converted from a checkpoint
  * never holds its weights in memory all at once.
  */
@@ -100,7 +100,7 @@ export function initializerBytes(graph: Graph): number {
 let ambientSink: () => WeightSink | undefined = () => undefined;
 
 /**
- * Where a builder constructed without an explicit sink asks for one (onnx/external-data.ts sets this
+ * Where a builder constructed without an explicit sink asks for one (engine/external-data.ts sets this
  * in Node, so graphs built inside `withWeightSink` stream their weights; the browser never sets it).
  */
 export function setAmbientWeightSink(provider: () => WeightSink | undefined): void {

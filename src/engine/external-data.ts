@@ -9,8 +9,8 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { setAmbientWeightSink, type WeightSink } from './graph.js';
-import { EXTERNAL_ALIGN } from './serialize.js';
+import { setAmbientWeightSink, type WeightSink } from '../onnx/graph.js';
+import { EXTERNAL_ALIGN } from '../onnx/serialize.js';
 
 const ZEROS = new Uint8Array(1 << 16);
 /** writeSync takes at most 2 GiB per call. */
