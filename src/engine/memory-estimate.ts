@@ -126,7 +126,7 @@ export const MEMORY_CALIBRATION = {
    * Converting: extra resident bytes while a graph is built, per fp32 byte of its largest tensor (its
    * weights stream to disk as they are made, so only the tensor being read and converted is in memory).
    */
-  buildPerLargestTensorByte: 2.5,
+  buildPerLargestTensorByte: 1.0,
 };
 
 export interface MemoryEstimate {
@@ -188,13 +188,12 @@ export function estimateMemory(config: ModelConfig, precision: MemoryPrecision):
   const resident = (g: { dtype: string; bytes: number }) =>
     g.bytes * (g.dtype === 'fp32' ? c.perFp32GraphByte : c.perQuantGraphByte);
   const running = graphs.reduce((n, g) => n + resident(g), 0) + base;
-  // Graphs are built one after another (vision, decoder, prefill); while one is built and opened, the
-  // sessions before it are loaded.
+  // Graphs are built one after another (vision, decoder, prefill), each while the sessions before it are
+  // loaded; its weights stream to disk, and what the build leaves is collected before its session loads.
   let loaded = 0;
   let converting = running;
   for (const g of graphs) {
-    const building = g.largestTensor * c.buildPerLargestTensorByte;
-    converting = Math.max(converting, loaded + resident(g) + building + base);
+    converting = Math.max(converting, loaded + g.largestTensor * c.buildPerLargestTensorByte + base);
     loaded += resident(g);
   }
   return {
