@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { InternVLError } from '../errors.js';
 import { configError, expected } from './config-errors.js';
+import { internVLChatJsonFromHf, isTransformersInternVL } from './hf-config.js';
 import { parseLlmQuantization } from './quantization-config.js';
 import { checkDenseVariant } from './variant-checks.js';
 
@@ -194,13 +195,27 @@ export const modelConfigTopSchema = z.looseObject(
   { error: expected('a JSON object') },
 );
 
+/**
+ * How the checkpoint names its tensors: the original InternVLChatModel layout, or transformers'
+ * InternVLForConditionalGeneration (`model.vision_tower.*`, …; read through models/hf-layout.ts).
+ */
+export type CheckpointLayout = 'internvl_chat' | 'transformers';
+
 export type ModelConfig = Omit<
   KnownFields<z.infer<typeof modelConfigTopSchema>>,
   'llm_config' | 'vision_config'
 > & {
   vision_config: VisionConfig;
   llm_config: LlmConfig;
+  /** Absent means 'internvl_chat'. */
+  checkpoint_layout?: CheckpointLayout;
 };
+
+/** A companion file of config.json that a layout reads (the transformers layout's preprocessor_config.json). */
+export interface ConfigSideFile {
+  json: unknown;
+  sourceName: string;
+}
 
 function fail(sourceName: string, field: string, message: string): never {
   throw new InternVLError('BAD_CONFIG', `${sourceName}: ${field}: ${message}`);
@@ -230,10 +245,20 @@ function completeLlm<T extends z.infer<(typeof LLM_CONFIG_SCHEMAS)[LlmArchitectu
 }
 
 /**
- * Parses and validates the JSON of an InternVLChatModel config.json. Pure (no file access);
- * `sourceName` is used in error messages, e.g. "config.json" or its full path.
+ * Parses and validates the JSON of an InternVLChatModel config.json, or of a transformers-native
+ * InternVLForConditionalGeneration one (config/hf-config.ts; `preprocessor` is its
+ * preprocessor_config.json when there is one). Pure (no file access); `sourceName` is used in error
+ * messages, e.g. "config.json" or its full path.
  */
-export function parseModelConfig(json: unknown, sourceName = 'config.json'): ModelConfig {
+export function parseModelConfig(
+  json: unknown,
+  sourceName = 'config.json',
+  preprocessor?: ConfigSideFile,
+): ModelConfig {
+  if (isTransformersInternVL(json)) {
+    const config = parseModelConfig(internVLChatJsonFromHf(json, sourceName, preprocessor), sourceName);
+    return { ...config, checkpoint_layout: 'transformers' };
+  }
   const top = modelConfigTopSchema.safeParse(json);
   if (!top.success) throw configError(sourceName, top.error);
   checkDenseVariant(top.data, sourceName);
@@ -311,7 +336,15 @@ export function llmArchitecture(config: ModelConfig): LlmArchitecture {
 /** Reads and validates `<dir>/config.json`. */
 export async function loadModelConfig(dir: string): Promise<ModelConfig> {
   const file = await joinPath(dir, 'config.json');
-  return parseModelConfig(await readJsonFile(file, true), file);
+  const json = await readJsonFile(file, true);
+  if (!isTransformersInternVL(json)) return parseModelConfig(json, file);
+  const side = await joinPath(dir, 'preprocessor_config.json');
+  const preprocessor = await readJsonFile(side, false);
+  return parseModelConfig(
+    json,
+    file,
+    preprocessor === undefined ? undefined : { json: preprocessor, sourceName: side },
+  );
 }
 
 /**

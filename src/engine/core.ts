@@ -8,6 +8,7 @@ import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { AWQ_LAYOUT } from '../models/awq.js';
 import { gptqLayout } from '../models/gptq.js';
+import { hfLayoutWeights, isHfLayout } from '../models/hf-layout.js';
 import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
 import { DecoderRunner, decoderDimsFromConfig, generateGreedy } from './decoder.js';
@@ -57,10 +58,11 @@ export interface ImageInput {
 /**
  * The checkpoint's tensors for the model builders. An AWQ or GPTQ checkpoint (config.json
  * quantization_config) reads through models/packed-weights.ts: its packed LLM linears give exact fp32
- * weights or MatMulNBits blocks.
+ * weights or MatMulNBits blocks. A transformers-native checkpoint reads through models/hf-layout.ts
+ * under the original names.
  */
 export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): WeightSource {
-  const base = {
+  const stored = {
     has: (name: string) => checkpoint.has(name),
     shape: (name: string) => checkpoint.info(name).shape,
     float32: (name: string) => checkpoint.readFloat32(name),
@@ -72,12 +74,20 @@ export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): 
     },
     rows: (name: string) => checkpoint.rows(name),
   };
+  const names = checkpoint.names();
+  if (config.checkpoint_layout !== 'transformers' && isHfLayout(names)) {
+    throw new InternVLError(
+      'BAD_CHECKPOINT',
+      `${checkpoint.source}: the tensors are named as transformers' InternVLForConditionalGeneration (vision_tower.*), but config.json describes an InternVLChatModel`,
+    );
+  }
+  const base = config.checkpoint_layout === 'transformers' ? hfLayoutWeights(stored, names) : stored;
   const quantization = llmQuantization(config);
   if (quantization) {
     const layout = quantization.method === 'awq' ? AWQ_LAYOUT : gptqLayout(quantization.zeroPointOffset);
     return packedWeights(base, layout, quantization.groupSize);
   }
-  const packed = checkpoint.names().find((n) => n.endsWith('.qweight'));
+  const packed = names.find((n) => n.endsWith('.qweight'));
   if (packed !== undefined) {
     throw new InternVLError(
       'BAD_CHECKPOINT',

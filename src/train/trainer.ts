@@ -211,6 +211,12 @@ export class Trainer {
         `${dir}: a 4-bit (${quantization.method}) checkpoint cannot be trained; train its 16-bit original instead`,
       );
     }
+    if (config.checkpoint_layout === 'transformers') {
+      throw new InternVLError(
+        'UNSUPPORTED',
+        `${dir}: a transformers-layout (InternVLForConditionalGeneration) checkpoint cannot be trained yet; train the original InternVLChatModel checkpoint`,
+      );
+    }
     const optimizer = resolveOptimizer(options.optimizer);
     const tokenizer = await loadTokenizer(dir);
     const imageContextTokenId = tokenizer.tokenToId('<IMG_CONTEXT>');
