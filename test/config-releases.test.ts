@@ -240,23 +240,40 @@ describe('published InternVL3 / InternVL3.5 configs', () => {
     });
   }
 
-  test('InternVL3-9B (InternLM3) is refused: the LLM architecture is not implemented', () => {
+  test('InternVL3-9B (internlm3-8b-instruct): parses to the InternLM3 decoder', () => {
     const json = clone(internvl3_1b) as { llm_config: Record<string, unknown> };
-    Object.assign(json.llm_config, {
+    json.llm_config = {
+      _name_or_path: 'internlm/internlm3-8b-instruct',
       architectures: ['InternLM3ForCausalLM'],
-      model_type: 'internlm3',
+      attention_dropout: 0.0,
+      bias: false,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      head_dim: 128,
+      hidden_act: 'silu',
       hidden_size: 4096,
       intermediate_size: 10240,
-      num_hidden_layers: 48,
+      max_position_embeddings: 32768,
+      model_type: 'internlm3',
       num_attention_heads: 32,
+      num_hidden_layers: 48,
       num_key_value_heads: 2,
-      head_dim: 128,
+      pad_token_id: 2,
+      qkv_bias: false,
+      rms_norm_eps: 1e-5,
+      rope_scaling: { factor: 6.0, rope_type: 'dynamic' },
+      rope_theta: 50000000,
+      tie_word_embeddings: false,
+      torch_dtype: 'bfloat16',
+      use_cache: true,
       vocab_size: 128512,
-    });
-    assert.throws(
-      () => parseModelConfig(json, 'InternVL3-9B/config.json'),
-      isUnsupported('InternLM3ForCausalLM', 'supported LLM architectures: Qwen2ForCausalLM'),
+    };
+    const dims = decoderDimsFromConfig(parseModelConfig(json, 'InternVL3-9B/config.json'));
+    assert.deepEqual(
+      [dims.arch, dims.hiddenSize, dims.numLayers, dims.numKvHeads, dims.headDim, dims.attentionBias],
+      ['internlm3', 4096, 48, 2, 128, false],
     );
+    assert.deepEqual(dims.ropeScaling, { type: 'dynamic', factor: 6 });
   });
 
   test('MoE LLMs (InternVL3.5 30B-A3B, 241B-A28B on Qwen3-MoE; 20B-A4B on GPT-OSS) are refused as MoE', () => {

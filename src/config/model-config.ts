@@ -133,6 +133,19 @@ export const internlm2LlmConfigSchema = z.looseObject({
     .default(null),
 });
 
+/** InternLM3 (InternVL3-9B): Llama-like, separate q/k/v projections, `qkv_bias` and `bias` (o_proj, MLP). */
+export const internlm3LlmConfigSchema = z.looseObject({
+  ...commonLlmFields,
+  model_type: z
+    .literal('internlm3', { error: expected('"internlm3" for InternLM3ForCausalLM') })
+    .default('internlm3'),
+  max_position_embeddings: positiveInt().default(32768),
+  rms_norm_eps: positiveNumber().default(1e-6),
+  qkv_bias: bool().default(false),
+  bias: bool().default(false),
+  rope_scaling: ropeScalingObject(),
+});
+
 /** The declared fields of a loose object type (extra JSON keys stay at runtime but are not typed). */
 type KnownFields<T> = { [K in keyof T as string extends K ? never : K]: T[K] };
 /** After parsing, `num_key_value_heads` and `head_dim` are always filled in. */
@@ -143,8 +156,9 @@ type Completed<T> = Omit<KnownFields<T>, 'num_key_value_heads' | 'head_dim'> & {
 export type Qwen2LlmConfig = Completed<z.infer<typeof qwen2LlmConfigSchema>>;
 export type InternLM2LlmConfig = Completed<z.infer<typeof internlm2LlmConfigSchema>>;
 export type Qwen3LlmConfig = Completed<z.infer<typeof qwen3LlmConfigSchema>>;
+export type InternLM3LlmConfig = Completed<z.infer<typeof internlm3LlmConfigSchema>>;
 /** Narrow on `model_type`. */
-export type LlmConfig = Qwen2LlmConfig | InternLM2LlmConfig | Qwen3LlmConfig;
+export type LlmConfig = Qwen2LlmConfig | InternLM2LlmConfig | Qwen3LlmConfig | InternLM3LlmConfig;
 
 /**
  * The llm_config schema of each supported `llm_config.architectures[0]`. models/registry.ts holds the
@@ -154,6 +168,7 @@ const LLM_CONFIG_SCHEMAS = {
   Qwen2ForCausalLM: qwen2LlmConfigSchema,
   InternLM2ForCausalLM: internlm2LlmConfigSchema,
   Qwen3ForCausalLM: qwen3LlmConfigSchema,
+  InternLM3ForCausalLM: internlm3LlmConfigSchema,
 } as const;
 export type LlmArchitecture = keyof typeof LLM_CONFIG_SCHEMAS;
 export const SUPPORTED_LLM_ARCHITECTURES = Object.keys(LLM_CONFIG_SCHEMAS) as LlmArchitecture[];

@@ -8,6 +8,7 @@ import { InternVLError } from '../errors.js';
 import type { Graph } from '../onnx/graph.js';
 import type { DecoderArchitecture, DecoderDims, DecoderGraphOptions } from './decoder.js';
 import { internlm2Architecture } from './internlm2.js';
+import { internlm3Architecture } from './internlm3.js';
 import { qwen2Architecture } from './qwen2.js';
 import { qwen3Architecture } from './qwen3.js';
 import type { TensorSpec, WeightSource } from './weights.js';
@@ -16,6 +17,7 @@ export const DECODER_ARCHITECTURES: readonly DecoderArchitecture[] = [
   qwen2Architecture,
   internlm2Architecture,
   qwen3Architecture,
+  internlm3Architecture,
 ];
 
 /** The architecture of `llm_config.model_type` (or DecoderDims.arch). */

@@ -1,0 +1,41 @@
+/**
+ * InternLM3 decoder (InternLM3ForCausalLM, internlm3-8b-instruct: the LLM of InternVL3-9B), read from its
+ * modeling_internlm3.py: the Qwen2 block (qwen2.ts) under the same names (q/k/v/o_proj, gate/up/down_proj,
+ * input/post_attention_layernorm, model.embed_tokens, model.norm, lm_head), `head_dim` from the config,
+ * q/k/v biases when `qkv_bias`, and dynamic-NTK or linear `rope_scaling` as InternLM2's. `bias` puts a
+ * bias on o_proj and the MLP projections; the released model has none, and `bias: true` is refused.
+ */
+import { InternVLError } from '../errors.js';
+import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
+import { buildQwenGraph, QWEN2_EMBEDDING, type QwenVariant, qwenTensorSpecs } from './qwen2.js';
+
+const INTERNLM3: QwenVariant = {
+  qkvBias: (dims) => dims.attentionBias,
+  outputBias: () => false,
+  qkNorm: false,
+};
+
+export const internlm3Architecture: DecoderArchitecture = {
+  modelType: 'internlm3',
+  embeddingName: QWEN2_EMBEDDING,
+  lmHeadName: 'language_model.lm_head.weight',
+  dims: (llm) => {
+    if (llm.model_type !== 'internlm3')
+      throw new InternVLError('BAD_CONFIG', 'expected an InternLM3 llm_config');
+    if (llm.bias) {
+      throw new InternVLError(
+        'UNSUPPORTED',
+        'llm_config.bias: true (biases on o_proj and the MLP projections) is not supported for InternLM3',
+      );
+    }
+    return {
+      arch: 'internlm3',
+      ...commonDecoderDims(llm),
+      ropeScaling: hfRopeScaling(llm.rope_scaling),
+      attentionBias: llm.qkv_bias,
+    };
+  },
+  tensorSpecs: (dims) => qwenTensorSpecs(internlm3Architecture, INTERNLM3, dims),
+  buildGraph: (dims, weights, options) =>
+    buildQwenGraph(internlm3Architecture, INTERNLM3, dims, weights, options),
+};
