@@ -7,6 +7,7 @@ import { evalQuant } from '../src/cli/eval-quant.js';
 import { loadModelConfig } from '../src/config/model-config.js';
 import { parseLlmQuantization } from '../src/config/quantization-config.js';
 import { checkpointWeights, EngineCore } from '../src/engine/core.js';
+import { resolvePrecision } from '../src/engine/graph-plan.js';
 import { decoderGraphQuant, resolveLlmPrecision } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
 import {
@@ -236,7 +237,7 @@ for (const [model, format] of PACKED_MODELS) {
 
     test('by default the int4 graph runs the packed weights as they are: no requantisation error', async () => {
       // accuracy_level 0 computes MatMulNBits in fp32, so only the summation order differs from the twin;
-      // lm_head (16-bit in the checkpoint, int4 by default in quantised graphs) stays fp32 here.
+      // lm_head (16-bit in the checkpoint, int8 by default in the int4 graphs of a packed checkpoint) stays fp32 here.
       const awq = await load(awqDir, { accuracyLevel: 0, lmHeadDtype: 'fp32' });
       const twin = await load(twinDir);
       const requantised = await load(twinDir, {
@@ -285,6 +286,35 @@ for (const [model, format] of PACKED_MODELS) {
     });
   });
 }
+
+describe('the lm_head of a packed checkpoint', () => {
+  test('defaults to int8 in its int4 graphs (fp32 in fp32 graphs), and eval-quant reports it', async () => {
+    const dir = path.join(root, 'lm-head-awq');
+    const twin = path.join(root, 'lm-head-awq-twin');
+    mkdirSync(dir);
+    mkdirSync(twin);
+    await writePackedCheckpoint(goldenModelDir('tiny-internvl2_5-qwen2'), dir, twin, GROUP, 'awq');
+    const config = await loadModelConfig(dir);
+    const resolved = await resolvePrecision({}, config);
+    assert.equal(decoderGraphQuant(resolved, 'int4').lmHeadQuant?.dtype, 'int8');
+    assert.equal(decoderGraphQuant(resolved, 'fp32').lmHeadQuant?.dtype, 'fp32');
+    const plain = await resolvePrecision({ llmDtype: 'int4' }, await loadModelConfig(twin));
+    assert.equal(decoderGraphQuant(plain, 'int4').lmHeadQuant?.dtype, 'int4');
+    const run = (lmHeadDtype?: 'int4') =>
+      evalQuant(dir, { cacheDir: false, threads: 1, promptTokens: 64, newTokens: 8, lmHeadDtype });
+    const byDefault = await run();
+    const int4 = await run('int4');
+    assert.equal(byDefault.lmHeadDtype, 'int8');
+    assert.equal(int4.lmHeadDtype, 'int4');
+    // Measured: 0.091 (int8 head) vs 0.411 (int4 head) of a largest logit of 4.08.
+    const { maxAbsDiff: error, maxAbsReference } = byDefault.promptLogits;
+    assert.ok(error < 0.05 * maxAbsReference, `int8 head: ${error} of ${maxAbsReference}`);
+    assert.ok(
+      int4.promptLogits.maxAbsDiff > 2 * error,
+      `int4 head ${int4.promptLogits.maxAbsDiff} vs ${error}`,
+    );
+  });
+});
 
 describe('the int4 graph of an AWQ checkpoint', () => {
   test('its MatMulNBits weights are the checkpoint integers, zero points and scales (q/k/v stacked)', async () => {

@@ -16,7 +16,7 @@ import {
   resolvePrecision,
 } from '../engine/graph-plan.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
-import { llmCacheTag, vitCacheTag } from '../engine/precision.js';
+import { decoderGraphQuant, llmCacheTag, vitCacheTag, type WeightDtype } from '../engine/precision.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
@@ -50,6 +50,8 @@ export interface EvalQuantReport {
    */
   checkpointQuantization: LlmQuantization | null;
   precision: ResolvedPrecision;
+  /** How the decode graph stores lm_head ('auto' resolved: fp32, int8 or int4). */
+  lmHeadDtype: WeightDtype;
   promptTokens: number;
   newTokens: number;
   /** Logits of every prompt position (the prefill graph when there is one). */
@@ -202,6 +204,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
       model: modelDir,
       checkpointQuantization: llmQuantization(config),
       precision,
+      lmHeadDtype: decoderGraphQuant(precision, precision.llmDtype).lmHeadQuant?.dtype ?? 'fp32',
       promptTokens,
       newTokens,
       promptLogits,
