@@ -1,4 +1,4 @@
-/** `internvl create-random`: a random-weight checkpoint at a real InternVL 2.5 shape. */
+/** `internvl create-random`: a random-weight checkpoint at a real InternVL 2.5, 3 or 3.5 shape. */
 import {
   createRandomCheckpoint,
   DEFAULT_MAX_SHARD_BYTES,
