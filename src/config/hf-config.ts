@@ -84,7 +84,7 @@ const preprocessorSchema = z.looseObject(
 
 const IMAGENET = { image_mean: [0.485, 0.456, 0.406], image_std: [0.229, 0.224, 0.225] };
 
-/** transformers' causal-LM class of each text_config.model_type, when text_config names none. */
+/** transformers' causal-LM class of each text_config.model_type. */
 const TEXT_ARCHITECTURES: Record<string, string> = {
   qwen2: 'Qwen2ForCausalLM',
   qwen3: 'Qwen3ForCausalLM',
@@ -152,9 +152,14 @@ export function internVLChatJsonFromHf(
     );
   }
   const text = top.text_config as Record<string, unknown> & { model_type: string };
-  const architectures = Array.isArray(text.architectures)
-    ? text.architectures
-    : [TEXT_ARCHITECTURES[text.model_type] ?? text.model_type];
+  // transformers builds the text model from text_config.model_type (the converter keeps the original
+  // llm_config's `architectures`, e.g. InternLM3ForCausalLM under model_type "llama").
+  const known = TEXT_ARCHITECTURES[text.model_type];
+  const architectures = known
+    ? [known]
+    : Array.isArray(text.architectures)
+      ? text.architectures
+      : [text.model_type];
   const tie =
     typeof text.tie_word_embeddings === 'boolean'
       ? text.tie_word_embeddings
