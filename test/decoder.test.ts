@@ -8,7 +8,7 @@ import { embedTokens, scatterImageEmbeddings } from '../src/engine/embeddings.js
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import type { DecoderDims } from '../src/models/decoder.js';
-import { splitPackedQkv } from '../src/models/internlm2.js';
+import { splitPackedQkv } from '../src/models/packed-qkv.js';
 import { decoderDimsFromConfig } from '../src/models/registry.js';
 import { inverseFrequencies, type RopeParams, ropeBase, rotaryTables } from '../src/models/rope.js';
 import { memoryWeights, type WeightSource } from '../src/models/weights.js';
