@@ -5,8 +5,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { loadModelConfig } from '../src/config/model-config.js';
 import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.js';
-import { loraParameterNames } from '../src/train/model-graph.js';
 import { adamwUpdate } from '../src/train/optimizer.js';
+import { loraParameterNames } from '../src/train/param-graph.js';
 import { dropPathRates, keepMask, keyedRandom } from '../src/train/random.js';
 import {
   excludedFromWeightDecay,

@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import { loadModelConfig } from '../config/model-config.js';
 import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
+import { argmax, DecoderRunner, decoderDimsFromConfig, teacherForcedLogits } from '../engine/decoder.js';
 import { defaultGraphCacheDir } from '../engine/graph-cache.js';
 import {
   engineGraphKey,
@@ -15,6 +15,7 @@ import {
   type ResolvedPrecision,
   resolvePrecision,
 } from '../engine/graph-plan.js';
+import { greedyTokens } from '../engine/greedy.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
 import { decoderGraphQuant, llmCacheTag, vitCacheTag, type WeightDtype } from '../engine/precision.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
@@ -152,23 +153,19 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
     const ids = evalTokenIds(promptTokens, dims.vocabSize);
     const embeds = fp32.embed(ids);
     const refAll = await fp32.forward(fp32.newSequence(), embeds, promptTokens, { allLogits: true });
-    const qSeq = quant.newSequence();
-    const qAll = await quant.forward(qSeq, embeds, promptTokens, { allLogits: true });
+    const qAll = await quant.forward(quant.newSequence(), embeds, promptTokens, { allLogits: true });
     const promptLogits = diffStats(refAll, qAll);
 
-    const refSteps: Float32Array[] = [];
-    const refTokens = await generateGreedy(fp32, embeds, promptTokens, newTokens, (_, logits) => {
-      refSteps.push(logits.slice());
-    });
+    const refTokens = await greedyTokens(fp32, ids, newTokens);
+    const refSteps = await teacherForcedLogits(fp32, embeds, promptTokens, refTokens);
     // Teacher-forced: the quantised model sees the fp32 tokens; step 0 is the prompt's last position.
+    const qSteps = await teacherForcedLogits(quant, embeds, promptTokens, refTokens);
     const vocab = dims.vocabSize;
-    let qLogits = qAll.subarray((promptTokens - 1) * vocab);
     let agree = 0;
     const decodeParts: DiffStats[] = [];
     for (let step = 0; step < newTokens; step++) {
-      if (argmax(qLogits) === refTokens[step]) agree++;
-      if (step > 0) decodeParts.push(diffStats(refSteps[step], qLogits));
-      if (step + 1 < newTokens) qLogits = await quant.forward(qSeq, quant.embed([refTokens[step]]), 1);
+      if (argmax(qSteps[step]) === refTokens[step]) agree++;
+      if (step > 0) decodeParts.push(diffStats(refSteps[step], qSteps[step]));
     }
     const decodeLogits =
       decodeParts.length > 0
@@ -177,7 +174,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
             decodeParts.map(() => vocab),
           )
         : { maxAbsDiff: 0, meanAbsDiff: 0, maxAbsReference: 0 };
-    const qTokens = await generateGreedy(quant, embeds, promptTokens, newTokens);
+    const qTokens = await greedyTokens(quant, ids, newTokens);
     let identical = 0;
     while (identical < newTokens && qTokens[identical] === refTokens[identical]) identical++;
 

@@ -11,13 +11,14 @@ import { gptqLayout } from '../models/gptq.js';
 import { hfLayoutWeights, isHfLayout } from '../models/hf-layout.js';
 import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
-import { DecoderRunner, decoderDimsFromConfig, generateGreedy } from './decoder.js';
+import { DecoderRunner, decoderDimsFromConfig } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { GrammarEngine } from './grammar.js';
 import type { ResponseFormat } from './grammar-types.js';
 import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';
+import { greedyTokens, pixelKey } from './greedy.js';
 import {
   type LlmPrecisionOptions,
   llmCacheTag,
@@ -207,13 +208,15 @@ export class EngineCore {
     return this.decoder.forward(seq, embeds, inputIds.length, { allLogits: true });
   }
 
-  async generateGreedy(
-    inputIds: ArrayLike<number>,
-    maxNewTokens: number,
-    image?: ImageInput,
-  ): Promise<number[]> {
-    const embeds = await this.inputEmbeddings(inputIds, image);
-    return generateGreedy(this.decoder, embeds, inputIds.length, maxNewTokens);
+  /** The first `maxNewTokens` greedy tokens (the generation path with greedy sampling; no end token stops it). */
+  async generateGreedy(inputIds: number[], maxNewTokens: number, image?: ImageInput): Promise<number[]> {
+    if (maxNewTokens === 0) return [];
+    return greedyTokens(
+      this.generator,
+      inputIds,
+      maxNewTokens,
+      image && [{ key: pixelKey(image.pixelValues), ...image }],
+    );
   }
 
   /** Generates one continuation (see generate.ts); `onEvent` sees each token and encoding progress. */

@@ -10,6 +10,7 @@
  */
 import { InternVLError } from '../errors.js';
 import type { DecoderRunner } from './decoder.js';
+import { scatterImageEmbeddings } from './embeddings.js';
 import { FeatureCache } from './feature-cache.js';
 import { commonPrefix, Job, type Session, yieldToEventLoop } from './generate-job.js';
 import { applyMask, type GrammarProvider, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
@@ -307,22 +308,18 @@ export class Generator {
     const ids = job.request.inputIds;
     const from = job.reused;
     const d = decoder.dims.hiddenSize;
-    const embeds = decoder.embed(ids.slice(from));
-    let row = 0;
-    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) row++;
+    let firstRow = 0;
+    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) firstRow++;
+    // Each image's feature rows not already in the reused prefix.
+    const pieces: Float32Array[] = [];
     let imageStart = 0;
-    let t = from;
     job.request.images.forEach((image, i) => {
       const imageEnd = imageStart + image.numTiles * tokensPerTile;
-      for (; row < imageEnd; row++) {
-        while (ids[t] !== imgContextId) t++;
-        const src = (row - imageStart) * d;
-        embeds.set(job.features[i]!.subarray(src, src + d), (t - from) * d);
-        t++;
-      }
+      if (imageEnd > firstRow)
+        pieces.push(job.features[i]!.subarray((Math.max(firstRow, imageStart) - imageStart) * d));
       imageStart = imageEnd;
     });
-    return embeds;
+    return scatterImageEmbeddings(decoder.embed(ids.slice(from)), ids.slice(from), imgContextId, pieces);
   }
 
   async #decodeStep(): Promise<void> {

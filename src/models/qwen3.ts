@@ -5,7 +5,7 @@
  * sizes the output head tied to the token embeddings.
  */
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
-import { buildQwenGraph, QWEN2_EMBEDDING, type QwenVariant, qwenTensorSpecs } from './qwen2.js';
+import { QWEN_FINAL_NORM, QWEN2_EMBEDDING, type QwenVariant, qwenLayer, qwenTensorSpecs } from './qwen2.js';
 
 const QWEN3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -17,6 +17,7 @@ export const qwen3Architecture: DecoderArchitecture = {
   modelType: 'qwen3',
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: 'language_model.lm_head.weight',
+  finalNormName: QWEN_FINAL_NORM,
   dims: (llm) => ({
     arch: 'qwen3',
     ...commonDecoderDims(llm),
@@ -24,5 +25,5 @@ export const qwen3Architecture: DecoderArchitecture = {
     attentionBias: 'attention_bias' in llm && llm.attention_bias,
   }),
   tensorSpecs: (dims) => qwenTensorSpecs(qwen3Architecture, QWEN3, dims),
-  buildGraph: (dims, weights, options) => buildQwenGraph(qwen3Architecture, QWEN3, dims, weights, options),
+  layer: qwenLayer(QWEN3),
 };

@@ -7,6 +7,7 @@ import type { LlmConfig, ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import type { Graph } from '../onnx/graph.js';
 import type { DecoderArchitecture, DecoderDims, DecoderGraphOptions } from './decoder.js';
+import { buildDecoderGraph as buildArchitectureGraph } from './decoder-graph.js';
 import { internlm2Architecture } from './internlm2.js';
 import { internlm3Architecture } from './internlm3.js';
 import { qwen2Architecture } from './qwen2.js';
@@ -48,7 +49,7 @@ export function buildDecoderGraph(
   weights: WeightSource,
   options: DecoderGraphOptions = {},
 ): Promise<Graph> {
-  return decoderArchitecture(dims.arch).buildGraph(dims, weights, options);
+  return buildArchitectureGraph(decoderArchitecture(dims.arch), dims, weights, options);
 }
 
 export function decoderTensorSpecs(dims: DecoderDims): TensorSpec[] {

@@ -16,7 +16,7 @@ import { loadTokenizer } from '../io/tokenizer-files.js';
 import { appendBackward, GRAD_PREFIX } from './autodiff.js';
 import { type PreparedBatch, prepareBatch, type TrainBatch } from './batch.js';
 import { checksumFiles, verifyCheckpointFiles } from './checkpoint-integrity.js';
-import { BATCH_INPUTS, buildTrainingGraph, loraParameterNames, type NoiseInput } from './model-graph.js';
+import { buildTrainingGraph } from './model-graph.js';
 import {
   type AdamState,
   adamwUpdate,
@@ -26,6 +26,7 @@ import {
   type ResolvedOptimizer,
   resolveOptimizer,
 } from './optimizer.js';
+import { BATCH_INPUTS, loraParameterNames, type NoiseInput } from './param-graph.js';
 import { dropPathRates, keepMask, keyedRandom, uniform } from './random.js';
 
 export type { TrainBatch } from './batch.js';
@@ -477,7 +478,7 @@ export class Trainer {
   async #build(prepared: PreparedBatch, mode: 'loss' | 'logits'): Promise<CompiledGraph> {
     const shapes = new Map<string, number[]>();
     for (const [name, p] of this.params) shapes.set(name, p.shape);
-    const forward = buildTrainingGraph({
+    const forward = await buildTrainingGraph({
       config: this.config,
       paramShapes: shapes,
       seqLen: prepared.seqLen,
