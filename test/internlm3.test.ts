@@ -4,14 +4,20 @@
  * rotate-half RoPE over head_dim, grouped causal attention, o_proj, SwiGLU MLP, final norm, lm_head).
  */
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
 import { parseModelConfig } from '../src/config/model-config.js';
+import { EngineCore } from '../src/engine/core.js';
 import { DecoderRunner } from '../src/engine/decoder.js';
 import { InternVLError } from '../src/errors.js';
+import { Checkpoint } from '../src/io/safetensors.js';
 import { decoderDimsFromConfig, decoderTensorSpecs } from '../src/models/registry.js';
 import { memoryWeights } from '../src/models/weights.js';
+import { Trainer } from '../src/train/trainer.js';
 import { topLevel } from './config-fixture.js';
-import { maxAbsDiff } from './helpers.js';
+import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 // head_dim 16 with hidden 48 and 4 heads: head_dim is not hidden / heads, as the config allows.
 const LLM = {
@@ -96,7 +102,7 @@ function referenceForward(tensors: Tensors, ids: number[]): Float32Array {
   const eps = LLM.rms_norm_eps;
   let x = new Float32Array(n * d);
   const embed = get('model.embed_tokens.weight');
-  ids.forEach((id, t) => x.set(embed.subarray(id * d, (id + 1) * d), t * d));
+  for (const [t, id] of ids.entries()) x.set(embed.subarray(id * d, (id + 1) * d), t * d);
   for (let l = 0; l < LLM.num_hidden_layers; l++) {
     const p = `model.layers.${l}.`;
     const h = rmsNorm(x, n, get(`${p}input_layernorm.weight`), eps);
@@ -191,5 +197,67 @@ describe('InternLM3 decoder', () => {
       (e: unknown) =>
         e instanceof InternVLError && e.code === 'UNSUPPORTED' && /llm_config.bias: true/.test(e.message),
     );
+  });
+});
+
+describe('the Qwen2 golden model relabelled as InternLM3', () => {
+  // InternLM3 with qkv_bias and without `bias` is the Qwen2 block under the same names, so the golden
+  // tiny-internvl2_5-qwen2 weights under an InternLM3 llm_config must give its reference logits.
+  const golden = 'tiny-internvl2_5-qwen2';
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ivl-internlm3-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = JSON.parse(readFileSync(path.join(goldenModelDir(golden), 'config.json'), 'utf8'));
+  const { use_sliding_window, sliding_window, max_window_layers, ...llm } = config.llm_config;
+  config.llm_config = {
+    ...llm,
+    architectures: ['InternLM3ForCausalLM'],
+    model_type: 'internlm3',
+    head_dim: llm.hidden_size / llm.num_attention_heads,
+    qkv_bias: true,
+    bias: false,
+  };
+  for (const f of readdirSync(goldenModelDir(golden)))
+    copyFileSync(path.join(goldenModelDir(golden), f), path.join(dir, f));
+  writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+
+  async function goldenCase() {
+    const c = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', golden, 'text.safetensors'));
+    try {
+      return {
+        ids: Array.from(await c.readInt64('input_ids'), Number),
+        logits: await c.readFloat32('logits_all'),
+      };
+    } finally {
+      await c.close();
+    }
+  }
+
+  test('the engine gives the golden reference logits and greedy tokens (text case)', async () => {
+    const { ids, logits } = await goldenCase();
+    const engine = await EngineCore.load(dir, { cacheDir: false, threads: 1 });
+    try {
+      const diff = maxAbsDiff(await engine.forwardLogits(ids), logits);
+      assert.ok(diff < 2e-4, `engine vs reference logits: ${diff}`);
+      const original = await EngineCore.load(goldenModelDir(golden), { cacheDir: false, threads: 1 });
+      try {
+        assert.deepEqual(await engine.generateGreedy(ids, 8), await original.generateGreedy(ids, 8));
+      } finally {
+        await original.close();
+      }
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test('the training graph gives the same reference logits', async () => {
+    const { ids, logits } = await goldenCase();
+    const trainer = await Trainer.create({ model: dir, stage: 2, optimizer: { lr: 1e-3 } });
+    try {
+      const out = await trainer.logits({ inputIds: ids, cuSeqlens: [0, ids.length] });
+      const diff = maxAbsDiff(out, logits);
+      assert.ok(diff < 2e-4, `trainer vs reference logits: ${diff}`);
+    } finally {
+      await trainer.close();
+    }
   });
 });

@@ -7,7 +7,7 @@
  */
 import { InternVLError } from '../errors.js';
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
-import { buildQwenGraph, QWEN2_EMBEDDING, type QwenVariant, qwenTensorSpecs } from './qwen2.js';
+import { QWEN_FINAL_NORM, QWEN2_EMBEDDING, type QwenVariant, qwenLayer, qwenTensorSpecs } from './qwen2.js';
 
 const INTERNLM3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -19,6 +19,7 @@ export const internlm3Architecture: DecoderArchitecture = {
   modelType: 'internlm3',
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: 'language_model.lm_head.weight',
+  finalNormName: QWEN_FINAL_NORM,
   dims: (llm) => {
     if (llm.model_type !== 'internlm3')
       throw new InternVLError('BAD_CONFIG', 'expected an InternLM3 llm_config');
@@ -36,6 +37,5 @@ export const internlm3Architecture: DecoderArchitecture = {
     };
   },
   tensorSpecs: (dims) => qwenTensorSpecs(internlm3Architecture, INTERNLM3, dims),
-  buildGraph: (dims, weights, options) =>
-    buildQwenGraph(internlm3Architecture, INTERNLM3, dims, weights, options),
+  layer: qwenLayer(INTERNLM3),
 };
