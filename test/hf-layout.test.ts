@@ -9,7 +9,7 @@ import { InternVLError } from '../src/errors.js';
 import { Checkpoint, writeSafetensors } from '../src/io/safetensors.js';
 import { hfTensorFor } from '../src/models/hf-layout.js';
 import { pipeline } from '../src/pipeline/pipeline.js';
-import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
+import { GOLDEN_DIR, goldenModelDir, maxAbsDiff, readGoldenCase } from './helpers.js';
 import { hfConfigFrom, writeHfCheckpoint } from './hf-layout-fixture.js';
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'ivl-hf-'));
@@ -17,18 +17,6 @@ after(() => rmSync(root, { recursive: true, force: true }));
 
 const isError = (code: string, pattern: RegExp) => (e: unknown) =>
   e instanceof InternVLError && e.code === code && pattern.test(e.message);
-
-async function readCase(model: string, name: string) {
-  const c = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, `${name}.safetensors`));
-  const ids = Array.from(await c.readInt64('input_ids'), Number);
-  await c.close();
-  const meta = JSON.parse(readFileSync(path.join(GOLDEN_DIR, 'cases', model, `${name}.json`), 'utf8'));
-  if (!meta.pixel_values_file) return { ids };
-  const px = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, meta.pixel_values_file));
-  const image = { pixelValues: await px.readFloat32('pixel_values'), numTiles: meta.pixel_values_shape[0] };
-  await px.close();
-  return { ids, image };
-}
 
 describe('transformers layout names', () => {
   test('each original name maps to its transformers name (q|k|v split, both spellings)', () => {
@@ -117,7 +105,7 @@ for (const [model, modern] of MODELS) {
       const [a, b] = [await load(goldenModelDir(model)), await load(dir)];
       try {
         for (const name of ['img1', 'text']) {
-          const { ids, image } = await readCase(model, name);
+          const { ids, image } = await readGoldenCase(model, name);
           const reference = await a.forwardLogits(ids, image);
           assert.equal(maxAbsDiff(await b.forwardLogits(ids, image), reference), 0, name);
           assert.deepEqual(await b.generateGreedy(ids, 8, image), await a.generateGreedy(ids, 8, image));

@@ -22,7 +22,7 @@ import { int4BlocksFromIntegers } from '../src/models/packed-weights.js';
 import { buildDecoderGraph, decoderDimsFromConfig } from '../src/models/registry.js';
 import { dequantizeInt4, stackInt4Columns } from '../src/onnx/quantize.js';
 import { Trainer } from '../src/train/trainer.js';
-import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
+import { goldenModelDir, maxAbsDiff, readGoldenCase } from './helpers.js';
 import {
   type PackedFormat,
   packIntegers,
@@ -201,20 +201,7 @@ for (const [model, format] of PACKED_MODELS) {
     });
     const load = (dir: string, options = {}) =>
       EngineCore.load(dir, { cacheDir: false, threads: 1, ...options });
-    const readCase = async (name: string) => {
-      const c = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, `${name}.safetensors`));
-      const ids = Array.from(await c.readInt64('input_ids'), Number);
-      await c.close();
-      const meta = JSON.parse(readFileSync(path.join(GOLDEN_DIR, 'cases', model, `${name}.json`), 'utf8'));
-      if (!meta.pixel_values_file) return { ids };
-      const px = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, meta.pixel_values_file));
-      const image = {
-        pixelValues: await px.readFloat32('pixel_values'),
-        numTiles: meta.pixel_values_shape[0],
-      };
-      await px.close();
-      return { ids, image };
-    };
+    const readCase = (name: string) => readGoldenCase(model, name);
     const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
     test('fp32 on the packed checkpoint is its dequantised twin: same logits and greedy tokens (img1, text)', async () => {

@@ -53,7 +53,19 @@ const VIT_300M: VitShape = { hidden: 1024, layers: 24, heads: 16, intermediate: 
 const VIT_6B: VitShape = { hidden: 3200, layers: 45, heads: 25, intermediate: 12800, style: '6B' };
 const QWEN = { arch: 'qwen2', vocab: 151674, rmsEps: 1e-6 } as const;
 const INTERNLM = { arch: 'internlm2', vocab: 92553, rmsEps: 1e-5 } as const;
-const QWEN3 = { arch: 'qwen3', vocab: 151936, rmsEps: 1e-6, headDim: 128 } as const;
+const QWEN3 = { arch: 'qwen3', vocab: 151936, rmsEps: 1e-6, headDim: 128, tied: false } as const;
+
+type Family = typeof QWEN | typeof QWEN3 | typeof INTERNLM;
+
+/** A shape: the ViT, and the LLM of `family` at (hidden, layers, heads, KV heads, FFN) plus `extra` fields. */
+function shape(
+  vit: VitShape,
+  family: Family,
+  [hidden, layers, heads, kvHeads, intermediate]: [number, number, number, number, number],
+  extra: Partial<LlmShape> = {},
+): { vit: VitShape; llm: LlmShape } {
+  return { vit, llm: { ...family, hidden, layers, heads, kvHeads, intermediate, ...extra } };
+}
 
 /**
  * The published InternVL 2.5 shapes (spec §1.3–1.4). The LLM dims of 26B, 38B and 78B are those of
@@ -63,96 +75,53 @@ const QWEN3 = { arch: 'qwen3', vocab: 151936, rmsEps: 1e-6, headDim: 128 } as co
  * config) and rms eps 1e-6 for 38B/78B; random weights do not depend on them.
  */
 export const RANDOM_SHAPES: Record<string, { vit: VitShape; llm: LlmShape }> = {
-  'InternVL2_5-1B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 896, layers: 24, heads: 14, kvHeads: 2, intermediate: 4864 },
-  },
-  'InternVL2_5-2B': {
-    vit: VIT_300M,
-    llm: { ...INTERNLM, hidden: 2048, layers: 24, heads: 16, kvHeads: 8, intermediate: 8192 },
-  },
-  'InternVL2_5-4B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 2048, layers: 36, heads: 16, kvHeads: 2, intermediate: 11008 },
-  },
-  'InternVL2_5-8B': {
-    vit: VIT_300M,
-    llm: { ...INTERNLM, hidden: 4096, layers: 32, heads: 32, kvHeads: 8, intermediate: 14336 },
-  },
-  'InternVL2_5-26B': {
-    vit: VIT_6B,
-    llm: {
-      ...INTERNLM,
-      hidden: 6144,
-      layers: 48,
-      heads: 48,
-      kvHeads: 8,
-      intermediate: 16384,
-      ropeTheta: 50000000,
-    },
-  },
-  'InternVL2_5-38B': {
-    vit: VIT_6B,
-    llm: { ...QWEN, hidden: 5120, layers: 64, heads: 40, kvHeads: 8, intermediate: 27648 },
-  },
-  'InternVL2_5-78B': {
-    vit: VIT_6B,
-    llm: { ...QWEN, hidden: 8192, layers: 80, heads: 64, kvHeads: 8, intermediate: 29568 },
-  },
-  'InternVL3-1B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 896, layers: 24, heads: 14, kvHeads: 2, intermediate: 4864 },
-  },
-  'InternVL3-2B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 1536, layers: 28, heads: 12, kvHeads: 2, intermediate: 8960 },
-  },
-  'InternVL3-8B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 3584, layers: 28, heads: 28, kvHeads: 4, intermediate: 18944 },
-  },
-  'InternVL3_5-1B': {
-    vit: VIT_300M,
-    llm: { ...QWEN3, hidden: 1024, layers: 28, heads: 16, kvHeads: 8, intermediate: 3072, tied: false },
-  },
-  'InternVL3_5-2B': {
-    vit: VIT_300M,
-    llm: { ...QWEN3, hidden: 2048, layers: 28, heads: 16, kvHeads: 8, intermediate: 6144, tied: false },
-  },
-  'InternVL3_5-4B': {
-    vit: VIT_300M,
-    llm: { ...QWEN3, hidden: 2560, layers: 36, heads: 32, kvHeads: 8, intermediate: 9728, tied: false },
-  },
-  'InternVL3_5-8B': {
-    vit: VIT_300M,
-    llm: { ...QWEN3, hidden: 4096, layers: 36, heads: 32, kvHeads: 8, intermediate: 12288, tied: false },
-  },
+  'InternVL2_5-1B': shape(VIT_300M, QWEN, [896, 24, 14, 2, 4864]),
+  'InternVL2_5-2B': shape(VIT_300M, INTERNLM, [2048, 24, 16, 8, 8192]),
+  'InternVL2_5-4B': shape(VIT_300M, QWEN, [2048, 36, 16, 2, 11008]),
+  'InternVL2_5-8B': shape(VIT_300M, INTERNLM, [4096, 32, 32, 8, 14336]),
+  'InternVL2_5-26B': shape(VIT_6B, INTERNLM, [6144, 48, 48, 8, 16384], { ropeTheta: 50000000 }),
+  'InternVL2_5-38B': shape(VIT_6B, QWEN, [5120, 64, 40, 8, 27648]),
+  'InternVL2_5-78B': shape(VIT_6B, QWEN, [8192, 80, 64, 8, 29568]),
+  'InternVL3-1B': shape(VIT_300M, QWEN, [896, 24, 14, 2, 4864]),
+  'InternVL3-2B': shape(VIT_300M, QWEN, [1536, 28, 12, 2, 8960]),
+  'InternVL3-8B': shape(VIT_300M, QWEN, [3584, 28, 28, 4, 18944]),
+  'InternVL3_5-1B': shape(VIT_300M, QWEN3, [1024, 28, 16, 8, 3072]),
+  'InternVL3_5-2B': shape(VIT_300M, QWEN3, [2048, 28, 16, 8, 6144]),
+  'InternVL3_5-4B': shape(VIT_300M, QWEN3, [2560, 36, 32, 8, 9728]),
+  'InternVL3_5-8B': shape(VIT_300M, QWEN3, [4096, 36, 32, 8, 12288]),
 };
 
-/** Qwen3's llm_config as InternVL3.5 writes it (attention_bias false, no rope scaling, 40960 positions). */
-function qwen3LlmConfig(llm: LlmShape, specials: TokenizerLayout): Record<string, unknown> {
+/** The llm_config fields every family writes the same way. */
+function commonLlmConfig(llm: LlmShape): Record<string, unknown> {
   return {
-    architectures: ['Qwen3ForCausalLM'],
-    model_type: 'qwen3',
     hidden_size: llm.hidden,
     intermediate_size: llm.intermediate,
     num_hidden_layers: llm.layers,
     num_attention_heads: llm.heads,
     num_key_value_heads: llm.kvHeads,
+    rms_norm_eps: llm.rmsEps,
+    hidden_act: 'silu',
+    vocab_size: llm.vocab,
+    torch_dtype: 'bfloat16',
+  };
+}
+
+/** Qwen3's llm_config as InternVL3.5 writes it (attention_bias false, no rope scaling, 40960 positions). */
+function qwen3LlmConfig(llm: LlmShape, specials: TokenizerLayout): Record<string, unknown> {
+  return {
+    architectures: ['Qwen3ForCausalLM'],
+    ...commonLlmConfig(llm),
+    model_type: 'qwen3',
     head_dim: llm.headDim,
     attention_bias: false,
     max_position_embeddings: 40960,
-    rms_norm_eps: llm.rmsEps,
     rope_theta: llm.ropeTheta ?? 1000000.0,
     rope_scaling: null,
     use_sliding_window: false,
     sliding_window: null,
-    hidden_act: 'silu',
-    vocab_size: llm.vocab,
     tie_word_embeddings: llm.tied ?? false,
     bos_token_id: specials.pad,
     eos_token_id: specials.eos,
-    torch_dtype: 'bfloat16',
   };
 }
 
@@ -167,45 +136,29 @@ export function randomConfigJson(
       : llm.arch === 'qwen2'
         ? {
             architectures: ['Qwen2ForCausalLM'],
+            ...commonLlmConfig(llm),
             model_type: 'qwen2',
-            hidden_size: llm.hidden,
-            intermediate_size: llm.intermediate,
-            num_hidden_layers: llm.layers,
-            num_attention_heads: llm.heads,
-            num_key_value_heads: llm.kvHeads,
             max_position_embeddings: 32768,
-            rms_norm_eps: llm.rmsEps,
             rope_theta: llm.ropeTheta ?? 1000000.0,
             rope_scaling: { factor: llm.ropeFactor ?? 2.0, rope_type: 'dynamic', type: 'dynamic' },
             sliding_window: 32768,
             use_sliding_window: false,
-            hidden_act: 'silu',
-            vocab_size: llm.vocab,
             tie_word_embeddings: false,
             bos_token_id: specials.pad,
             eos_token_id: specials.eos,
-            torch_dtype: 'bfloat16',
           }
         : {
             architectures: ['InternLM2ForCausalLM'],
+            ...commonLlmConfig(llm),
             model_type: 'internlm2',
-            hidden_size: llm.hidden,
-            intermediate_size: llm.intermediate,
-            num_hidden_layers: llm.layers,
-            num_attention_heads: llm.heads,
-            num_key_value_heads: llm.kvHeads,
             max_position_embeddings: 32768,
-            rms_norm_eps: llm.rmsEps,
             rope_theta: llm.ropeTheta ?? 1000000,
             rope_scaling: { type: 'dynamic', factor: llm.ropeFactor ?? 2.0 },
             bias: false,
-            hidden_act: 'silu',
-            vocab_size: llm.vocab,
             tie_word_embeddings: false,
             bos_token_id: specials.bos,
             eos_token_id: specials.eos,
             pad_token_id: specials.pad,
-            torch_dtype: 'bfloat16',
           };
   return {
     architectures: ['InternVLChatModel'],
@@ -223,8 +176,6 @@ export function randomConfigJson(
     use_backbone_lora: 0,
     use_llm_lora: 0,
     tie_word_embeddings: false,
-    hidden_size: llm.hidden,
-    torch_dtype: 'bfloat16',
     vision_config: {
       architectures: ['InternVisionModel'],
       model_type: 'intern_vit_6b',
@@ -243,7 +194,6 @@ export function randomConfigJson(
       drop_path_rate: 0.0,
       initializer_factor: vit.style === '300M' ? 1.0 : 0.1,
       initializer_range: 0.02,
-      torch_dtype: 'bfloat16',
     },
     llm_config: llmConfig,
   };
