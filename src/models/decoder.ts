@@ -129,6 +129,10 @@ export interface DecoderArchitecture {
   lmHeadName: string;
   /** The RMSNorm after the last layer. */
   finalNormName: string;
+  /** The Linears of a layer that LoRA adapts (`use_llm_lora`), as module names within the layer. */
+  loraTargets: readonly string[];
+  /** The prefix of layer i's tensors. */
+  layerPrefix(layer: number): string;
   dims(llm: LlmConfig): DecoderDims;
   /** Every tensor the decoder reads, with its checkpoint shape (embeddings and head included). */
   tensorSpecs(dims: DecoderDims): TensorSpec[];
