@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import OpenAI from 'openai';
 import type {
   ChatCompletionMessageToolCall,
@@ -10,7 +11,7 @@ import type {
 } from 'openai/resources/chat/completions';
 import { type Pipeline, pipeline } from '../src/pipeline/pipeline.js';
 import { createServer, type InternVLServer } from '../src/server/server.js';
-import { goldenModelDir } from './helpers.js';
+import { goldenModelDir, REPO_ROOT } from './helpers.js';
 import { assertValidJson, type Schema, schemaFor } from './structured-fixtures.js';
 
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-tool-calls-cache-'));
@@ -327,4 +328,36 @@ test('bad tools and tool choices are 400s naming the problem', async () => {
   );
   // The server still answers tool requests after the bad ones.
   await plain(served.qwen2, 0);
+});
+
+test("the README's tool-call example runs as written (on the golden model)", async () => {
+  const readme = readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8');
+  const code = /```ts\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf('## Tool calls')))?.[1] ?? '';
+  const entry = pathToFileURL(path.join(REPO_ROOT, 'src/index.ts')).href;
+  const runnable = code
+    .replace("from 'internvl-ts'", `from ${JSON.stringify(entry)}`)
+    .replace(
+      "pipeline('OpenGVLab/InternVL2_5-1B')",
+      `pipeline(${JSON.stringify(goldenModelDir('tiny-internvl2_5-qwen2'))}, { cacheDir: ${JSON.stringify(cacheDir)}, threads: 1 })`,
+    );
+  assert.equal(runnable.split(entry).length, 2, 'the example imports internvl-ts');
+  assert.match(runnable, /tiny-internvl2_5-qwen2/, 'the example loads a model');
+  const file = path.join(cacheDir, 'readme-tools.mts');
+  writeFileSync(file, runnable);
+  const logged: unknown[][] = [];
+  const log = console.log;
+  console.log = (...args: unknown[]) => logged.push(args);
+  try {
+    await import(pathToFileURL(file).href);
+  } finally {
+    console.log = log;
+  }
+  const [finishReason, calls] = logged[0] as [string, { function: { name: string; arguments: string } }[]];
+  assert.equal(finishReason, 'tool_calls');
+  assert.equal(calls[0].function.name, 'get_weather');
+  const args = JSON.parse(calls[0].function.arguments);
+  assert.deepEqual(Object.keys(args), ['city', 'unit']);
+  assert.ok(typeof args.city === 'string' && args.city.length <= 20, calls[0].function.arguments);
+  assert.ok(['celsius', 'fahrenheit'].includes(args.unit), calls[0].function.arguments);
+  assert.equal(typeof logged[1][0], 'string');
 });

@@ -509,6 +509,8 @@ export class Pipeline {
           'responseFormat and tools (unless toolChoice is none) exclude each other',
         );
       }
+      // Compiled here (cached) so that a schema XGrammar cannot read is an error naming its tool.
+      await compileToolFormat(toolFormat, tools, (f) => this.model.compileGrammar(f));
       config.responseFormat = toolGrammar;
       // Tool-call markers may be special tokens (InternLM2's): they stay in the text to be read.
       config.skipSpecialTokens = false;
