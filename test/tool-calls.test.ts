@@ -12,7 +12,10 @@ import type {
 import { type Pipeline, pipeline } from '../src/pipeline/pipeline.js';
 import { createServer, type InternVLServer } from '../src/server/server.js';
 import { goldenModelDir, REPO_ROOT } from './helpers.js';
-import { assertValidJson, type Schema, schemaFor } from './structured-fixtures.js';
+import * as fixtures from './structured-fixtures.js';
+
+const { assertBadChatRequest, assertValidJson, inWaves, range, schemaFor } = fixtures;
+type Schema = fixtures.Schema;
 
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-tool-calls-cache-'));
 
@@ -158,15 +161,6 @@ async function streamed(s: Served, i: number): Promise<Call[]> {
   return calls;
 }
 
-/** Runs `fn` over `ids`, `width` at a time. */
-async function inWaves<T>(ids: number[], width: number, fn: (i: number) => Promise<T>): Promise<T[]> {
-  const out: T[] = [];
-  for (let k = 0; k < ids.length; k += width)
-    out.push(...(await Promise.all(ids.slice(k, k + width).map(fn))));
-  return out;
-}
-
-const range = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => from + k);
 const withoutIds = (calls: Call[]) => calls.map(({ name, arguments: a }) => ({ name, arguments: a }));
 
 for (const key of ['qwen2', 'internlm2'] as const) {
@@ -305,16 +299,7 @@ test('bad tools and tool choices are 400s naming the problem', async () => {
     ],
   ];
   for (const [fields, param, message] of cases) {
-    const res = await fetch(`${base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages: user, ...fields }),
-    });
-    const body = (await res.json()) as { error: { message: string; param: string; type: string } };
-    assert.equal(res.status, 400, JSON.stringify(body));
-    assert.equal(body.error.type, 'invalid_request_error');
-    assert.equal(body.error.param, param, body.error.message);
-    assert.match(body.error.message, message);
+    await assertBadChatRequest(base, { messages: user, ...fields }, param, message);
   }
   await assert.rejects(
     client.chat.completions.create({
