@@ -177,7 +177,7 @@ describe('access and errors', () => {
         await chat(base, { messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function' }] }),
         400,
       );
-      assert.match(tools.message, /^tools: tools are not supported by this server/);
+      assert.match(tools.message, /^tools\[0\]\.function: /);
     });
   });
 

@@ -11,9 +11,10 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { CompiledGrammar, GrammarCompiler, TokenizerInfo } from '@mlc-ai/web-xgrammar';
+import type { CompiledGrammar, Grammar, GrammarCompiler, TokenizerInfo } from '@mlc-ai/web-xgrammar';
 import { InternVLError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
+import { TOOL_MARKER_TOKENS } from '../text/tool-prompts.js';
 import type { Tokenizer } from '../text/types.js';
 import type { GrammarProvider, ResponseFormat, TokenMatcher } from './grammar-types.js';
 import { tokenBytes, Utf8Guard } from './utf8-guard.js';
@@ -30,6 +31,8 @@ export interface GrammarVocab {
   bytes: (Uint8Array | undefined)[];
   /** Ids whose bytes hold a control character (U+0000–U+001F), which JSON text never contains raw. */
   controlIds: number[];
+  /** Ids whose bytes hold a control character other than a newline. */
+  controlIdsButNewline: number[];
 }
 
 function decoderTypes(decoder: unknown): string[] {
@@ -44,7 +47,8 @@ function decoderTypes(decoder: unknown): string[] {
  * decoder is ByteLevel (Qwen2, GPT-2 style BPE) is byte_level; SentencePiece (tokenizer.model, or a
  * tokenizer.json with ByteFallback / Metaspace / `byte_fallback`, as InternLM2's) is byte_fallback,
  * whose `▁` is a space and `<0xAB>` a byte; anything else is raw. Special tokens are given as empty
- * strings, which XGrammar never lets into text (they can only end it, as end tokens).
+ * strings, which XGrammar never lets into text (they can only end it, as end tokens), except the
+ * tool-call markers (InternLM2's `<|action_start|>`…), which a tool grammar matches as their text.
  */
 export function grammarVocab(tokenizer: Tokenizer, tokenizerJson: unknown, vocabSize: number): GrammarVocab {
   const json = tokenizerJson as
@@ -77,12 +81,15 @@ export function grammarVocab(tokenizer: Tokenizer, tokenizerJson: unknown, vocab
   const encodedVocab = new Array<string>(vocabSize);
   const bytes = new Array<Uint8Array | undefined>(vocabSize);
   const controlIds: number[] = [];
+  const controlIdsButNewline: number[] = [];
   for (let id = 0; id < vocabSize; id++) {
-    encodedVocab[id] = tokenizer.isSpecial(id) ? '' : (tokenizer.idToToken(id) ?? '');
+    const token = tokenizer.idToToken(id) ?? '';
+    encodedVocab[id] = tokenizer.isSpecial(id) && !TOOL_MARKER_TOKENS.includes(token) ? '' : token;
     bytes[id] = tokenBytes(encodedVocab[id], vocabType);
     if (bytes[id]?.some((b) => b < 0x20)) controlIds.push(id);
+    if (bytes[id]?.some((b) => b < 0x20 && b !== 0x0a)) controlIdsButNewline.push(id);
   }
-  return { encodedVocab, vocabType, prependSpace, bytes, controlIds };
+  return { encodedVocab, vocabType, prependSpace, bytes, controlIds, controlIdsButNewline };
 }
 
 /** How XGrammar writes JSON here: compact, one line, no free whitespace (fewer tokens, no runaway spaces). */
@@ -100,28 +107,66 @@ function regexTag(pattern: string) {
   return { type: 'structural_tag' as const, format: { type: 'regex' as const, pattern } };
 }
 
-/** Parses a format into a grammar without a vocabulary (throws on a bad format). */
-async function parseOnly(xg: XGrammarModule, format: ResponseFormat): Promise<void> {
+/** How structural tags' JSON parts are written: as `json.dumps` (and chat templates' `tojson`) writes it. */
+const TAG_JSON_SEPARATORS: [string, string] = [', ', ': '];
+
+/**
+ * A structural tag with each `json_schema` part replaced by its grammar (XGrammar's own would admit
+ * any whitespace between tokens, without bound).
+ */
+async function tagWithJsonGrammars(xg: XGrammarModule, node: unknown): Promise<unknown> {
+  if (Array.isArray(node)) return Promise.all(node.map((item) => tagWithJsonGrammars(xg, item)));
+  if (node === null || typeof node !== 'object') return node;
+  const record = node as Record<string, unknown>;
+  if (record.type === 'json_schema' && 'json_schema' in record) {
+    const schema = JSON.stringify(record.json_schema);
+    const grammar = await xg.Testings._jsonSchemaToEBNF(schema, false, -1, TAG_JSON_SEPARATORS, true);
+    return { type: 'grammar', grammar };
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(record)) out[key] = await tagWithJsonGrammars(xg, value);
+  return out;
+}
+
+/** XGrammar's structural tag around a format object (checked by XGrammar itself). */
+function structuralTagOf(format: Record<string, unknown>): Record<string, unknown> {
+  return { type: 'structural_tag', format };
+}
+
+/**
+ * Parses a format into a grammar without a vocabulary (throws on a bad format); returns the format to
+ * compile (a structural tag with its JSON parts as grammars).
+ */
+async function checkFormat(xg: XGrammarModule, format: ResponseFormat): Promise<ResponseFormat> {
   const { anyWhitespace, indent, separators } = JSON_LAYOUT;
-  const grammar =
-    format.type === 'grammar'
-      ? await xg.Grammar.fromEBNF(format.ebnf)
-      : format.type === 'regex'
-        ? await xg.Grammar.fromStructuralTag(regexTag(format.pattern))
-        : await xg.Grammar.fromJSONSchema(
-            schemaText(format),
-            anyWhitespace,
-            indent,
-            separators,
-            strictMode(format),
-          );
+  let checked = format;
+  let grammar: Grammar;
+  if (format.type === 'structural_tag') {
+    const structuralTag = (await tagWithJsonGrammars(xg, format.structuralTag)) as Record<string, unknown>;
+    checked = { type: 'structural_tag', structuralTag };
+    grammar = await xg.Grammar.fromStructuralTag(structuralTagOf(structuralTag));
+  } else if (format.type === 'grammar') grammar = await xg.Grammar.fromEBNF(format.ebnf);
+  else if (format.type === 'regex') grammar = await xg.Grammar.fromStructuralTag(regexTag(format.pattern));
+  else {
+    grammar = await xg.Grammar.fromJSONSchema(
+      schemaText(format),
+      anyWhitespace,
+      indent,
+      separators,
+      strictMode(format),
+    );
+  }
   grammar.dispose();
+  return checked;
 }
 
 function compileOn(compiler: GrammarCompiler, format: ResponseFormat): Promise<CompiledGrammar> {
   const { anyWhitespace, indent, separators } = JSON_LAYOUT;
   if (format.type === 'grammar') return compiler.compileGrammar(format.ebnf);
   if (format.type === 'regex') return compiler.compileStructuralTag(regexTag(format.pattern));
+  if (format.type === 'structural_tag') {
+    return compiler.compileStructuralTag(structuralTagOf(format.structuralTag));
+  }
   return compiler.compileJSONSchema(
     schemaText(format),
     anyWhitespace,
@@ -140,11 +185,13 @@ function formatName(format: ResponseFormat): string {
   if (format.type === 'json_schema') return 'invalid JSON schema';
   if (format.type === 'regex') return 'invalid regex';
   if (format.type === 'grammar') return 'invalid EBNF grammar';
+  if (format.type === 'structural_tag') return 'invalid structural tag';
   return 'invalid response format';
 }
 
 interface Serving {
   controlIds: number[];
+  controlIdsButNewline: number[];
   utf8: Utf8Guard;
   instance: XGrammarInstance;
   info: TokenizerInfo;
@@ -187,7 +234,8 @@ export class GrammarEngine implements GrammarProvider {
 
   #servingInstance(): Promise<Serving> {
     this.#serving ??= (async () => {
-      const { encodedVocab, vocabType, prependSpace, controlIds, bytes } = await this.vocab();
+      const { encodedVocab, vocabType, prependSpace, controlIds, controlIdsButNewline, bytes } =
+        await this.vocab();
       const utf8 = new Utf8Guard(bytes);
       const instance = new XGrammarInstance();
       return instance.run('loading the vocabulary into XGrammar', 'INTERNAL', async (xg) => {
@@ -199,7 +247,7 @@ export class GrammarEngine implements GrammarProvider {
         );
         const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
         this.#servingInstanceLoaded = instance;
-        return { instance, info, compiler, controlIds, utf8 };
+        return { instance, info, compiler, controlIds, controlIdsButNewline, utf8 };
       });
     })();
     this.#serving.catch(() => {
@@ -238,10 +286,10 @@ export class GrammarEngine implements GrammarProvider {
   async #compileNew(format: ResponseFormat): Promise<CompiledGrammar> {
     const started = performance.now();
     if (!this.#checker || this.#checker.aborted) this.#checker = new XGrammarInstance();
-    await this.#checker.run(formatName(format), 'BAD_INPUT', (xg) => parseOnly(xg, format));
+    const checked = await this.#checker.run(formatName(format), 'BAD_INPUT', (xg) => checkFormat(xg, format));
     const serving = await this.#servingInstance();
     const compiled = await serving.instance.run(`compiling ${format.type}`, 'INTERNAL', () =>
-      compileOn(serving.compiler, format),
+      compileOn(serving.compiler, checked),
     );
     this.compileTimes.push(performance.now() - started);
     if (this.compileTimes.length > 100) this.compileTimes.shift();
@@ -256,12 +304,19 @@ export class GrammarEngine implements GrammarProvider {
       );
     }
     const compiled = await this.compile(format);
-    const { instance, controlIds, utf8 } = await this.#servingInstance();
+    const { instance, controlIds, controlIdsButNewline, utf8 } = await this.#servingInstance();
     const m = await instance.run('creating a grammar matcher', 'INTERNAL', (xg) =>
       xg.GrammarMatcher.createGrammarMatcher(compiled, [...endTokenIds]),
     );
     // XGrammar's JSON strings admit raw control characters, which JSON.parse (RFC 8259) rejects.
-    const banned = format.type === 'json_schema' || format.type === 'json_object' ? controlIds : [];
+    // In a structural tag's JSON parts too (XGrammar's length-bounded strings admit them); its text
+    // parts keep newlines, which tool-call syntax needs and JSON strings exclude.
+    const banned =
+      format.type === 'json_schema' || format.type === 'json_object'
+        ? controlIds
+        : format.type === 'structural_tag'
+          ? controlIdsButNewline
+          : [];
     let utf8State = 0;
     const maskFor = async (state: number) => {
       const mask = await m.getNextTokenBitmask();

@@ -23,6 +23,7 @@ import type { RgbImage } from '../preprocess/image.js';
 import { expandImagePlaceholders } from '../text/prompt.js';
 import { StreamDecoder } from '../text/stream-decoder.js';
 import { getTemplate, renderConversation, type Template } from '../text/templates.js';
+import { type ToolFormat, toolFormatFor } from '../text/tool-prompts.js';
 import type { Tokenizer } from '../text/types.js';
 import {
   type ChatMessage,
@@ -48,6 +49,15 @@ import { OffThreadTokenizer } from './off-thread-tokenizer.js';
 import { longestTokenChars, PromptBounds } from './prompt-bounds.js';
 import { StopStringMatcher } from './stop.js';
 import { RequestClock, type Timings } from './timings.js';
+import {
+  compileToolFormat,
+  parseToolOptions,
+  type ToolCall,
+  type ToolCallDelta,
+  ToolCallReader,
+  type ToolOptions,
+  toolCallFormat,
+} from './tool-calls.js';
 
 export const DEFAULT_MODEL = 'OpenGVLab/InternVL2_5-1B';
 export const DEFAULT_SESSION_LEN = 8192;
@@ -102,7 +112,8 @@ export interface TokenLogprobInfo {
   topLogprobs?: { id: number; token: string; logprob: number }[];
 }
 
-export type FinishReason = 'stop' | 'length' | 'abort';
+/** 'tool_calls': the answer is tool calls (`Response.toolCalls`), complete. */
+export type FinishReason = 'stop' | 'length' | 'abort' | 'tool_calls';
 
 export interface Usage {
   promptTokens: number;
@@ -114,7 +125,10 @@ export interface Usage {
 }
 
 export interface Response {
+  /** The answer; with tool calls, the text outside them (often ''). */
   text: string;
+  /** The tools the answer calls (with `tools` in the generation config), in order. */
+  toolCalls?: ToolCall[];
   finishReason: FinishReason;
   /** Generated ids, without a final end-of-turn id. */
   tokenIds: number[];
@@ -128,7 +142,10 @@ export interface Response {
 
 /** One streamed piece: new text; the last piece also carries finishReason and usage. */
 export interface StreamChunk {
+  /** New text (with tools: only text outside calls). */
   text: string;
+  /** Tool-call pieces: a call's first one has its index, id and name; the next ones its arguments' text. */
+  toolCalls?: ToolCallDelta[];
   tokenIds: number[];
   finishReason?: FinishReason;
   usage?: Usage;
@@ -150,6 +167,7 @@ export class Session {
   get history(): ChatMessage[] {
     return this.turns.map((t) => ({
       role: t.role,
+      ...(t.toolCalls ? { toolCalls: t.toolCalls } : {}),
       content:
         t.parts.length === 1 && typeof t.parts[0] === 'string'
           ? t.parts[0]
@@ -177,6 +195,8 @@ interface PreparedRequest {
   request: GenerateRequest;
   config: ResolvedGenerationConfig;
   imageTokens: number;
+  /** The model's tool format, when its calls are read out of the text. */
+  toolFormat?: ToolFormat;
 }
 
 function rgbLike(x: ImageLike): x is RgbImage {
@@ -362,7 +382,9 @@ export class Pipeline {
       options.onChunk,
       session.id,
     );
-    session.turns.splice(0, session.turns.length, ...turns, { role: 'assistant', parts: [response.text] });
+    const answer: Turn = { role: 'assistant', parts: [response.text] };
+    if (response.toolCalls) answer.toolCalls = response.toolCalls;
+    session.turns.splice(0, session.turns.length, ...turns, answer);
     session.response = response;
     return session;
   }
@@ -374,6 +396,20 @@ export class Pipeline {
   compileResponseFormat(format: ResponseFormat): Promise<{ compileMs: number }> {
     const parsed = parseGenerationConfigInput({ responseFormat: format }).responseFormat!;
     return this.model.compileGrammar(parsed);
+  }
+
+  /** The tool format of this model's LLM (text/tool-prompts.ts). */
+  get toolFormat(): ToolFormat {
+    return toolFormatFor(this.config.llm_config.model_type);
+  }
+
+  /**
+   * Checks the tool options and compiles their grammar (cached), e.g. to report a bad parameters
+   * schema early: a ToolInputError names the option or the tool.
+   */
+  async compileTools(options: ToolOptions): Promise<void> {
+    const tools = parseToolOptions(options);
+    if (tools) await compileToolFormat(this.toolFormat, tools, (f) => this.model.compileGrammar(f));
   }
 
   /** Frees a chat session's KV cache in the engine. */
@@ -463,6 +499,22 @@ export class Pipeline {
     sessionId?: string,
   ): Promise<PreparedRequest> {
     const config = this.#resolveConfig(gen);
+    const tools = gen && parseToolOptions(gen);
+    const toolFormat = this.toolFormat;
+    const toolGrammar = tools && toolCallFormat(toolFormat, tools);
+    if (toolGrammar) {
+      if (config.responseFormat) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          'responseFormat and tools (unless toolChoice is none) exclude each other',
+        );
+      }
+      // Compiled here (cached) so that a schema XGrammar cannot read is an error naming its tool.
+      await compileToolFormat(toolFormat, tools, (f) => this.model.compileGrammar(f));
+      config.responseFormat = toolGrammar;
+      // Tool-call markers may be special tokens (InternLM2's): they stay in the text to be read.
+      config.skipSpecialTokens = false;
+    }
     this.#checkTurnTexts(turns, config.maxNewTokens);
     // Media are decoded and tiled first: a video's frame count and each image's tiles shape the prompt.
     const prepared = new Map<Media, PreparedMedia>();
@@ -478,8 +530,15 @@ export class Pipeline {
       systemTurn ? turns.slice(1) : turns,
       (video) => prepared.get(video)!.refs.length,
     );
-    const systemMessage = systemTurn ? systemTurn.parts.join('') : undefined;
-    const prompt = renderConversation(this.template, chatTurns, { systemMessage, openAssistant: true });
+    const rendered = toolFormat.render(
+      chatTurns,
+      systemTurn ? systemTurn.parts.join('') : this.template.systemMessage,
+      tools && tools.choice !== 'none' ? tools.tools : [],
+    );
+    const prompt = renderConversation(this.template, rendered.turns, {
+      systemMessage: rendered.systemMessage,
+      openAssistant: true,
+    });
     this.bounds.checkLength(prompt.length, 'the prompt', config.maxNewTokens);
     const images = media.flatMap((m) => prepared.get(m)!.refs);
     const tokensPerTile = numImageTokens(this.config);
@@ -492,7 +551,7 @@ export class Pipeline {
     const imageTokens = images.reduce((n, r) => n + r.numTiles * tokensPerTile, 0);
     this.#checkContext(inputIds.length, imageTokens, config.maxNewTokens);
     const request = this.#request(inputIds, images, config, sessionId);
-    return { request, config, imageTokens };
+    return { request, config, imageTokens, ...(toolGrammar ? { toolFormat } : {}) };
   }
 
   /** Each turn's text must fit (characters, words) before media are fetched or anything is tokenized. */
@@ -601,10 +660,17 @@ export class Pipeline {
 
   /** Runs a prepared request in the engine, turning its tokens into text (stop strings, streaming). */
   async #generate(
-    { request, config, imageTokens }: PreparedRequest,
+    { request, config, imageTokens, toolFormat }: PreparedRequest,
     userSignal: AbortSignal | undefined,
-    onChunk?: (chunk: StreamChunk) => void,
+    userOnChunk?: (chunk: StreamChunk) => void,
   ): Promise<Response> {
+    const tools = toolFormat && new ToolCallReader(toolFormat);
+    const onChunk = tools
+      ? (chunk: StreamChunk) => {
+          const read = tools.chunk(chunk);
+          if (userOnChunk && (read.text || read.toolCalls || read.tokenIds.length)) userOnChunk(read);
+        }
+      : userOnChunk;
     const decoder = new StreamDecoder(this.tokenizer, { skipSpecialTokens: config.skipSpecialTokens });
     const stops = new StopStringMatcher(config.stop);
     const end = new Set(config.endTokenIds);
@@ -665,7 +731,10 @@ export class Pipeline {
     };
     const timings = clock.timings(request.inputIds.length - result.stats.reusedTokens);
     if (timings) response.timings = timings;
-    return response;
+    if (!tools) return response;
+    const rest = tools.flush();
+    if (rest && userOnChunk) userOnChunk(rest);
+    return tools.finish(response);
   }
 }
 

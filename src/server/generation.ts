@@ -12,6 +12,7 @@ import { HttpError } from './errors.js';
 import { SSE_HEADERS, sendJson, sseData } from './http.js';
 import type { ServerMetrics, SlotLimiter } from './metrics.js';
 import { chatLogprobs, completionLogprobs, sumUsage } from './openai-responses.js';
+import { ToolCallAccumulator, toolCallDeltas } from './tool-calls.js';
 
 export interface GenerationContext {
   readonly modelName: string;
@@ -80,6 +81,7 @@ export async function writeGeneration(
   const failed = new AbortController();
   const signal = AbortSignal.any([gone, failed.signal]);
   const texts = choices.map(() => '');
+  const toolCalls = choices.map(() => new ToolCallAccumulator());
   const logprobs: TokenLogprobInfo[][] = choices.map(() => []);
   let opened = false;
   const open = () => {
@@ -107,17 +109,21 @@ export async function writeGeneration(
     const kept = tokenLogprobs(chunk);
     const offset = texts[choice].length;
     texts[choice] += chunk.text;
+    if (chunk.toolCalls) toolCalls[choice].add(chunk.toolCalls);
     if (kept) logprobs[choice].push(...kept);
-    if (!reply.stream || res.destroyed || (!chunk.text && !kept?.length)) return;
+    if (!reply.stream || res.destroyed || (!chunk.text && !kept?.length && !chunk.toolCalls)) return;
     open();
     const choiceLogprobs = kept
       ? reply.kind === 'chat'
         ? chatLogprobs(kept)
         : completionLogprobs(kept, offset)
       : null;
+    const delta = chunk.toolCalls
+      ? { ...(chunk.text ? { content: chunk.text } : {}), tool_calls: toolCallDeltas(chunk.toolCalls) }
+      : { content: chunk.text };
     const payload =
       reply.kind === 'chat'
-        ? { index: choice, delta: { content: chunk.text }, logprobs: choiceLogprobs, finish_reason: null }
+        ? { index: choice, delta, logprobs: choiceLogprobs, finish_reason: null }
         : { index: choice, text: chunk.text, logprobs: choiceLogprobs, finish_reason: null };
     sseData(res, { ...base, choices: [payload], ...usageField });
   };
@@ -165,7 +171,7 @@ export async function writeGeneration(
       reply.kind === 'chat'
         ? {
             index: c.index,
-            message: { role: 'assistant', content: texts[i] },
+            message: chatMessage(texts[i], toolCalls[i]),
             logprobs: reply.logprobs ? chatLogprobs(logprobs[i]) : null,
             finish_reason: finishReasons[i],
           }
@@ -178,6 +184,12 @@ export async function writeGeneration(
     ),
     usage,
   });
+}
+
+/** The reply's message: with tool calls, content is null unless there was text beside them. */
+function chatMessage(text: string, tools: ToolCallAccumulator) {
+  if (tools.calls.length === 0) return { role: 'assistant', content: text };
+  return { role: 'assistant', content: text || null, tool_calls: tools.calls };
 }
 
 async function runInSlot(

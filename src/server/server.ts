@@ -27,6 +27,7 @@ import {
 } from './openai.js';
 import { RequestBodyParser } from './request-body.js';
 import { responseFormatParam } from './response-format.js';
+import { compileRequestTools } from './tool-calls.js';
 
 export interface ServerOptions {
   /** The id in /v1/models and the `model` requests must name; default the model path's last part. */
@@ -418,6 +419,7 @@ export class InternVLServer {
     const gen = chatGeneration(body);
     const n = body.n ?? 1;
     if (gen.responseFormat) await this.#compileFormat(gen.responseFormat, responseFormatParam(body));
+    await compileRequestTools(pipe, gen);
     const prepared = await prepareMessages(body, this.#mediaLimits(pipe), signal);
     try {
       const choices = choiceConfigs(gen, n).map(
