@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { grammarVocab } from '../src/engine/grammar.js';
 import { InternVLError } from '../src/errors.js';
+import { decoderArchitecture } from '../src/models/registry.js';
 import { parseToolOptions, ToolInputError, toolCallFormat } from '../src/pipeline/tool-calls.js';
 import { getTemplate, renderConversation } from '../src/text/templates.js';
 import { ToolCallParser } from '../src/text/tool-call-parser.js';
@@ -11,7 +12,6 @@ import {
   type ToolDefinition,
   type ToolFormat,
   type ToolTurn,
-  toolFormatFor,
 } from '../src/text/tool-prompts.js';
 import type { Tokenizer } from '../src/text/types.js';
 
@@ -63,8 +63,8 @@ test('Qwen2.5 / Qwen3 (Hermes): tools in the system message, calls as <tool_call
     '<|im_start|>user\n<tool_response>\n{"temperature": 22}\n</tool_response>\n' +
     '<tool_response>\n12:00\n</tool_response><|im_end|>\n' +
     '<|im_start|>assistant\n';
-  assert.equal(prompt(toolFormatFor('qwen2'), [weather, clock]), expected);
-  assert.equal(toolFormatFor('qwen3'), TOOL_FORMATS.hermes);
+  assert.equal(prompt(TOOL_FORMATS[decoderArchitecture('qwen2').toolFormat], [weather, clock]), expected);
+  assert.equal(decoderArchitecture('qwen3').toolFormat, 'hermes');
   // An assistant turn with calls only opens straight on the first call; no tools leaves the system alone.
   const callsOnly: ToolTurn[] = [
     { role: 'user', content: 'hi' },
@@ -92,7 +92,7 @@ test('InternLM2.5: a plugin system turn, calls as <|action_start|><|plugin|>, an
     '<|im_start|>environment name=<|plugin|>\n{"temperature": 22}<|im_end|>\n' +
     '<|im_start|>environment name=<|plugin|>\n12:00<|im_end|>\n' +
     '<|im_start|>assistant\n';
-  assert.equal(prompt(toolFormatFor('internlm2'), [weather, clock]), expected);
+  assert.equal(prompt(TOOL_FORMATS[decoderArchitecture('internlm2').toolFormat], [weather, clock]), expected);
 });
 
 test('pythonJson writes as json.dumps; bad call arguments and late system turns are refused', () => {

@@ -123,6 +123,7 @@ export const qwen2Architecture: DecoderArchitecture = {
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: LM_HEAD,
   finalNormName: QWEN_FINAL_NORM,
+  toolFormat: 'hermes',
   loraTargets: QWEN_LORA_TARGETS,
   layerPrefix: qwenLayerPrefix,
   dims: (llm) => ({

@@ -26,6 +26,7 @@ export const qwen3Architecture: DecoderArchitecture = {
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: 'language_model.lm_head.weight',
   finalNormName: QWEN_FINAL_NORM,
+  toolFormat: 'hermes',
   loraTargets: QWEN_LORA_TARGETS,
   layerPrefix: qwenLayerPrefix,
   dims: (llm) => ({

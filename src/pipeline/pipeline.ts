@@ -19,11 +19,12 @@ import { loadImage } from '../io/image.js';
 import type { TaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { loadVideo } from '../io/video.js';
+import { decoderArchitecture } from '../models/registry.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { expandImagePlaceholders } from '../text/prompt.js';
 import { StreamDecoder } from '../text/stream-decoder.js';
 import { getTemplate, renderConversation, type Template } from '../text/templates.js';
-import { type ToolFormat, toolFormatFor } from '../text/tool-prompts.js';
+import { TOOL_FORMATS, type ToolFormat } from '../text/tool-prompts.js';
 import type { Tokenizer } from '../text/types.js';
 import {
   type ChatMessage,
@@ -400,7 +401,7 @@ export class Pipeline {
 
   /** The tool format of this model's LLM (text/tool-prompts.ts). */
   get toolFormat(): ToolFormat {
-    return toolFormatFor(this.config.llm_config.model_type);
+    return TOOL_FORMATS[decoderArchitecture(this.config.llm_config.model_type).toolFormat];
   }
 
   /**

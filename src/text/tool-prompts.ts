@@ -198,9 +198,4 @@ const internlm2: ToolFormat = {
   },
 };
 
-/** The tool format of an LLM (`llm_config.model_type`): InternLM2's own, else Qwen's Hermes style. */
-export function toolFormatFor(modelType: string): ToolFormat {
-  return modelType === 'internlm2' ? internlm2 : hermes;
-}
-
 export const TOOL_FORMATS: Readonly<Record<ToolFormatName, ToolFormat>> = { hermes, internlm2 };
