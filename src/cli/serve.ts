@@ -7,6 +7,7 @@ import {
   DEFAULT_BODY_LIMIT_BYTES,
   defaultModelName,
   InternVLServer,
+  pipelineBackend,
   type ServerOptions,
 } from '../server/server.js';
 import {
@@ -147,7 +148,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
   let server: InternVLServer;
   try {
     const modelName = args.options.modelName ?? defaultModelName(args.model);
-    server = new InternVLServer(loading, modelName, { ...args.options, modelName }, true);
+    server = new InternVLServer(
+      loading.then(pipelineBackend),
+      modelName,
+      { ...args.options, modelName },
+      true,
+    );
   } catch (err) {
     void loading.then(
       (p) => p.close(),
