@@ -7,17 +7,11 @@ import { writeFile } from 'node:fs/promises';
 import { loadModelConfig } from '../config/model-config.js';
 import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
-import { defaultGraphCacheDir } from '../engine/graph-cache.js';
-import {
-  engineGraphKey,
-  type PrecisionOptions,
-  type ResolvedPrecision,
-  resolvePrecision,
-} from '../engine/graph-plan.js';
+import { argmax, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
+import { type PrecisionOptions, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
-import { llmCacheTag, vitCacheTag } from '../engine/precision.js';
-import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
+import { resolveLlmPrecision } from '../engine/precision.js';
+import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { parseCommandArgs } from './args.js';
@@ -127,24 +121,17 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
   }
   const checkpoint = await Checkpoint.open(modelDir);
   const weights = checkpointWeights(checkpoint, config);
-  const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-  const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) =>
-    cacheDir === false ? undefined : { dir: cacheDir, key: engineGraphKey(checkpoint, component, dims, tag) };
+  const cache = engineGraphCache(checkpoint, options.cacheDir);
   const released: { release(): Promise<void> }[] = [];
   try {
     const dims = decoderDimsFromConfig(config);
     const threads = options.threads;
-    const fp32 = await DecoderRunner.create(dims, weights, {
+    const fp32 = await createDecoderRunner(config, weights, cache, {
+      precision: resolveLlmPrecision({ llmDtype: 'fp32' }),
       threads,
-      cache: cache('decoder', dims, { dtype: 'fp32' }),
     });
     released.push(fp32);
-    const quant = await DecoderRunner.create(dims, weights, {
-      threads,
-      ...precision,
-      cache: cache('decoder', dims, llmCacheTag(precision, precision.llmDtype)),
-      prefillCache: cache('decoder', dims, llmCacheTag(precision, precision.prefillDtype)),
-    });
+    const quant = await createDecoderRunner(config, weights, cache, { precision, threads });
     released.push(quant);
 
     const ids = evalTokenIds(promptTokens, dims.vocabSize);
@@ -181,17 +168,13 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
 
     let vision: DiffStats | null = null;
     if (precision.vitDtype !== 'fp32') {
-      const visionDims = visionDimsFromConfig(config);
-      const ref = await VisionEncoder.create(visionDims, weights, {
-        threads,
-        cache: cache('vision', visionDims, vitCacheTag('fp32', precision.int8Kernel)),
-      });
+      const { int8Kernel } = precision;
+      const ref = await createVisionRunner(config, weights, cache, { vitDtype: 'fp32', int8Kernel, threads });
       released.push(ref);
-      const q = await VisionEncoder.create(visionDims, weights, {
-        threads,
+      const q = await createVisionRunner(config, weights, cache, {
         vitDtype: precision.vitDtype,
-        int8Kernel: precision.int8Kernel,
-        cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype, precision.int8Kernel)),
+        int8Kernel,
+        threads,
       });
       released.push(q);
       const pixels = options.pixelValues ?? syntheticTile(ref.geometry.imageSize);
