@@ -21,7 +21,7 @@ import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../en
 import { defaultThreads } from '../engine/session.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { createRandomCheckpoint, hasWeights } from '../tools/random-checkpoint.js';
-import { noPositionals, parseCommandArgs } from './args.js';
+import { integerOption } from './args.js';
 import { type ChildResult, runChild } from './bench-child.js';
 import {
   decodeWeightBytes,
@@ -34,6 +34,7 @@ import {
   vitFlopsPerTile,
 } from './bench-limits.js';
 import { runStructuredBench } from './bench-structured.js';
+import { defineCommand } from './command.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
 
@@ -244,61 +245,38 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   return result;
 }
 
-export async function benchCommand(argv: string[]): Promise<number> {
-  const parse = () =>
-    parseCommandArgs(argv, {
-      ...PRECISION_FLAGS,
-      shape: { type: 'string' },
-      model: { type: 'string' },
-      threads: { type: 'string' },
-      reps: { type: 'string' },
-      json: { type: 'string' },
-      structured: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    });
-  let values: ReturnType<typeof parse>['values'];
-  try {
-    const parsed = parse();
-    values = parsed.values;
-    noPositionals(parsed.positionals);
-  } catch (err) {
-    process.stderr.write(`internvl bench: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
+export const benchCommand = defineCommand({
+  name: 'bench',
+  usage: USAGE,
+  options: {
+    ...PRECISION_FLAGS,
+    shape: { type: 'string' },
+    model: { type: 'string' },
+    threads: { type: 'string' },
+    reps: { type: 'string' },
+    json: { type: 'string' },
+    structured: { type: 'boolean' },
+  },
+  positionals: 'none',
+  async run({ values }, io) {
+    const threads = integerOption(values.threads, 'threads', 1);
+    const reps = integerOption(values.reps, 'reps', 1);
+    const flags = precisionFromFlags(values);
+    // A model's own format decides the defaults it can (an AWQ or GPTQ checkpoint: its group size as the block).
+    const config = values.model === undefined ? undefined : await loadModelConfig(values.model);
+    const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' }, config);
+    const log = (line: string) => io.stderr.write(`${line}\n`);
+    const result = values.structured
+      ? await runStructuredBench({
+          model: await benchModel(values.shape ?? 'InternVL2_5-1B', values.model, log),
+          engine: { ...precision, threads },
+          reps: reps ?? 3,
+          log,
+        })
+      : await runBench({ shape: values.shape, model: values.model, threads, reps, precision, log });
+    const text = JSON.stringify(result, null, 2);
+    io.stdout.write(`${text}\n`);
+    if (values.json) await writeFile(values.json, `${text}\n`);
     return 0;
-  }
-  const flags = precisionFromFlags(values);
-  // A model's own format decides the defaults it can (an AWQ or GPTQ checkpoint: its group size as the block).
-  const config = values.model === undefined ? undefined : await loadModelConfig(values.model);
-  const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' }, config);
-  const positive = (v: string | undefined, name: string) => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${v}'`);
-    return n;
-  };
-  const log = (line: string) => process.stderr.write(`${line}\n`);
-  const threads = positive(values.threads, 'threads');
-  const reps = positive(values.reps, 'reps');
-  const result = values.structured
-    ? await runStructuredBench({
-        model: await benchModel(values.shape ?? 'InternVL2_5-1B', values.model, log),
-        engine: { ...precision, threads },
-        reps: reps ?? 3,
-        log,
-      })
-    : await runBench({
-        shape: values.shape,
-        model: values.model,
-        threads,
-        reps,
-        precision,
-        log,
-      });
-  const text = JSON.stringify(result, null, 2);
-  process.stdout.write(`${text}\n`);
-  if (values.json) await writeFile(values.json, `${text}\n`);
-  return 0;
-}
+  },
+});

@@ -14,7 +14,8 @@ import { resolveLlmPrecision } from '../engine/precision.js';
 import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { parseCommandArgs } from './args.js';
+import { integerOption, UsageError } from './args.js';
+import { defineCommand } from './command.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 
 export interface EvalQuantOptions extends PrecisionOptions {
@@ -216,42 +217,29 @@ Examples:
   npx internvl eval-quant ./InternVL2_5-1B --dtype int4 --prefill-dtype int8 --vit-dtype int8 --json report.json
 `;
 
-export async function evalQuantCommand(argv: string[]): Promise<number> {
-  const parse = () =>
-    parseCommandArgs(argv, {
-      ...PRECISION_FLAGS,
-      dtype: { type: 'string' },
-      'prompt-tokens': { type: 'string' },
-      'new-tokens': { type: 'string' },
-      'no-cache': { type: 'boolean' },
-      json: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
+export const evalQuantCommand = defineCommand({
+  name: 'eval-quant',
+  usage: USAGE,
+  options: {
+    ...PRECISION_FLAGS,
+    dtype: { type: 'string' },
+    'prompt-tokens': { type: 'string' },
+    'new-tokens': { type: 'string' },
+    'no-cache': { type: 'boolean' },
+    json: { type: 'string' },
+  },
+  async run({ values, positionals }, io) {
+    if (positionals.length !== 1) throw new UsageError('expected one MODEL folder');
+    const precision = precisionFromFlags({ ...values, 'llm-dtype': values['llm-dtype'] ?? values.dtype });
+    const report = await evalQuant(positionals[0], {
+      ...precision,
+      promptTokens: integerOption(values['prompt-tokens'], 'prompt-tokens', 1),
+      newTokens: integerOption(values['new-tokens'], 'new-tokens', 1),
+      cacheDir: values['no-cache'] ? false : undefined,
     });
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse();
-  } catch (err) {
-    process.stderr.write(`internvl eval-quant: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(USAGE);
+    const text = JSON.stringify(report, null, 2);
+    io.stdout.write(`${text}\n`);
+    if (values.json) await writeFile(values.json, `${text}\n`);
     return 0;
-  }
-  if (positionals.length !== 1) {
-    process.stderr.write(`internvl eval-quant: expected one MODEL folder\n${USAGE}`);
-    return 2;
-  }
-  const precision = precisionFromFlags({ ...values, 'llm-dtype': values['llm-dtype'] ?? values.dtype });
-  const report = await evalQuant(positionals[0], {
-    ...precision,
-    promptTokens: values['prompt-tokens'] === undefined ? undefined : Number(values['prompt-tokens']),
-    newTokens: values['new-tokens'] === undefined ? undefined : Number(values['new-tokens']),
-    cacheDir: values['no-cache'] ? false : undefined,
-  });
-  const text = JSON.stringify(report, null, 2);
-  process.stdout.write(`${text}\n`);
-  if (values.json) await writeFile(values.json, `${text}\n`);
-  return 0;
-}
+  },
+});
