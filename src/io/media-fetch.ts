@@ -6,13 +6,14 @@
  * to loopback, private, link-local or otherwise non-public addresses (checked on the address actually
  * connected to). Errors are MediaFetchErrors whose `problem` says what went wrong.
  */
-import dns from 'node:dns';
 import { readFile, stat } from 'node:fs/promises';
 import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
-import { BlockList, isIP, type LookupFunction } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { type ErrorCode, InternVLError } from '../errors.js';
+import { describeUrl, guardedLookup, hopRefusal } from './fetch-guard.js';
+
+export { describeUrl, domainAllowed, isNonPublicAddress } from './fetch-guard.js';
 
 /** What went wrong, for callers that answer each differently (the server's OpenAI error codes). */
 export type MediaProblem =
@@ -60,65 +61,6 @@ export type MediaLocation =
   | { kind: 'data'; url: string; label: string }
   | { kind: 'remote'; url: URL; label: string }
   | { kind: 'file'; path: string; label: string };
-
-const NON_PUBLIC_V4 = new BlockList();
-const NON_PUBLIC_V6 = new BlockList();
-for (const [net, prefix] of [
-  ['0.0.0.0', 8],
-  ['10.0.0.0', 8],
-  ['100.64.0.0', 10],
-  ['127.0.0.0', 8],
-  ['169.254.0.0', 16],
-  ['172.16.0.0', 12],
-  ['192.0.0.0', 24],
-  ['192.168.0.0', 16],
-  ['198.18.0.0', 15],
-  ['224.0.0.0', 3],
-] as const) {
-  NON_PUBLIC_V4.addSubnet(net, prefix, 'ipv4');
-}
-for (const [net, prefix] of [
-  ['::', 127],
-  ['64:ff9b::', 96],
-  ['fc00::', 7],
-  ['fe80::', 10],
-  ['ff00::', 8],
-] as const) {
-  NON_PUBLIC_V6.addSubnet(net, prefix, 'ipv6');
-}
-
-/** Loopback, private, link-local, CGNAT, multicast, unspecified or IPv4-mapped addresses. */
-export function isNonPublicAddress(ip: string): boolean {
-  const family = isIP(ip);
-  if (family === 0) return false;
-  if (family === 4) return NON_PUBLIC_V4.check(ip, 'ipv4');
-  // IPv4-mapped (::ffff:a.b.c.d) addresses are refused whatever they map to.
-  return /^::ffff:/i.test(ip) || NON_PUBLIC_V6.check(ip, 'ipv6');
-}
-
-/** Whether `host` is one of `domains` or a subdomain of one (case-insensitive, no trailing dot). */
-export function domainAllowed(host: string, domains: readonly string[]): boolean {
-  const h = host.toLowerCase().replace(/\.$/, '');
-  return domains.some((d) => {
-    const domain = d
-      .toLowerCase()
-      .replace(/^\*?\./, '')
-      .replace(/\.$/, '');
-    return domain !== '' && (h === domain || h.endsWith(`.${domain}`));
-  });
-}
-
-/** The URL without user name or password, cut to 200 characters, for messages. */
-export function describeUrl(url: URL): string {
-  let href = url.href;
-  if (url.username || url.password) {
-    const copy = new URL(url.href);
-    copy.username = '';
-    copy.password = '';
-    href = copy.href;
-  }
-  return href.length > 200 ? `${href.slice(0, 197)}...` : href;
-}
 
 const errorMessage = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
@@ -257,58 +199,15 @@ export async function checkMediaFile(file: string, options: MediaFetchOptions): 
   }
 }
 
-function guardedLookup(options: MediaFetchOptions): LookupFunction {
-  return (hostname, lookupOptions, callback) => {
-    dns.lookup(hostname, { ...lookupOptions, all: true }, (err, addresses) => {
-      if (err) {
-        callback(err, '', 0);
-        return;
-      }
-      const blocked = addresses.find((a) => isNonPublicAddress(a.address));
-      if (blocked) {
-        const e = new MediaFetchError(
-          options.code,
-          `${hostname} resolves to ${blocked.address}, not a public address; it is not fetched from`,
-          'not_allowed',
-        );
-        callback(e as unknown as NodeJS.ErrnoException, '', 0);
-        return;
-      }
-      if (lookupOptions.all) callback(null, addresses);
-      else callback(null, addresses[0].address, addresses[0].family);
-    });
-  };
-}
-
-/** Checks one hop of a remote fetch: scheme, allow-list, and a literal IP host. */
-function checkHop(url: URL, options: MediaFetchOptions): void {
-  const fail = (message: string, problem: MediaProblem) =>
-    new MediaFetchError(options.code, message, problem);
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw fail(
-      `only http(s) URLs can be fetched, not ${url.protocol} (${describeUrl(url)})`,
-      'invalid_source',
-    );
-  }
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  if (options.allowedDomains && !domainAllowed(host, options.allowedDomains)) {
-    throw fail(
-      `the host ${host} is not in the allowed media domains (${options.allowedDomains.join(', ')})`,
-      'not_allowed',
-    );
-  }
-  if (options.allowPrivateAddresses === false && isNonPublicAddress(host)) {
-    throw fail(`${host} is not a public address; it is not fetched from`, 'not_allowed');
-  }
-}
-
 function get(url: URL, options: MediaFetchOptions, signal: AbortSignal): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
     const client = url.protocol === 'https:' ? https : http;
     const req = client.get(url, {
       signal,
       headers: { 'user-agent': 'internvl-ts', accept: '*/*' },
-      ...(options.allowPrivateAddresses === false ? { lookup: guardedLookup(options) } : {}),
+      ...(options.allowPrivateAddresses === false
+        ? { lookup: guardedLookup((message) => new MediaFetchError(options.code, message, 'not_allowed')) }
+        : {}),
     });
     req.on('response', resolve);
     req.on('error', reject);
@@ -331,7 +230,8 @@ export async function fetchRemote(
   let current = url;
   try {
     for (let hop = 0; ; hop++) {
-      checkHop(current, options);
+      const refused = hopRefusal(current, options);
+      if (refused) throw fail(refused.message, refused.problem);
       const res = await get(current, options, signal);
       const status = res.statusCode ?? 0;
       if (status >= 300 && status < 400 && res.headers.location) {
