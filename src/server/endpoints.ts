@@ -12,7 +12,7 @@ import { readBody } from './http.js';
 import type { ServerMetrics, SlotLimiter } from './metrics.js';
 import { chatGeneration, choiceConfigs, completionGeneration, prepareMessages } from './openai.js';
 import type { ServerLimits } from './options.js';
-import type { RequestBodyParser } from './request-body.js';
+import type { RequestBodyParser, RequestKinds } from './request-body.js';
 import { responseFormatParam } from './response-format.js';
 
 /** What a generation endpoint reads from the server. */
@@ -46,8 +46,26 @@ export function unknownModel(name: string, served: string): HttpError {
   });
 }
 
-/** Compiles a response format (cached) before any work, so a bad schema is a 400 naming it. */
-async function compileFormat(backend: ServerBackend, format: ResponseFormat, param: string): Promise<void> {
+/** A generation request's validated body; a model other than the one served is a 404. */
+async function requestBody<K extends keyof RequestKinds>(
+  ctx: EndpointContext,
+  req: IncomingMessage,
+  kind: K,
+): Promise<RequestKinds[K]> {
+  const raw = await readBody(req, ctx.limits.bodyLimit, ctx.limits.bodyTimeout);
+  const body = await ctx.bodies.parse(raw, kind);
+  if (body.model != null && body.model !== ctx.modelName) throw unknownModel(body.model, ctx.modelName);
+  return body;
+}
+
+/** Compiles the request's response format (cached) before any work, so a bad schema is a 400 naming it. */
+async function compileFormat(
+  backend: ServerBackend,
+  format: ResponseFormat | undefined,
+  body: Parameters<typeof responseFormatParam>[0],
+): Promise<void> {
+  if (!format) return;
+  const param = responseFormatParam(body);
   try {
     await backend.compileResponseFormat(format);
   } catch (err) {
@@ -59,12 +77,10 @@ async function compileFormat(backend: ServerBackend, format: ResponseFormat, par
 export async function chatCompletions(ctx: EndpointContext, request: EndpointRequest): Promise<void> {
   const { req, res, signal, started } = request;
   const backend = ctx.backend;
-  const raw = await readBody(req, ctx.limits.bodyLimit, ctx.limits.bodyTimeout);
-  const body = await ctx.bodies.parse(raw, 'chat');
-  if (body.model != null && body.model !== ctx.modelName) throw unknownModel(body.model, ctx.modelName);
+  const body = await requestBody(ctx, req, 'chat');
   const gen = chatGeneration(body);
   const n = body.n ?? 1;
-  if (gen.responseFormat) await compileFormat(backend, gen.responseFormat, responseFormatParam(body));
+  await compileFormat(backend, gen.responseFormat, body);
   const limits = { ...ctx.limits.media, defaultTiles: backend.defaultImageTiles };
   const prepared = await prepareMessages(body, limits, signal);
   try {
@@ -94,12 +110,10 @@ export async function chatCompletions(ctx: EndpointContext, request: EndpointReq
 export async function completions(ctx: EndpointContext, request: EndpointRequest): Promise<void> {
   const { req, res, signal, started } = request;
   const backend = ctx.backend;
-  const raw = await readBody(req, ctx.limits.bodyLimit, ctx.limits.bodyTimeout);
-  const body = await ctx.bodies.parse(raw, 'completion');
-  if (body.model != null && body.model !== ctx.modelName) throw unknownModel(body.model, ctx.modelName);
+  const body = await requestBody(ctx, req, 'completion');
   const gen = completionGeneration(body);
   const n = body.n ?? 1;
-  if (gen.responseFormat) await compileFormat(backend, gen.responseFormat, responseFormatParam(body));
+  await compileFormat(backend, gen.responseFormat, body);
   const prompts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
   if (prompts.length * n > ctx.limiter.maxQueue) {
     throw new HttpError(
