@@ -42,8 +42,9 @@ async function childLoad(modelDir: string, cacheDir: string, precision: Resolved
   const pixels = new Float32Array(tile.length * tiles);
   for (let i = 0; i < tiles; i++) pixels.set(tile, i * tile.length);
   const imageTokens = tiles * vision.geometry.tokensPerTile;
-  const contextId = 1000;
-  const text = evalTokenIds(40, 999);
+  // Any id serves as the image placeholder; text ids stay below it (a random checkpoint may have a tiny vocabulary).
+  const contextId = Math.min(1000, decoder.dims.vocabSize - 1);
+  const text = evalTokenIds(40, contextId);
   const ids = [...text.slice(0, 20), ...new Array(imageTokens).fill(contextId), ...text.slice(20)];
   const t1 = performance.now();
   const features = await vision.encode(pixels, tiles);
