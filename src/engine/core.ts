@@ -10,22 +10,16 @@ import { AWQ_LAYOUT } from '../models/awq.js';
 import { gptqLayout } from '../models/gptq.js';
 import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
-import { DecoderRunner, decoderDimsFromConfig } from './decoder.js';
+import type { DecoderRunner } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
 import { GrammarEngine } from './grammar.js';
 import type { ResponseFormat } from './grammar-types.js';
-import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';
 import { greedyTokens, pixelKey } from './greedy.js';
-import {
-  type LlmPrecisionOptions,
-  llmCacheTag,
-  type VitDtype,
-  vitCacheTag,
-  type WeightDtype,
-} from './precision.js';
-import { VisionEncoder, visionDimsFromConfig } from './vision.js';
+import type { LlmPrecisionOptions, VitDtype, WeightDtype } from './precision.js';
+import { createEngineRunners } from './runners.js';
+import type { VisionEncoder } from './vision.js';
 
 export interface EngineOptions extends LlmPrecisionOptions {
   /** Shorthand for llmDtype (kept for compatibility); llmDtype wins when both are given. */
@@ -131,38 +125,17 @@ export class EngineCore {
       );
     }
     const config = await loadModelConfig(dir);
-    const { vitDtype, ...precision } = await resolvePrecision(options, config);
+    const precision = await resolvePrecision(options, config);
     const checkpoint = await Checkpoint.open(dir);
     try {
       const weights = checkpointWeights(checkpoint, config);
-      const threads = options.threads;
-      const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-      const cacheFor = (component: string, dims: unknown, tag: Record<string, unknown>) =>
-        cacheDir === false
-          ? undefined
-          : {
-              dir: cacheDir,
-              key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }),
-              source: { files: checkpoint.files(), component, dtype: String(tag.dtype) },
-            };
-      onProgress?.(0, 2);
-      const visionDims = visionDimsFromConfig(config);
-      const vision = await VisionEncoder.create(visionDims, weights, {
-        threads,
-        vitDtype,
-        int8Kernel: precision.int8Kernel,
-        cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype, precision.int8Kernel)),
-      });
-      onProgress?.(1, 2);
-      const decoderDims = decoderDimsFromConfig(config);
-      const decoder = await DecoderRunner.create(decoderDims, weights, {
-        threads,
-        ...precision,
-        cache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.llmDtype)),
-        prefillCache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
+      const { vision, decoder } = await createEngineRunners(config, checkpoint, weights, {
+        precision,
+        threads: options.threads,
+        cacheDir: options.cacheDir,
+        onProgress,
       });
       const imgContextId = await imageContextTokenId(dir);
-      onProgress?.(2, 2);
       return new EngineCore(config, checkpoint, vision, decoder, imgContextId, dir, prefixCacheBytes);
     } catch (err) {
       await checkpoint.close();

@@ -4,10 +4,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { InternVLError } from '../errors.js';
-import type { ChatMessage } from '../pipeline/conversation.js';
-import type { GenerationConfigInput } from '../pipeline/generation-config.js';
-import type { FinishReason, Pipeline, StreamChunk, TokenLogprobInfo, Usage } from '../pipeline/pipeline.js';
+import type { StreamChunk, TokenLogprobInfo } from '../pipeline/pipeline.js';
+import type { BackendResult } from './backend.js';
 import { HttpError } from './errors.js';
 import { SSE_HEADERS, sendJson, sseData } from './http.js';
 import type { ServerMetrics, SlotLimiter } from './metrics.js';
@@ -20,10 +18,7 @@ export interface GenerationContext {
   readonly limiter: SlotLimiter;
 }
 
-export interface ChoiceResult {
-  finishReason: FinishReason;
-  usage: Usage;
-}
+export type ChoiceResult = BackendResult;
 
 /** One generation of a request: `run` streams its chunks and resolves with how it ended. */
 export interface Choice {
@@ -39,24 +34,6 @@ export interface GenerationReply {
   /** Choices per prompt (n): usage counts each prompt once. */
   n: number;
   prompts: number;
-}
-
-/** One chat choice: the pipeline's stream, its last chunk giving how it ended. */
-export async function collectChat(
-  pipe: Pipeline,
-  messages: ChatMessage[],
-  gen: GenerationConfigInput,
-  signal: AbortSignal,
-  onChunk: (chunk: StreamChunk) => void,
-): Promise<ChoiceResult> {
-  let last: StreamChunk | undefined;
-  for await (const chunk of pipe.stream(messages, gen, { signal })) {
-    if (chunk.finishReason) last = chunk;
-    else onChunk(chunk);
-  }
-  if (!last?.finishReason || !last.usage)
-    throw new InternVLError('INTERNAL', 'the stream ended without its final chunk');
-  return { finishReason: last.finishReason, usage: last.usage };
 }
 
 /** Logprobs of the chunk's generated tokens (an end-of-turn token's entry is not part of the text). */

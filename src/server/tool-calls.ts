@@ -6,7 +6,6 @@
  */
 import { z } from 'zod';
 import { InternVLError } from '../errors.js';
-import type { Pipeline } from '../pipeline/pipeline.js';
 import {
   type ToolCall,
   type ToolCallDelta,
@@ -16,6 +15,7 @@ import {
   toolProblems,
   toolsSchema,
 } from '../pipeline/tool-calls.js';
+import type { ServerBackend } from './backend.js';
 import { HttpError } from './errors.js';
 
 const nullish = <T extends z.ZodType>(schema: T) => schema.nullish();
@@ -118,9 +118,9 @@ export function toolOptions(req: {
 }
 
 /** Compiles the tools' grammar before any work: a schema XGrammar cannot read is a 400 naming its tool. */
-export async function compileRequestTools(pipe: Pipeline, options: ToolOptions): Promise<void> {
+export async function compileRequestTools(backend: ServerBackend, options: ToolOptions): Promise<void> {
   try {
-    await pipe.compileTools(options);
+    await backend.compileTools(options);
   } catch (err) {
     if (!(err instanceof InternVLError) || err.code !== 'BAD_INPUT') throw err;
     const path = err instanceof ToolInputError ? err.path : ['tools'];
