@@ -80,3 +80,6 @@ export function onlyEndAllowed(
   }
   return true;
 }
+
+/** How a vocabulary's token strings map to bytes (XGrammar's VocabType). */
+export type VocabType = 'byte_level' | 'byte_fallback' | 'raw';

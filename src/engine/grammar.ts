@@ -16,11 +16,11 @@ import { InternVLError } from '../errors.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { TOOL_MARKER_TOKENS } from '../text/tool-prompts.js';
 import type { Tokenizer } from '../text/types.js';
-import type { GrammarProvider, ResponseFormat, TokenMatcher } from './grammar-types.js';
+import type { GrammarProvider, ResponseFormat, TokenMatcher, VocabType } from './grammar-types.js';
 import { tokenBytes, Utf8Guard } from './utf8-guard.js';
 import { XGrammarInstance, type XGrammarModule } from './xgrammar.js';
 
-export type VocabType = 'byte_level' | 'byte_fallback' | 'raw';
+export type { VocabType };
 
 export interface GrammarVocab {
   /** Token strings as the vocabulary stores them, by id; '' for special tokens and unused ids. */

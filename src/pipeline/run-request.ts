@@ -10,7 +10,7 @@ import type { ResolvedGenerationConfig } from './generation-config.js';
 import type { FinishReason, Response, StreamChunk, TokenLogprobInfo } from './responses.js';
 import { StopStringMatcher } from './stop.js';
 import { RequestClock } from './timings.js';
-import { ToolCallReader } from './tool-calls.js';
+import { ToolCallReader } from './tool-call-reader.js';
 
 export interface ResponseDeps {
   model: InternVLModel;
