@@ -183,8 +183,9 @@ export class WebInternVL {
     }
     const config = parseModelConfig(configJson, joinUrl(baseUrl, 'config.json'));
     const fileConfig = parseGenerationConfig(json('generation_config.json') ?? {}, 'generation_config.json');
+    const tokenizerJson = json('tokenizer.json') as Record<string, unknown> | undefined;
     const tokenizer = createTokenizer({
-      tokenizerJson: json('tokenizer.json'),
+      tokenizerJson,
       sentencePieceModel: files.get('tokenizer.model'),
       tokenizerConfig: json('tokenizer_config.json'),
       specialTokensMap: json('special_tokens_map.json'),
@@ -209,7 +210,6 @@ export class WebInternVL {
       embeddingTable(files.get(manifest.embeddings.path) as Uint8Array, manifest),
     );
     // Only what grammarVocab reads of tokenizer.json is kept (XGrammar loads on the first response format).
-    const tokenizerJson = json('tokenizer.json') as Record<string, unknown> | undefined;
     const vocabHints = tokenizerJson && {
       decoder: tokenizerJson.decoder,
       model: {
