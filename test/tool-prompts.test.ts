@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { grammarVocab } from '../src/engine/grammar.js';
+import { grammarVocab } from '../src/engine/grammar-vocab.js';
 import { InternVLError } from '../src/errors.js';
 import { decoderArchitecture } from '../src/models/registry.js';
 import { parseToolOptions, ToolInputError, toolCallFormat } from '../src/pipeline/tool-calls.js';

@@ -13,7 +13,8 @@ import type { WeightSource } from '../models/weights.js';
 import type { DecoderRunner } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
-import { GrammarEngine } from './grammar.js';
+import type { GrammarEngine } from './grammar.js';
+import { grammarEngineForModel } from './grammar-files.js';
 import type { ResponseFormat } from './grammar-types.js';
 import { resolvePrecision } from './graph-plan.js';
 import { greedyTokens, pixelKey } from './greedy.js';
@@ -93,7 +94,7 @@ export class EngineCore {
     prefixCacheBytes: number,
   ) {
     // Loaded on the first request with a response format (XGrammar and the vocabulary).
-    this.grammar = GrammarEngine.forModel(dir, decoder.dims.vocabSize);
+    this.grammar = grammarEngineForModel(dir, decoder.dims.vocabSize);
     this.generator = new Generator({
       grammar: this.grammar,
       decoder,
@@ -195,11 +196,8 @@ export class EngineCore {
    * Checks and compiles a response format against the vocabulary (cached), so a bad one is reported
    * before generation starts; returns how long the compile took (0 when it was cached).
    */
-  async compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
-    const before = this.grammar.compileTimes.length;
-    await this.grammar.compile(format);
-    const times = this.grammar.compileTimes;
-    return { compileMs: times.length > before ? times[times.length - 1] : 0 };
+  compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
+    return this.grammar.compileTimed(format);
   }
 
   abort(callId: number): void {
