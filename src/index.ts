@@ -51,6 +51,13 @@ export {
   type TokenLogprobInfo,
   type Usage,
 } from './pipeline/pipeline.js';
+export type {
+  ToolCall,
+  ToolCallDelta,
+  ToolChoice,
+  ToolDefinition,
+  ToolOptions,
+} from './pipeline/tool-calls.js';
 export type { RgbImage } from './preprocess/image.js';
 export { IMAGENET_MEAN, IMAGENET_STD, toPixelValues } from './preprocess/pixels.js';
 export { resizeBicubic } from './preprocess/resize.js';

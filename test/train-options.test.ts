@@ -12,10 +12,9 @@ import {
   excludedFromWeightDecay,
   isLoraTarget,
   isVitLoraTarget,
-  type TrainBatch,
-  Trainer,
   trainableParameters,
-} from '../src/train/trainer.js';
+} from '../src/train/trainable.js';
+import { type TrainBatch, Trainer } from '../src/train/trainer.js';
 import { goldenModelDir, maxAbsDiff } from './helpers.js';
 import { goldenTrainBatch, trainerAndEngineLogits } from './train-fixture.js';
 

@@ -7,21 +7,16 @@ import { writeFile } from 'node:fs/promises';
 import { loadModelConfig } from '../config/model-config.js';
 import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { argmax, DecoderRunner, decoderDimsFromConfig, teacherForcedLogits } from '../engine/decoder.js';
-import { defaultGraphCacheDir } from '../engine/graph-cache.js';
-import {
-  engineGraphKey,
-  type PrecisionOptions,
-  type ResolvedPrecision,
-  resolvePrecision,
-} from '../engine/graph-plan.js';
+import { argmax, decoderDimsFromConfig, teacherForcedLogits } from '../engine/decoder.js';
+import { type PrecisionOptions, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
 import { greedyTokens } from '../engine/greedy.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
-import { decoderGraphQuant, llmCacheTag, vitCacheTag, type WeightDtype } from '../engine/precision.js';
-import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
+import { decoderGraphQuant, resolveLlmPrecision, type WeightDtype } from '../engine/precision.js';
+import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { parseCommandArgs } from './args.js';
+import { integerOption, UsageError } from './args.js';
+import { defineCommand } from './command.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 
 export interface EvalQuantOptions extends PrecisionOptions {
@@ -130,24 +125,17 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
   }
   const checkpoint = await Checkpoint.open(modelDir);
   const weights = checkpointWeights(checkpoint, config);
-  const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-  const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) =>
-    cacheDir === false ? undefined : { dir: cacheDir, key: engineGraphKey(checkpoint, component, dims, tag) };
+  const cache = engineGraphCache(checkpoint, options.cacheDir);
   const released: { release(): Promise<void> }[] = [];
   try {
     const dims = decoderDimsFromConfig(config);
     const threads = options.threads;
-    const fp32 = await DecoderRunner.create(dims, weights, {
+    const fp32 = await createDecoderRunner(config, weights, cache, {
+      precision: resolveLlmPrecision({ llmDtype: 'fp32' }),
       threads,
-      cache: cache('decoder', dims, { dtype: 'fp32' }),
     });
     released.push(fp32);
-    const quant = await DecoderRunner.create(dims, weights, {
-      threads,
-      ...precision,
-      cache: cache('decoder', dims, llmCacheTag(precision, precision.llmDtype)),
-      prefillCache: cache('decoder', dims, llmCacheTag(precision, precision.prefillDtype)),
-    });
+    const quant = await createDecoderRunner(config, weights, cache, { precision, threads });
     released.push(quant);
 
     const ids = evalTokenIds(promptTokens, dims.vocabSize);
@@ -180,17 +168,13 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
 
     let vision: DiffStats | null = null;
     if (precision.vitDtype !== 'fp32') {
-      const visionDims = visionDimsFromConfig(config);
-      const ref = await VisionEncoder.create(visionDims, weights, {
-        threads,
-        cache: cache('vision', visionDims, vitCacheTag('fp32', precision.int8Kernel)),
-      });
+      const { int8Kernel } = precision;
+      const ref = await createVisionRunner(config, weights, cache, { vitDtype: 'fp32', int8Kernel, threads });
       released.push(ref);
-      const q = await VisionEncoder.create(visionDims, weights, {
-        threads,
+      const q = await createVisionRunner(config, weights, cache, {
         vitDtype: precision.vitDtype,
-        int8Kernel: precision.int8Kernel,
-        cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype, precision.int8Kernel)),
+        int8Kernel,
+        threads,
       });
       released.push(q);
       const pixels = options.pixelValues ?? syntheticTile(ref.geometry.imageSize);
@@ -233,42 +217,29 @@ Examples:
   npx internvl eval-quant ./InternVL2_5-1B --dtype int4 --prefill-dtype int8 --vit-dtype int8 --json report.json
 `;
 
-export async function evalQuantCommand(argv: string[]): Promise<number> {
-  const parse = () =>
-    parseCommandArgs(argv, {
-      ...PRECISION_FLAGS,
-      dtype: { type: 'string' },
-      'prompt-tokens': { type: 'string' },
-      'new-tokens': { type: 'string' },
-      'no-cache': { type: 'boolean' },
-      json: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
+export const evalQuantCommand = defineCommand({
+  name: 'eval-quant',
+  usage: USAGE,
+  options: {
+    ...PRECISION_FLAGS,
+    dtype: { type: 'string' },
+    'prompt-tokens': { type: 'string' },
+    'new-tokens': { type: 'string' },
+    'no-cache': { type: 'boolean' },
+    json: { type: 'string' },
+  },
+  async run({ values, positionals }, io) {
+    if (positionals.length !== 1) throw new UsageError('expected one MODEL folder');
+    const precision = precisionFromFlags({ ...values, 'llm-dtype': values['llm-dtype'] ?? values.dtype });
+    const report = await evalQuant(positionals[0], {
+      ...precision,
+      promptTokens: integerOption(values['prompt-tokens'], 'prompt-tokens', 1),
+      newTokens: integerOption(values['new-tokens'], 'new-tokens', 1),
+      cacheDir: values['no-cache'] ? false : undefined,
     });
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse();
-  } catch (err) {
-    process.stderr.write(`internvl eval-quant: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(USAGE);
+    const text = JSON.stringify(report, null, 2);
+    io.stdout.write(`${text}\n`);
+    if (values.json) await writeFile(values.json, `${text}\n`);
     return 0;
-  }
-  if (positionals.length !== 1) {
-    process.stderr.write(`internvl eval-quant: expected one MODEL folder\n${USAGE}`);
-    return 2;
-  }
-  const precision = precisionFromFlags({ ...values, 'llm-dtype': values['llm-dtype'] ?? values.dtype });
-  const report = await evalQuant(positionals[0], {
-    ...precision,
-    promptTokens: values['prompt-tokens'] === undefined ? undefined : Number(values['prompt-tokens']),
-    newTokens: values['new-tokens'] === undefined ? undefined : Number(values['new-tokens']),
-    cacheDir: values['no-cache'] ? false : undefined,
-  });
-  const text = JSON.stringify(report, null, 2);
-  process.stdout.write(`${text}\n`);
-  if (values.json) await writeFile(values.json, `${text}\n`);
-  return 0;
-}
+  },
+});

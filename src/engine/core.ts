@@ -11,22 +11,17 @@ import { gptqLayout } from '../models/gptq.js';
 import { hfLayoutWeights, isHfLayout } from '../models/hf-layout.js';
 import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
-import { DecoderRunner, decoderDimsFromConfig } from './decoder.js';
+import type { DecoderRunner } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
-import { GrammarEngine } from './grammar.js';
+import type { GrammarEngine } from './grammar.js';
+import { grammarEngineForModel } from './grammar-files.js';
 import type { ResponseFormat } from './grammar-types.js';
-import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';
 import { greedyTokens, pixelKey } from './greedy.js';
-import {
-  type LlmPrecisionOptions,
-  llmCacheTag,
-  type VitDtype,
-  vitCacheTag,
-  type WeightDtype,
-} from './precision.js';
-import { VisionEncoder, visionDimsFromConfig } from './vision.js';
+import type { LlmPrecisionOptions, VitDtype, WeightDtype } from './precision.js';
+import { createEngineRunners } from './runners.js';
+import type { VisionEncoder } from './vision.js';
 
 export interface EngineOptions extends LlmPrecisionOptions {
   /** Shorthand for llmDtype (kept for compatibility); llmDtype wins when both are given. */
@@ -109,7 +104,7 @@ export class EngineCore {
     prefixCacheBytes: number,
   ) {
     // Loaded on the first request with a response format (XGrammar and the vocabulary).
-    this.grammar = GrammarEngine.forModel(dir, decoder.dims.vocabSize);
+    this.grammar = grammarEngineForModel(dir, decoder.dims.vocabSize);
     this.generator = new Generator({
       grammar: this.grammar,
       decoder,
@@ -141,38 +136,17 @@ export class EngineCore {
       );
     }
     const config = await loadModelConfig(dir);
-    const { vitDtype, ...precision } = await resolvePrecision(options, config);
+    const precision = await resolvePrecision(options, config);
     const checkpoint = await Checkpoint.open(dir);
     try {
       const weights = checkpointWeights(checkpoint, config);
-      const threads = options.threads;
-      const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-      const cacheFor = (component: string, dims: unknown, tag: Record<string, unknown>) =>
-        cacheDir === false
-          ? undefined
-          : {
-              dir: cacheDir,
-              key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }),
-              source: { files: checkpoint.files(), component, dtype: String(tag.dtype) },
-            };
-      onProgress?.(0, 2);
-      const visionDims = visionDimsFromConfig(config);
-      const vision = await VisionEncoder.create(visionDims, weights, {
-        threads,
-        vitDtype,
-        int8Kernel: precision.int8Kernel,
-        cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype, precision.int8Kernel)),
-      });
-      onProgress?.(1, 2);
-      const decoderDims = decoderDimsFromConfig(config);
-      const decoder = await DecoderRunner.create(decoderDims, weights, {
-        threads,
-        ...precision,
-        cache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.llmDtype)),
-        prefillCache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
+      const { vision, decoder } = await createEngineRunners(config, checkpoint, weights, {
+        precision,
+        threads: options.threads,
+        cacheDir: options.cacheDir,
+        onProgress,
       });
       const imgContextId = await imageContextTokenId(dir);
-      onProgress?.(2, 2);
       return new EngineCore(config, checkpoint, vision, decoder, imgContextId, dir, prefixCacheBytes);
     } catch (err) {
       await checkpoint.close();
@@ -232,11 +206,8 @@ export class EngineCore {
    * Checks and compiles a response format against the vocabulary (cached), so a bad one is reported
    * before generation starts; returns how long the compile took (0 when it was cached).
    */
-  async compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
-    const before = this.grammar.compileTimes.length;
-    await this.grammar.compile(format);
-    const times = this.grammar.compileTimes;
-    return { compileMs: times.length > before ? times[times.length - 1] : 0 };
+  compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
+    return this.grammar.compileTimed(format);
   }
 
   abort(callId: number): void {

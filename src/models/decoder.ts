@@ -16,6 +16,7 @@
 import type { LlmConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import type { LinearQuant } from '../onnx/quantize.js';
+import type { ToolFormatName } from '../text/tool-prompts.js';
 import type { RopeScaling } from './rope.js';
 import type { TensorSpec } from './weights.js';
 
@@ -129,6 +130,12 @@ export interface DecoderArchitecture {
   lmHeadName: string;
   /** The RMSNorm after the last layer. */
   finalNormName: string;
+  /** The Linears of a layer that LoRA adapts (`use_llm_lora`), as module names within the layer. */
+  loraTargets: readonly string[];
+  /** How the LLM was trained to call tools (text/tool-prompts.ts). */
+  toolFormat: ToolFormatName;
+  /** The prefix of layer i's tensors. */
+  layerPrefix(layer: number): string;
   dims(llm: LlmConfig): DecoderDims;
   /** Every tensor the decoder reads, with its checkpoint shape (embeddings and head included). */
   tensorSpecs(dims: DecoderDims): TensorSpec[];

@@ -76,6 +76,9 @@ export const internlm2Architecture: DecoderArchitecture = {
   embeddingName: INTERNLM2_EMBEDDING,
   lmHeadName: LM_HEAD,
   finalNormName: FINAL_NORM,
+  toolFormat: 'internlm2',
+  loraTargets: ['attention.wqkv', 'attention.wo', 'feed_forward.w1', 'feed_forward.w2', 'feed_forward.w3'],
+  layerPrefix,
   dims: (llm) => ({
     arch: 'internlm2',
     ...commonDecoderDims(llm),

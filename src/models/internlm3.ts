@@ -7,7 +7,15 @@
  */
 import { InternVLError } from '../errors.js';
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
-import { QWEN_FINAL_NORM, QWEN2_EMBEDDING, type QwenVariant, qwenLayer, qwenTensorSpecs } from './qwen2.js';
+import {
+  QWEN_FINAL_NORM,
+  QWEN_LORA_TARGETS,
+  QWEN2_EMBEDDING,
+  type QwenVariant,
+  qwenLayer,
+  qwenLayerPrefix,
+  qwenTensorSpecs,
+} from './qwen2.js';
 
 const INTERNLM3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -20,6 +28,10 @@ export const internlm3Architecture: DecoderArchitecture = {
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: 'language_model.lm_head.weight',
   finalNormName: QWEN_FINAL_NORM,
+  // InternLM3's chat template writes tool calls as InternLM2.5's (<|action_start|><|plugin|> … <|action_end|>).
+  toolFormat: 'internlm2',
+  loraTargets: QWEN_LORA_TARGETS,
+  layerPrefix: qwenLayerPrefix,
   dims: (llm) => {
     if (llm.model_type !== 'internlm3')
       throw new InternVLError('BAD_CONFIG', 'expected an InternLM3 llm_config');

@@ -11,7 +11,18 @@ import type { TensorSpec } from './weights.js';
 export const QWEN2_EMBEDDING = 'language_model.model.embed_tokens.weight';
 export const QWEN_FINAL_NORM = 'language_model.model.norm.weight';
 const LM_HEAD = 'language_model.lm_head.weight';
-const layerPrefix = (i: number) => `language_model.model.layers.${i}.`;
+export const qwenLayerPrefix = (i: number) => `language_model.model.layers.${i}.`;
+const layerPrefix = qwenLayerPrefix;
+/** PEFT targets of the official wrap_llm_lora for Qwen2 / LLaMA-style layers. */
+export const QWEN_LORA_TARGETS = [
+  'self_attn.q_proj',
+  'self_attn.k_proj',
+  'self_attn.v_proj',
+  'self_attn.o_proj',
+  'mlp.gate_proj',
+  'mlp.down_proj',
+  'mlp.up_proj',
+];
 
 /** What a member of the Qwen family changes in the block. */
 export interface QwenVariant {
@@ -112,6 +123,9 @@ export const qwen2Architecture: DecoderArchitecture = {
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: LM_HEAD,
   finalNormName: QWEN_FINAL_NORM,
+  toolFormat: 'hermes',
+  loraTargets: QWEN_LORA_TARGETS,
+  layerPrefix: qwenLayerPrefix,
   dims: (llm) => ({
     arch: 'qwen2',
     ...commonDecoderDims(llm),

@@ -5,7 +5,15 @@
  * sizes the output head tied to the token embeddings.
  */
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
-import { QWEN_FINAL_NORM, QWEN2_EMBEDDING, type QwenVariant, qwenLayer, qwenTensorSpecs } from './qwen2.js';
+import {
+  QWEN_FINAL_NORM,
+  QWEN_LORA_TARGETS,
+  QWEN2_EMBEDDING,
+  type QwenVariant,
+  qwenLayer,
+  qwenLayerPrefix,
+  qwenTensorSpecs,
+} from './qwen2.js';
 
 const QWEN3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -18,6 +26,9 @@ export const qwen3Architecture: DecoderArchitecture = {
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: 'language_model.lm_head.weight',
   finalNormName: QWEN_FINAL_NORM,
+  toolFormat: 'hermes',
+  loraTargets: QWEN_LORA_TARGETS,
+  layerPrefix: qwenLayerPrefix,
   dims: (llm) => ({
     arch: 'qwen3',
     ...commonDecoderDims(llm),
