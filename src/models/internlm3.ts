@@ -7,15 +7,7 @@
  */
 import { InternVLError } from '../errors.js';
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
-import {
-  QWEN_FINAL_NORM,
-  QWEN_LORA_TARGETS,
-  QWEN2_EMBEDDING,
-  type QwenVariant,
-  qwenLayer,
-  qwenLayerPrefix,
-  qwenTensorSpecs,
-} from './qwen2.js';
+import { type QwenVariant, qwen2Architecture, qwenLayer, qwenTensorSpecs } from './qwen2.js';
 
 const INTERNLM3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -24,14 +16,12 @@ const INTERNLM3: QwenVariant = {
 };
 
 export const internlm3Architecture: DecoderArchitecture = {
+  // The Qwen2 names: embeddings, head, final norm, layer prefix, LoRA targets.
+  ...qwen2Architecture,
   modelType: 'internlm3',
-  embeddingName: QWEN2_EMBEDDING,
-  lmHeadName: 'language_model.lm_head.weight',
-  finalNormName: QWEN_FINAL_NORM,
-  // InternLM3's chat template writes tool calls as InternLM2.5's (<|action_start|><|plugin|> … <|action_end|>).
+  // Tool calls taken to be InternLM2.5's (<|action_start|><|plugin|> … <|action_end|>); not checked against
+  // internlm3-8b-instruct's chat template.
   toolFormat: 'internlm2',
-  loraTargets: QWEN_LORA_TARGETS,
-  layerPrefix: qwenLayerPrefix,
   dims: (llm) => {
     if (llm.model_type !== 'internlm3')
       throw new InternVLError('BAD_CONFIG', 'expected an InternLM3 llm_config');
