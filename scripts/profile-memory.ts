@@ -5,7 +5,6 @@
  * when missing).
  */
 import { readFileSync } from 'node:fs';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, decoderDimsFromConfig } from '../src/engine/decoder.js';
 import { scatterImageEmbeddings } from '../src/engine/embeddings.js';
@@ -13,6 +12,7 @@ import { resolvePrecision } from '../src/engine/graph-plan.js';
 import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../src/engine/runners.js';
 import { visionDimsFromConfig } from '../src/engine/vision.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 
 function memory(stage: string): void {
   const status = readFileSync('/proc/self/status', 'utf8');

@@ -7,8 +7,9 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { numImageTokens, parseModelConfig } from '../src/config/model-config.js';
+import { numImageTokens } from '../src/config/model-config.js';
 import { InternVLError } from '../src/errors.js';
+import { parseModelConfig } from '../src/models/model-config.js';
 import { decoderDimsFromConfig } from '../src/models/registry.js';
 import { type LlmShape, qwen3, qwen25, vit300mV25 } from './config-fixture.js';
 import { hfConfigFrom } from './hf-layout-fixture.js';

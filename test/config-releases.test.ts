@@ -5,9 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { numImageTokens, parseModelConfig } from '../src/config/model-config.js';
+import { numImageTokens } from '../src/config/model-config.js';
 import { llmQuantization } from '../src/config/quantization-config.js';
 import { InternVLError } from '../src/errors.js';
+import { parseModelConfig } from '../src/models/model-config.js';
 import { decoderDimsFromConfig } from '../src/models/registry.js';
 import { qwen3, qwen25 } from './config-fixture.js';
 

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights as engineWeights } from '../src/engine/core.js';
 import {
   argmax,
@@ -15,6 +14,7 @@ import { greedyTokens } from '../src/engine/greedy.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import type { DecoderDims } from '../src/models/decoder.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import { splitPackedQkv } from '../src/models/packed-qkv.js';
 import { decoderDimsFromConfig } from '../src/models/registry.js';
 import { inverseFrequencies, type RopeParams, ropeBase, rotaryTables } from '../src/models/rope.js';

@@ -3,11 +3,12 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { loadModelConfig, numImageTokens, parseModelConfig } from '../src/config/model-config.js';
+import { numImageTokens } from '../src/config/model-config.js';
 import { EngineCore } from '../src/engine/core.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint, writeSafetensors } from '../src/io/safetensors.js';
 import { hfTensorFor } from '../src/models/hf-layout.js';
+import { loadModelConfig, parseModelConfig } from '../src/models/model-config.js';
 import { pipeline } from '../src/pipeline/pipeline.js';
 import { GOLDEN_DIR, goldenModelDir, maxAbsDiff, readGoldenCase } from './helpers.js';
 import { hfConfigFrom, writeHfCheckpoint } from './hf-layout-fixture.js';

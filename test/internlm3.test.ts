@@ -8,11 +8,11 @@ import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFile
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { parseModelConfig } from '../src/config/model-config.js';
 import { EngineCore } from '../src/engine/core.js';
 import { DecoderRunner } from '../src/engine/decoder.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { parseModelConfig } from '../src/models/model-config.js';
 import { decoderDimsFromConfig, decoderTensorSpecs } from '../src/models/registry.js';
 import { memoryWeights } from '../src/models/weights.js';
 import { Trainer } from '../src/train/trainer.js';

@@ -4,7 +4,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { evalQuant } from '../src/cli/eval-quant.js';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { parseLlmQuantization } from '../src/config/quantization-config.js';
 import { checkpointWeights, EngineCore } from '../src/engine/core.js';
 import { resolvePrecision } from '../src/engine/graph-plan.js';
@@ -18,6 +17,7 @@ import {
 } from '../src/io/safetensors.js';
 import { AWQ_LAYOUT, unpackAwqRows } from '../src/models/awq.js';
 import { gptqLayout, unpackGptqWeights } from '../src/models/gptq.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import { int4BlocksFromIntegers } from '../src/models/packed-weights.js';
 import { buildDecoderGraph, decoderDimsFromConfig } from '../src/models/registry.js';
 import { dequantizeInt4, stackInt4Columns } from '../src/onnx/quantize.js';

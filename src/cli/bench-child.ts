@@ -7,13 +7,13 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { argmax } from '../engine/decoder.js';
 import { scatterImageEmbeddings } from '../engine/embeddings.js';
 import type { ResolvedPrecision } from '../engine/graph-plan.js';
 import { createEngineRunners } from '../engine/runners.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { round, seconds } from './bench-limits.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
 

@@ -3,11 +3,11 @@
  * the graph cache (where `InternVLModel.load` with the same options finds them) or into a folder.
  */
 import path from 'node:path';
-import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { cachedGraph, defaultGraphCacheDir, writeGraphDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { checkInt8Kernel, checkWeightDtype } from '../onnx/quantize.js';
 import { UsageError } from './args.js';
 import { defineCommand } from './command.js';

@@ -4,7 +4,6 @@
  * embeddings when the ViT is quantised.
  */
 import { writeFile } from 'node:fs/promises';
-import { loadModelConfig } from '../config/model-config.js';
 import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { argmax, decoderDimsFromConfig, teacherForcedLogits } from '../engine/decoder.js';
@@ -15,6 +14,7 @@ import { decoderGraphQuant, resolveLlmPrecision, type WeightDtype } from '../eng
 import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { integerOption, UsageError } from './args.js';
 import { defineCommand } from './command.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';

@@ -5,7 +5,7 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import { availableMemory } from '../engine/memory-check.js';
 import {
   describePrecision,
@@ -18,6 +18,7 @@ import { InternVLError } from '../errors.js';
 import { resolveModel } from '../io/hub.js';
 import { formatBytes } from '../io/progress.js';
 import { internVitDimsFromConfig } from '../models/internvit.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { decoderDimsFromConfig } from '../models/registry.js';
 import { UsageError } from './args.js';
 import { defineCommand } from './command.js';

@@ -2,13 +2,14 @@
  * The engine in one thread: a checkpoint's vision encoder and language model, their ORT sessions and
  * the token-embedding table. `InternVLModel` runs this in a worker thread; tests may use it directly.
  */
-import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/model-config.js';
+import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import { llmQuantization } from '../config/quantization-config.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { AWQ_LAYOUT } from '../models/awq.js';
 import { gptqLayout } from '../models/gptq.js';
 import { hfLayoutWeights, isHfLayout } from '../models/hf-layout.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
 import type { DecoderRunner } from './decoder.js';

@@ -13,6 +13,7 @@
  *   outputs logits [N,V]; key.i/value.i [B,S,kvH·hd] (this chunk's rotated keys and values, for the
  *           engine to append to its buffers); with hiddenStates: hidden.i [B,S,D], final_norm [N,D].
  */
+import type { z } from 'zod';
 import type { LlmConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import type { LinearQuant } from '../onnx/quantize.js';
@@ -124,6 +125,10 @@ export interface DecoderLayerOps {
 export interface DecoderArchitecture {
   /** `llm_config.model_type`, also DecoderDims.arch. */
   modelType: string;
+  /** `llm_config.architectures[0]`, the transformers class (e.g. Qwen2ForCausalLM). */
+  hfArchitecture: string;
+  /** Its llm_config schema (config/model-config.ts `llmConfigSchema`). */
+  configSchema: z.ZodType;
   /** The token-embedding table's checkpoint name. */
   embeddingName: string;
   /** The output head's checkpoint name when the embeddings are not tied. */

@@ -3,6 +3,15 @@
  * attention_norm → packed wqkv → rope → GQA → wo; ffn_norm → w2(silu(w1 h) ⊙ w3 h); final norm and an
  * untied `output` head. wqkv packs each KV head's query heads, key and value together (`packedQkv`).
  */
+import { z } from 'zod';
+import {
+  bool,
+  expected,
+  llmConfigSchema,
+  type ParsedLlmConfig,
+  positiveInt,
+  positiveNumber,
+} from '../config/model-config.js';
 import {
   commonDecoderDims,
   type DecoderArchitecture,
@@ -71,8 +80,26 @@ async function internlm2Layer(ops: DecoderLayerOps, i: number): Promise<void> {
   );
 }
 
+const internlm2ConfigSchema = llmConfigSchema('internlm2', 'InternLM2ForCausalLM', {
+  max_position_embeddings: positiveInt().default(2048),
+  bias: bool().default(true),
+  rope_scaling: z
+    .looseObject(
+      {
+        type: z.enum(['dynamic', 'linear'], { error: expected('"dynamic" or "linear"') }),
+        factor: positiveNumber(),
+      },
+      { error: expected('an object or null') },
+    )
+    .nullable()
+    .default(null),
+});
+type InternLM2LlmConfig = ParsedLlmConfig<typeof internlm2ConfigSchema>;
+
 export const internlm2Architecture: DecoderArchitecture = {
   modelType: 'internlm2',
+  hfArchitecture: 'InternLM2ForCausalLM',
+  configSchema: internlm2ConfigSchema,
   embeddingName: INTERNLM2_EMBEDDING,
   lmHeadName: LM_HEAD,
   finalNormName: FINAL_NORM,
@@ -82,8 +109,8 @@ export const internlm2Architecture: DecoderArchitecture = {
   dims: (llm) => ({
     arch: 'internlm2',
     ...commonDecoderDims(llm),
-    ropeScaling: hfRopeScaling(llm.rope_scaling),
-    attentionBias: 'bias' in llm && llm.bias,
+    ropeScaling: hfRopeScaling((llm as InternLM2LlmConfig).rope_scaling),
+    attentionBias: (llm as InternLM2LlmConfig).bias,
   }),
   tensorSpecs: internlm2TensorSpecs,
   layer: internlm2Layer,

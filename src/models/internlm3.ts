@@ -5,9 +5,26 @@
  * q/k/v biases when `qkv_bias`, and dynamic-NTK or linear `rope_scaling` as InternLM2's. `bias` puts a
  * bias on o_proj and the MLP projections; the released model has none, and `bias: true` is refused.
  */
+import {
+  bool,
+  llmConfigSchema,
+  type ParsedLlmConfig,
+  positiveInt,
+  positiveNumber,
+  ropeScalingObject,
+} from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
 import { type QwenVariant, qwen2Architecture, qwenLayer, qwenTensorSpecs } from './qwen2.js';
+
+const internlm3ConfigSchema = llmConfigSchema('internlm3', 'InternLM3ForCausalLM', {
+  max_position_embeddings: positiveInt().default(32768),
+  rms_norm_eps: positiveNumber().default(1e-6),
+  qkv_bias: bool().default(false),
+  bias: bool().default(false),
+  rope_scaling: ropeScalingObject(),
+});
+type InternLM3LlmConfig = ParsedLlmConfig<typeof internlm3ConfigSchema>;
 
 const INTERNLM3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -19,12 +36,13 @@ export const internlm3Architecture: DecoderArchitecture = {
   // The Qwen2 names: embeddings, head, final norm, layer prefix, LoRA targets.
   ...qwen2Architecture,
   modelType: 'internlm3',
+  hfArchitecture: 'InternLM3ForCausalLM',
+  configSchema: internlm3ConfigSchema,
   // Tool calls taken to be InternLM2.5's (<|action_start|><|plugin|> … <|action_end|>); not checked against
   // internlm3-8b-instruct's chat template.
   toolFormat: 'internlm2',
-  dims: (llm) => {
-    if (llm.model_type !== 'internlm3')
-      throw new InternVLError('BAD_CONFIG', 'expected an InternLM3 llm_config');
+  dims: (config) => {
+    const llm = config as InternLM3LlmConfig;
     if (llm.bias) {
       throw new InternVLError(
         'UNSUPPORTED',

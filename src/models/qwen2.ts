@@ -5,6 +5,13 @@
  * final norm and lm_head. The layer is written once (qwenLayer) for inference and training.
  * Qwen3 (qwen3.ts) is this block with per-head q/k RMSNorm and no q/k/v bias: `QwenVariant`.
  */
+import {
+  bool,
+  llmConfigSchema,
+  type ParsedLlmConfig,
+  positiveInt,
+  ropeScalingObject,
+} from '../config/model-config.js';
 import { commonDecoderDims, type DecoderArchitecture, type DecoderDims, hfRopeScaling } from './decoder.js';
 import type { TensorSpec } from './weights.js';
 
@@ -116,10 +123,19 @@ export function qwenLayer(variant: QwenVariant): DecoderArchitecture['layer'] {
   };
 }
 
+const qwen2ConfigSchema = llmConfigSchema('qwen2', 'Qwen2ForCausalLM', {
+  max_position_embeddings: positiveInt().default(32768),
+  rope_scaling: ropeScalingObject(),
+  use_sliding_window: bool().default(false),
+  sliding_window: positiveInt().nullable().optional(),
+});
+
 const QWEN2: QwenVariant = { qkvBias: () => true, outputBias: () => false, qkNorm: false };
 
 export const qwen2Architecture: DecoderArchitecture = {
   modelType: 'qwen2',
+  hfArchitecture: 'Qwen2ForCausalLM',
+  configSchema: qwen2ConfigSchema,
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: LM_HEAD,
   finalNormName: QWEN_FINAL_NORM,
@@ -129,7 +145,7 @@ export const qwen2Architecture: DecoderArchitecture = {
   dims: (llm) => ({
     arch: 'qwen2',
     ...commonDecoderDims(llm),
-    ropeScaling: hfRopeScaling(llm.rope_scaling),
+    ropeScaling: hfRopeScaling((llm as ParsedLlmConfig<typeof qwen2ConfigSchema>).rope_scaling),
     attentionBias: true,
   }),
   tensorSpecs: (dims) => qwenTensorSpecs(qwen2Architecture, QWEN2, dims),

@@ -1,7 +1,7 @@
 /**
  * The LLM architectures, one line each: every place that depends on the architecture asks here.
  * Adding one is a file in this folder implementing DecoderArchitecture (see docs/architecture.md) and
- * a line below, plus its llm_config schema in config/model-config.ts.
+ * a line below; its llm_config schema is part of it (`configSchema`).
  */
 import type { LlmConfig, ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';

@@ -9,10 +9,11 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { type ModelConfig, parseModelConfig } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { writeSafetensorsStreaming } from '../io/safetensors.js';
 import { internVitDimsFromConfig, internVitTensorSpecs } from '../models/internvit.js';
+import { parseModelConfig } from '../models/model-config.js';
 import { projectorTensorSpecs } from '../models/projector.js';
 import { decoderDimsFromConfig, decoderTensorSpecs } from '../models/registry.js';
 import { RANDOM_SHAPES, randomConfigJson } from './random-shapes.js';

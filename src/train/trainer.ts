@@ -7,12 +7,13 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import { llmQuantization } from '../config/quantization-config.js';
 import { createSession } from '../engine/session.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { appendBackward, GRAD_PREFIX } from './autodiff.js';
 import { type PreparedBatch, prepareBatch, type TrainBatch } from './batch.js';
 import { verifyCheckpointFiles } from './checkpoint-integrity.js';

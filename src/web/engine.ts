@@ -6,7 +6,7 @@
  * Node-only; the browser bundle maps ../engine/ort.js to onnxruntime-web.
  */
 import { parseGenerationConfig } from '../config/generation-config.js';
-import { type ModelConfig, numImageTokens, parseModelConfig } from '../config/model-config.js';
+import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import { DecoderRunner, decoderDimsFromConfig } from '../engine/decoder.js';
 import { type FinishReason, type GenerateRequest, Generator } from '../engine/generate.js';
 import { GrammarEngine } from '../engine/grammar.js';
@@ -16,6 +16,7 @@ import * as ort from '../engine/ort.js';
 import { GREEDY_SAMPLING, samplingParams } from '../engine/sampler.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { InternVLError } from '../errors.js';
+import { parseModelConfig } from '../models/model-config.js';
 import {
   type GenerationConfigInput,
   parseGenerationConfigInput,
