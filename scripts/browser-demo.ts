@@ -1,6 +1,6 @@
 /**
  * The in-browser demo (examples/browser): bundles its script with esbuild (swapping the engine's
- * Node adapters for their browser entries) and serves the page, onnxruntime-web's WASM files and a
+ * Node adapters for their browser entries) and serves the page, onnxruntime-web's WASM files, XGrammar and a
  * model folder written by `internvl convert --target web`, cross-origin isolated so WASM can use threads.
  *
  *   node --import tsx scripts/browser-demo.ts WEB_MODEL_DIR [--port 8080]
@@ -15,6 +15,8 @@ import * as esbuild from 'esbuild';
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const ORT_WEB_DIST = path.join(REPO_ROOT, 'node_modules/onnxruntime-web/dist');
+/** XGrammar's bundle (lib/index.js, its WebAssembly inlined), served at /xgrammar/ for response formats. */
+export const XGRAMMAR_DIST = path.join(REPO_ROOT, 'node_modules/@mlc-ai/web-xgrammar/lib');
 export const DEMO_DIR = path.join(REPO_ROOT, 'examples/browser');
 
 const toSource = (built: string) => built.replace(/^\.\/dist\//, 'src/').replace(/\.js$/, '.ts');
@@ -107,6 +109,7 @@ export async function startDemoServer(options: DemoServerOptions): Promise<DemoS
   const roots: [string, string][] = [
     ['/model/', options.modelDir],
     ['/ort/', ORT_WEB_DIST],
+    ['/xgrammar/', XGRAMMAR_DIST],
     ...Object.entries(options.extra ?? {}).map(([p, dir]): [string, string] => [`/${p}/`, dir]),
   ];
   let modelOffline = false;

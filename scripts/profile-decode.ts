@@ -2,12 +2,12 @@
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
 import { cachedGraph, defaultGraphCacheDir, graphCacheKey } from '../src/engine/graph-cache.js';
 import { decoderGraphQuant, llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import { buildDecoderGraph } from '../src/models/registry.js';
 
 const dir = process.argv[2];

@@ -5,15 +5,14 @@
  * when missing).
  */
 import { readFileSync } from 'node:fs';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
-import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
+import { argmax, decoderDimsFromConfig } from '../src/engine/decoder.js';
 import { scatterImageEmbeddings } from '../src/engine/embeddings.js';
-import { defaultGraphCacheDir } from '../src/engine/graph-cache.js';
-import { engineGraphKey, resolvePrecision } from '../src/engine/graph-plan.js';
-import { llmCacheTag, vitCacheTag } from '../src/engine/precision.js';
-import { VisionEncoder, visionDimsFromConfig } from '../src/engine/vision.js';
+import { resolvePrecision } from '../src/engine/graph-plan.js';
+import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../src/engine/runners.js';
+import { visionDimsFromConfig } from '../src/engine/vision.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 
 function memory(stage: string): void {
   const status = readFileSync('/proc/self/status', 'utf8');
@@ -30,26 +29,16 @@ const config = await loadModelConfig(dir);
 const precision = await resolvePrecision({ llmDtype: 'int4' }, config);
 const checkpoint = await Checkpoint.open(dir);
 const weights = checkpointWeights(checkpoint, config);
-const cacheDir = defaultGraphCacheDir();
+const cache = engineGraphCache(checkpoint);
 memory('modules loaded');
 const visionDims = visionDimsFromConfig(config);
-const vision = await VisionEncoder.create(visionDims, weights, {
+const vision = await createVisionRunner(config, weights, cache, {
   vitDtype: 'fp32',
-  cache: {
-    dir: cacheDir,
-    key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag('fp32', precision.int8Kernel)),
-  },
+  int8Kernel: precision.int8Kernel,
 });
 memory('fp32 ViT session');
 const decoderDims = decoderDimsFromConfig(config);
-const decoder = await DecoderRunner.create(decoderDims, weights, {
-  ...precision,
-  prefillChunk,
-  cache: {
-    dir: cacheDir,
-    key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, 'int4')),
-  },
-});
+const decoder = await createDecoderRunner(config, weights, cache, { precision, prefillChunk });
 memory('int4 decoder session');
 const tiles = 7;
 const pixels = new Float32Array(tiles * 3 * visionDims.imageSize ** 2).map((_, i) => Math.sin(i));

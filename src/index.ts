@@ -11,11 +11,8 @@ export {
 export {
   imageSize,
   type LlmConfig,
-  loadModelConfig,
   type ModelConfig,
   numImageTokens,
-  parseModelConfig,
-  SUPPORTED_LLM_ARCHITECTURES,
   type VisionConfig,
 } from './config/model-config.js';
 export type { EngineOptions } from './engine/core.js';
@@ -28,6 +25,7 @@ export { createTaskProgress, type TaskProgress } from './io/progress.js';
 export { Checkpoint, type TensorInfo, writeSafetensors } from './io/safetensors.js';
 export { loadTokenizer } from './io/tokenizer-files.js';
 export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './io/video.js';
+export { loadModelConfig, parseModelConfig, SUPPORTED_LLM_ARCHITECTURES } from './models/model-config.js';
 export {
   type ChatMessage,
   type ContentPart,
@@ -51,6 +49,13 @@ export {
   type TokenLogprobInfo,
   type Usage,
 } from './pipeline/pipeline.js';
+export type {
+  ToolCall,
+  ToolCallDelta,
+  ToolChoice,
+  ToolDefinition,
+  ToolOptions,
+} from './pipeline/tool-calls.js';
 export type { RgbImage } from './preprocess/image.js';
 export { IMAGENET_MEAN, IMAGENET_STD, toPixelValues } from './preprocess/pixels.js';
 export { resizeBicubic } from './preprocess/resize.js';

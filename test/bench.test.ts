@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decodeWeightBytes, linearWeightBytes } from '../src/cli/bench.js';
+import { decodeWeightBytes, linearWeightBytes } from '../src/cli/bench-limits.js';
 import { resolvePrecision } from '../src/engine/graph-plan.js';
 import type { DecoderDims } from '../src/models/decoder.js';
 

@@ -73,6 +73,9 @@ describe('chat page at / of internvl serve (Chromium)', { skip: chromiumMissing 
   }
 
   test('an uploaded image and two turns: streamed answers equal the API, with history', async () => {
+    const hint = () =>
+      page.evaluate<string>("getComputedStyle(document.getElementById('messages'), '::before').content");
+    assert.match(await hint(), /Ask a question/, 'an empty chat shows what to do');
     await page.fill('#max-tokens', '16');
     await page.fill('#max-tiles', '2');
     await page.setInputFiles('#image', IMAGE);
@@ -108,6 +111,37 @@ describe('chat page at / of internvl serve (Chromium)', { skip: chromiumMissing 
       ['user', 'assistant', 'user', 'assistant'],
     );
     assert.equal(await page.locator('.msg.user img').count(), 1);
+    assert.equal(await hint(), 'none', 'the hint goes once there are messages');
+  });
+
+  test('"working…" until the first token, and an answer without visible text says so', async () => {
+    // A server that takes 2.5 s to its first (empty) delta, then ends at the token limit.
+    const chunk = (choice: unknown) => `data: ${JSON.stringify({ choices: [choice] })}\n\n`;
+    await page.route('**/v1/chat/completions', async (route) => {
+      await new Promise((r) => setTimeout(r, 2500));
+      await route.fulfill({
+        status: 200,
+        headers: { 'content-type': 'text/event-stream' },
+        body: `${chunk({ index: 0, delta: { role: 'assistant', content: '' } })}${chunk({ index: 0, delta: { content: ' ' } })}${chunk({ index: 0, delta: {}, finish_reason: 'length' })}data: [DONE]\n\n`,
+      });
+    });
+    try {
+      await page.fill('#input', 'Anything?');
+      await page.click('#send');
+      const bubble = page.locator('.msg.assistant').last();
+      await page.waitForFunction(
+        "/working… [12] s/.test(document.querySelector('.msg.assistant:last-child .text').textContent)",
+        null,
+        { timeout: 5_000 },
+      );
+      assert.match((await bubble.getAttribute('class')) ?? '', /pending/);
+      await page.screenshot({ path: artifactPath('chat-page-working.png'), fullPage: true });
+      await bubble.and(page.locator('[data-done="true"]')).waitFor({ timeout: 10_000 });
+      assert.match((await bubble.locator('.text').textContent()) ?? '', /no visible text.*max-tokens limit/);
+      assert.doesNotMatch((await bubble.getAttribute('class')) ?? '', /pending/);
+    } finally {
+      await page.unroute('**/v1/chat/completions');
+    }
   });
 
   test('the stop button ends a running answer', async () => {
@@ -120,7 +154,7 @@ describe('chat page at / of internvl serve (Chromium)', { skip: chromiumMissing 
     await page.click('#send');
     const bubble = page.locator('.msg.assistant').last();
     await page.waitForFunction(
-      "document.querySelector('.msg.assistant:last-child .text').textContent.length > 0",
+      "!document.querySelector('.msg.assistant:last-child').classList.contains('pending')",
       null,
       { timeout: 30_000 },
     );

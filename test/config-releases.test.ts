@@ -5,124 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { numImageTokens, parseModelConfig } from '../src/config/model-config.js';
+import { numImageTokens } from '../src/config/model-config.js';
 import { llmQuantization } from '../src/config/quantization-config.js';
 import { InternVLError } from '../src/errors.js';
+import { parseModelConfig } from '../src/models/model-config.js';
 import { decoderDimsFromConfig } from '../src/models/registry.js';
-import { topLevel } from './config-fixture.js';
+import { qwen3, qwen25 } from './config-fixture.js';
 
-/** InternViT-300M-448px-V2_5 as InternVL3 configs write it, MoE fields included (off). */
-const vit300mV25 = {
-  architectures: ['InternVisionModel'],
-  attention_dropout: 0.0,
-  capacity_factor: 1.2,
-  drop_path_rate: 0.1,
-  dropout: 0.0,
-  eval_capacity_factor: 1.4,
-  hidden_act: 'gelu',
-  hidden_size: 1024,
-  image_size: 448,
-  initializer_factor: 0.1,
-  initializer_range: 1e-10,
-  intermediate_size: 4096,
-  laux_allreduce: 'all_nodes',
-  layer_norm_eps: 1e-6,
-  model_type: 'intern_vit_6b',
-  moe_coeff_ratio: 0.5,
-  moe_intermediate_size: 768,
-  moe_output_scale: 4.0,
-  noise_slope_bound: 0.0,
-  norm_type: 'layer_norm',
-  num_attention_heads: 16,
-  num_channels: 3,
-  num_experts: 8,
-  num_hidden_layers: 24,
-  num_routed_experts: 4,
-  num_shared_experts: 4,
-  patch_size: 14,
-  qk_normalization: false,
-  qkv_bias: true,
-  shared_expert_intermediate_size: 3072,
-  torch_dtype: 'bfloat16',
-  use_flash_attn: true,
-  use_moe: false,
-  use_residual: true,
-  use_rts: false,
-};
-
-const top = { ...topLevel, vision_config: vit300mV25 };
-
-interface LlmShape {
-  hidden: number;
-  ff: number;
-  layers: number;
-  heads: number;
-  kv: number;
-  headDim?: number;
-  tied: boolean;
-}
-
-/** The llm_config fields every Qwen-family release writes the same way (transformers ≥ 4.5x: layer_types). */
-function qwenFamily(name: string, s: LlmShape) {
-  return {
-    _name_or_path: name,
-    attention_dropout: 0.0,
-    bos_token_id: 151643,
-    eos_token_id: 151645,
-    hidden_act: 'silu',
-    hidden_size: s.hidden,
-    intermediate_size: s.ff,
-    layer_types: Array(s.layers).fill('full_attention'),
-    num_attention_heads: s.heads,
-    num_hidden_layers: s.layers,
-    num_key_value_heads: s.kv,
-    rms_norm_eps: 1e-6,
-    rope_theta: 1000000,
-    sliding_window: null,
-    tie_word_embeddings: s.tied,
-    torch_dtype: 'bfloat16',
-    use_cache: true,
-    use_sliding_window: false,
-  };
-}
-
-/** A Qwen2.5 llm_config (InternVL3): no MoE (`moe_config: null`). */
-function qwen25(name: string, s: LlmShape) {
-  return {
-    ...top,
-    hidden_size: s.hidden,
-    llm_config: {
-      ...qwenFamily(name, s),
-      architectures: ['Qwen2ForCausalLM'],
-      max_position_embeddings: 32768,
-      max_window_layers: 70,
-      model_type: 'qwen2',
-      moe_config: null,
-      rope_scaling: { factor: 2.0, rope_type: 'dynamic', type: 'dynamic' },
-      vocab_size: 151674,
-    },
-  };
-}
-
-/** A Qwen3 llm_config (InternVL3.5 dense). */
-function qwen3(name: string, s: LlmShape) {
-  return {
-    ...top,
-    hidden_size: s.hidden,
-    llm_config: {
-      ...qwenFamily(name, s),
-      architectures: ['Qwen3ForCausalLM'],
-      attention_bias: false,
-      head_dim: s.headDim,
-      max_position_embeddings: 40960,
-      max_window_layers: s.layers,
-      model_type: 'qwen3',
-      rope_scaling: null,
-      vocab_size: 151936,
-    },
-  };
-}
-
+// InternVL3.5 keeps a separate lm_head at every size (the docs' parameter counts need it; see
+// src/tools/random-shapes.ts), although the Qwen3 base models up to 4B tie theirs.
 const accepted: [string, object, { arch: string; hiddenSize: number; headDim: number; tied: boolean }][] = [
   [
     'InternVL3-1B',
@@ -169,9 +60,9 @@ const accepted: [string, object, { arch: string; hiddenSize: number; headDim: nu
       heads: 16,
       kv: 8,
       headDim: 128,
-      tied: true,
+      tied: false,
     }),
-    { arch: 'qwen3', hiddenSize: 1024, headDim: 128, tied: true },
+    { arch: 'qwen3', hiddenSize: 1024, headDim: 128, tied: false },
   ],
   [
     'InternVL3_5-2B',
@@ -182,9 +73,9 @@ const accepted: [string, object, { arch: string; hiddenSize: number; headDim: nu
       heads: 16,
       kv: 8,
       headDim: 128,
-      tied: true,
+      tied: false,
     }),
-    { arch: 'qwen3', hiddenSize: 2048, headDim: 128, tied: true },
+    { arch: 'qwen3', hiddenSize: 2048, headDim: 128, tied: false },
   ],
   [
     'InternVL3_5-4B',
@@ -195,9 +86,9 @@ const accepted: [string, object, { arch: string; hiddenSize: number; headDim: nu
       heads: 32,
       kv: 8,
       headDim: 128,
-      tied: true,
+      tied: false,
     }),
-    { arch: 'qwen3', hiddenSize: 2560, headDim: 128, tied: true },
+    { arch: 'qwen3', hiddenSize: 2560, headDim: 128, tied: false },
   ],
   [
     'InternVL3_5-8B',
@@ -240,23 +131,40 @@ describe('published InternVL3 / InternVL3.5 configs', () => {
     });
   }
 
-  test('InternVL3-9B (InternLM3) is refused: the LLM architecture is not implemented', () => {
+  test('InternVL3-9B (internlm3-8b-instruct): parses to the InternLM3 decoder', () => {
     const json = clone(internvl3_1b) as { llm_config: Record<string, unknown> };
-    Object.assign(json.llm_config, {
+    json.llm_config = {
+      _name_or_path: 'internlm/internlm3-8b-instruct',
       architectures: ['InternLM3ForCausalLM'],
-      model_type: 'internlm3',
+      attention_dropout: 0.0,
+      bias: false,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      head_dim: 128,
+      hidden_act: 'silu',
       hidden_size: 4096,
       intermediate_size: 10240,
-      num_hidden_layers: 48,
+      max_position_embeddings: 32768,
+      model_type: 'internlm3',
       num_attention_heads: 32,
+      num_hidden_layers: 48,
       num_key_value_heads: 2,
-      head_dim: 128,
+      pad_token_id: 2,
+      qkv_bias: false,
+      rms_norm_eps: 1e-5,
+      rope_scaling: { factor: 6.0, rope_type: 'dynamic' },
+      rope_theta: 50000000,
+      tie_word_embeddings: false,
+      torch_dtype: 'bfloat16',
+      use_cache: true,
       vocab_size: 128512,
-    });
-    assert.throws(
-      () => parseModelConfig(json, 'InternVL3-9B/config.json'),
-      isUnsupported('InternLM3ForCausalLM', 'supported LLM architectures: Qwen2ForCausalLM'),
+    };
+    const dims = decoderDimsFromConfig(parseModelConfig(json, 'InternVL3-9B/config.json'));
+    assert.deepEqual(
+      [dims.arch, dims.hiddenSize, dims.numLayers, dims.numKvHeads, dims.headDim, dims.attentionBias],
+      ['internlm3', 4096, 48, 2, 128, false],
     );
+    assert.deepEqual(dims.ropeScaling, { type: 'dynamic', factor: 6 });
   });
 
   test('MoE LLMs (InternVL3.5 30B-A3B, 241B-A28B on Qwen3-MoE; 20B-A4B on GPT-OSS) are refused as MoE', () => {

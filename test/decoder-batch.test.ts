@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig, type Sequence } from '../src/engine/decoder.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 // The runners read embedding rows from their checkpoints, so those stay open until the end.

@@ -2,10 +2,12 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { GrammarEngine, grammarVocab } from '../src/engine/grammar.js';
+import { grammarEngineForModel } from '../src/engine/grammar-files.js';
 import { applyMask, maskAllows, onlyEndAllowed, type ResponseFormat } from '../src/engine/grammar-types.js';
+import { grammarVocab } from '../src/engine/grammar-vocab.js';
 import { tokenBytes, Utf8Guard } from '../src/engine/utf8-guard.js';
-import { fatalMessage, XGrammarInstance } from '../src/engine/xgrammar.js';
+import { loadXGrammarFactory } from '../src/engine/xgrammar.js';
+import { fatalMessage, XGrammarInstance } from '../src/engine/xgrammar-instance.js';
 import { InternVLError } from '../src/errors.js';
 import { loadTokenizer } from '../src/io/tokenizer-files.js';
 import { goldenModelDir } from './helpers.js';
@@ -14,7 +16,7 @@ const DIR = goldenModelDir('tiny-internvl2_5-qwen2');
 const VOCAB = 320; // config.json vocab_size: 268 tokens, padded to 320 logits
 const IM_END = 258;
 
-const engine = GrammarEngine.forModel(DIR, VOCAB);
+const engine = grammarEngineForModel(DIR, VOCAB);
 
 function allowed(mask: Int32Array): number[] {
   const out: number[] = [];
@@ -189,7 +191,7 @@ test('token bytes per vocabulary kind, and the UTF-8 guard allows only well-form
 });
 
 test('an XGrammar instance turns failures into named errors and is not used after an abort', async () => {
-  const instance = new XGrammarInstance();
+  const instance = new XGrammarInstance(await loadXGrammarFactory());
   await assert.rejects(
     instance.run('checking', 'BAD_INPUT', async () => {
       throw new Error('boom');

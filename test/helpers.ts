@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { Checkpoint } from '../src/io/safetensors.js';
 
 /** Repository root (tests run from anywhere). */
 export const REPO_ROOT = path.resolve(import.meta.dirname, '..');
@@ -21,4 +23,21 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
     if (!(d <= max)) max = d;
   }
   return max;
+}
+
+/** A golden case's prompt ids, with its pixel values when it has an image. */
+export async function readGoldenCase(
+  model: string,
+  name: string,
+): Promise<{ ids: number[]; image?: { pixelValues: Float32Array; numTiles: number } }> {
+  const dir = path.join(GOLDEN_DIR, 'cases', model);
+  const c = await Checkpoint.open(path.join(dir, `${name}.safetensors`));
+  const ids = Array.from(await c.readInt64('input_ids'), Number);
+  await c.close();
+  const meta = JSON.parse(readFileSync(path.join(dir, `${name}.json`), 'utf8'));
+  if (!meta.pixel_values_file) return { ids };
+  const px = await Checkpoint.open(path.join(dir, meta.pixel_values_file));
+  const image = { pixelValues: await px.readFloat32('pixel_values'), numTiles: meta.pixel_values_shape[0] };
+  await px.close();
+  return { ids, image };
 }

@@ -22,7 +22,7 @@ const EXPECTED: Record<string, string[]> = {
     'dynamicPreprocess',
     'resolveModel',
   ],
-  './server': ['createServer', 'InternVLServer'],
+  './server': ['createServer', 'InternVLServer', 'pipelineBackend'],
   './train': ['Trainer', 'transplantVit', 'lossWeights', 'tokenizeTrainingSample'],
   './tools': ['createRandomCheckpoint', 'RANDOM_SHAPES'],
   './web': ['WebInternVL', 'decodeImage', 'dynamicPreprocess', 'toPixelValues'],

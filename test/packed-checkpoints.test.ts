@@ -4,9 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { evalQuant } from '../src/cli/eval-quant.js';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { parseLlmQuantization } from '../src/config/quantization-config.js';
 import { checkpointWeights, EngineCore } from '../src/engine/core.js';
+import { resolvePrecision } from '../src/engine/graph-plan.js';
 import { decoderGraphQuant, resolveLlmPrecision } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
 import {
@@ -17,11 +17,12 @@ import {
 } from '../src/io/safetensors.js';
 import { AWQ_LAYOUT, unpackAwqRows } from '../src/models/awq.js';
 import { gptqLayout, unpackGptqWeights } from '../src/models/gptq.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import { int4BlocksFromIntegers } from '../src/models/packed-weights.js';
 import { buildDecoderGraph, decoderDimsFromConfig } from '../src/models/registry.js';
 import { dequantizeInt4, stackInt4Columns } from '../src/onnx/quantize.js';
 import { Trainer } from '../src/train/trainer.js';
-import { GOLDEN_DIR, goldenModelDir, maxAbsDiff } from './helpers.js';
+import { goldenModelDir, maxAbsDiff, readGoldenCase } from './helpers.js';
 import {
   type PackedFormat,
   packIntegers,
@@ -200,20 +201,7 @@ for (const [model, format] of PACKED_MODELS) {
     });
     const load = (dir: string, options = {}) =>
       EngineCore.load(dir, { cacheDir: false, threads: 1, ...options });
-    const readCase = async (name: string) => {
-      const c = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, `${name}.safetensors`));
-      const ids = Array.from(await c.readInt64('input_ids'), Number);
-      await c.close();
-      const meta = JSON.parse(readFileSync(path.join(GOLDEN_DIR, 'cases', model, `${name}.json`), 'utf8'));
-      if (!meta.pixel_values_file) return { ids };
-      const px = await Checkpoint.open(path.join(GOLDEN_DIR, 'cases', model, meta.pixel_values_file));
-      const image = {
-        pixelValues: await px.readFloat32('pixel_values'),
-        numTiles: meta.pixel_values_shape[0],
-      };
-      await px.close();
-      return { ids, image };
-    };
+    const readCase = (name: string) => readGoldenCase(model, name);
     const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
     test('fp32 on the packed checkpoint is its dequantised twin: same logits and greedy tokens (img1, text)', async () => {
@@ -236,7 +224,7 @@ for (const [model, format] of PACKED_MODELS) {
 
     test('by default the int4 graph runs the packed weights as they are: no requantisation error', async () => {
       // accuracy_level 0 computes MatMulNBits in fp32, so only the summation order differs from the twin;
-      // lm_head (16-bit in the checkpoint, int4 by default in quantised graphs) stays fp32 here.
+      // lm_head (16-bit in the checkpoint, int8 by default in the int4 graphs of a packed checkpoint) stays fp32 here.
       const awq = await load(awqDir, { accuracyLevel: 0, lmHeadDtype: 'fp32' });
       const twin = await load(twinDir);
       const requantised = await load(twinDir, {
@@ -285,6 +273,35 @@ for (const [model, format] of PACKED_MODELS) {
     });
   });
 }
+
+describe('the lm_head of a packed checkpoint', () => {
+  test('defaults to int8 in its int4 graphs (fp32 in fp32 graphs), and eval-quant reports it', async () => {
+    const dir = path.join(root, 'lm-head-awq');
+    const twin = path.join(root, 'lm-head-awq-twin');
+    mkdirSync(dir);
+    mkdirSync(twin);
+    await writePackedCheckpoint(goldenModelDir('tiny-internvl2_5-qwen2'), dir, twin, GROUP, 'awq');
+    const config = await loadModelConfig(dir);
+    const resolved = await resolvePrecision({}, config);
+    assert.equal(decoderGraphQuant(resolved, 'int4').lmHeadQuant?.dtype, 'int8');
+    assert.equal(decoderGraphQuant(resolved, 'fp32').lmHeadQuant?.dtype, 'fp32');
+    const plain = await resolvePrecision({ llmDtype: 'int4' }, await loadModelConfig(twin));
+    assert.equal(decoderGraphQuant(plain, 'int4').lmHeadQuant?.dtype, 'int4');
+    const run = (lmHeadDtype?: 'int4') =>
+      evalQuant(dir, { cacheDir: false, threads: 1, promptTokens: 64, newTokens: 8, lmHeadDtype });
+    const byDefault = await run();
+    const int4 = await run('int4');
+    assert.equal(byDefault.lmHeadDtype, 'int8');
+    assert.equal(int4.lmHeadDtype, 'int4');
+    // Measured: 0.091 (int8 head) vs 0.411 (int4 head) of a largest logit of 4.08.
+    const { maxAbsDiff: error, maxAbsReference } = byDefault.promptLogits;
+    assert.ok(error < 0.05 * maxAbsReference, `int8 head: ${error} of ${maxAbsReference}`);
+    assert.ok(
+      int4.promptLogits.maxAbsDiff > 2 * error,
+      `int4 head ${int4.promptLogits.maxAbsDiff} vs ${error}`,
+    );
+  });
+});
 
 describe('the int4 graph of an AWQ checkpoint', () => {
   test('its MatMulNBits weights are the checkpoint integers, zero points and scales (q/k/v stacked)', async () => {

@@ -374,24 +374,29 @@ describe('convert', () => {
 });
 
 describe('CLI commands', () => {
-  test('usage errors exit 2; an unknown shape is a BAD_INPUT error', async () => {
+  test('usage errors exit 2; an unknown shape and a bad dtype exit 1 naming them', async () => {
+    const stderr: string[] = [];
     const quiet = process.stderr.write;
-    process.stderr.write = () => true;
+    process.stderr.write = ((text: string) => {
+      stderr.push(text);
+      return true;
+    }) as typeof process.stderr.write;
+    const out = mkdtempSync(path.join(os.tmpdir(), 'internvl-random-'));
     try {
       assert.equal(await convertCommand([]), 2);
       assert.equal(await convertCommand(['a', '--bogus']), 2);
       assert.equal(await createRandomCommand(['--shape', 'InternVL2_5-1B']), 2);
+      stderr.length = 0;
+      assert.equal(await createRandomCommand(['--shape', 'InternVL2_5-3B', '--out', out]), 1);
+      assert.match(stderr.join(''), /unknown shape "InternVL2_5-3B"/);
+      stderr.length = 0;
+      assert.equal(
+        await convertCommand([goldenModelDir('tiny-internvl2_5-qwen2'), '--llm-dtype', 'int2']),
+        1,
+      );
+      assert.match(stderr.join(''), /--llm-dtype must be one of/);
     } finally {
       process.stderr.write = quiet;
-    }
-    const out = mkdtempSync(path.join(os.tmpdir(), 'internvl-random-'));
-    try {
-      await assert.rejects(createRandomCommand(['--shape', 'InternVL2_5-3B', '--out', out]), /unknown shape/);
-      await assert.rejects(
-        convertCommand([goldenModelDir('tiny-internvl2_5-qwen2'), '--llm-dtype', 'int2']),
-        /--llm-dtype must be one of/,
-      );
-    } finally {
       rmSync(out, { recursive: true, force: true });
     }
   });

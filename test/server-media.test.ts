@@ -131,7 +131,7 @@ describe('fetching images under the policy', () => {
         policy,
         'p',
       ),
-      /host 127\.0\.0\.1 is not in the server's allowed media domains/,
+      /host 127\.0\.0\.1 is not in the allowed media domains \(localhost\)/,
       'media_domain_not_allowed',
     );
     await rejectsWith(

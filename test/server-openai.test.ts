@@ -82,6 +82,10 @@ test('request fields map to the generation config; n derives seeds', () => {
   );
   assert.throws(
     () => parseRequest(chatCompletionRequestSchema, { messages: [{ role: 'tool', content: 'x' }] }),
+    (e: unknown) => e instanceof HttpError && e.param === 'messages[0].tool_call_id',
+  );
+  assert.throws(
+    () => parseRequest(chatCompletionRequestSchema, { messages: [{ role: 'robot', content: 'x' }] }),
     (e: unknown) => e instanceof HttpError && e.param === 'messages[0].role',
   );
   assert.throws(() => parseRequest(chatCompletionRequestSchema, [1]), /must be a JSON object/);

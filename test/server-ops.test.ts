@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Pipeline, pipeline } from '../src/pipeline/pipeline.js';
 import { hideServerPaths } from '../src/server/errors.js';
-import { InternVLServer } from '../src/server/server.js';
+import { InternVLServer, pipelineBackend } from '../src/server/server.js';
 import { goldenModelDir } from './helpers.js';
 
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-server-ops-cache-'));
@@ -39,7 +39,8 @@ async function withServer(
   options: ConstructorParameters<typeof InternVLServer>[2],
   run: (base: string, server: InternVLServer) => Promise<void>,
 ): Promise<void> {
-  const server = new InternVLServer(loaded, 'tiny', options, false);
+  const backend = loaded instanceof Promise ? loaded.then(pipelineBackend) : pipelineBackend(loaded);
+  const server = new InternVLServer(backend, 'tiny', options, false);
   const { url } = await server.listen(0, '127.0.0.1');
   try {
     await run(url, server);
@@ -148,7 +149,7 @@ describe('access and errors', () => {
       assert.ok(maxDelay && Number(maxDelay[1]) >= 0 && Number(maxDelay[1]) < 60, text);
     });
     assert.throws(
-      () => new InternVLServer(pipe, 'tiny', { metricsAuth: true }, false),
+      () => new InternVLServer(pipelineBackend(pipe), 'tiny', { metricsAuth: true }, false),
       /metricsAuth needs an apiKey/,
     );
   });
@@ -177,7 +178,7 @@ describe('access and errors', () => {
         await chat(base, { messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function' }] }),
         400,
       );
-      assert.match(tools.message, /^tools: tools are not supported by this server/);
+      assert.match(tools.message, /^tools\[0\]\.function: /);
     });
   });
 

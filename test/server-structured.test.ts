@@ -7,7 +7,14 @@ import OpenAI from 'openai';
 import { type Pipeline, pipeline } from '../src/pipeline/pipeline.js';
 import { createServer, type InternVLServer } from '../src/server/server.js';
 import { goldenModelDir } from './helpers.js';
-import { assertValidJson, type Schema, schemaFor } from './structured-fixtures.js';
+import {
+  assertBadChatRequest,
+  assertValidJson,
+  inWaves,
+  range,
+  type Schema,
+  schemaFor,
+} from './structured-fixtures.js';
 
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-server-structured-cache-'));
 let pipe: Pipeline;
@@ -66,16 +73,6 @@ async function streamed(i: number): Promise<string> {
   assertValidJson(text, schemaFor(i), `streamed request ${i}`);
   return text;
 }
-
-/** Runs `fn` over `ids`, `width` at a time. */
-async function inWaves<T>(ids: number[], width: number, fn: (i: number) => Promise<T>): Promise<T[]> {
-  const out: T[] = [];
-  for (let k = 0; k < ids.length; k += width)
-    out.push(...(await Promise.all(ids.slice(k, k + width).map(fn))));
-  return out;
-}
-
-const range = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => from + k);
 
 test('100 requests with different JSON Schemas, plain and streamed, alone and 8 at once, all valid', async () => {
   const alone: string[] = [];
@@ -166,16 +163,8 @@ test('bad response formats are 400s in OpenAI shape naming the problem', async (
     ],
   ];
   for (const [response_format, param, message] of cases) {
-    const res = await fetch(`${base}/v1/chat/completions`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }], response_format, stream: true }),
-    });
-    const body = (await res.json()) as { error: { message: string; param: string; type: string } };
-    assert.equal(res.status, 400, JSON.stringify(body));
-    assert.equal(body.error.type, 'invalid_request_error');
-    assert.equal(body.error.param, param, body.error.message);
-    assert.match(body.error.message, message);
+    const body = { messages: [{ role: 'user', content: 'x' }], response_format, stream: true };
+    await assertBadChatRequest(base, body, param, message);
   }
   // The official client sees a BadRequestError, and the server still answers constrained requests.
   await assert.rejects(

@@ -3,12 +3,12 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { checkpointWeights } from '../src/engine/core.js';
 import { ExternalDataFile, withWeightSink } from '../src/engine/external-data.js';
 import { buildGraphDir } from '../src/engine/graph-cache.js';
 import { planEngineGraphs, resolvePrecision } from '../src/engine/graph-plan.js';
 import { Checkpoint } from '../src/io/safetensors.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import {
   type Graph,
   GraphBuilder,

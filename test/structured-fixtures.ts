@@ -2,6 +2,7 @@
  * JSON Schemas for the structured-output tests: small, with every value bounded (maxLength, maxItems,
  * integer ranges, enums), so that even a random-weight model closes its JSON within a few dozen tokens.
  */
+import assert from 'node:assert/strict';
 import { Ajv } from 'ajv';
 import { mulberry32 } from '../src/train/random.js';
 
@@ -61,4 +62,33 @@ export function assertValidJson(text: string, schema: Schema, label: string): un
     throw new Error(`${label}: ${ajv.errorsText(validate.errors)}: ${text} for ${JSON.stringify(schema)}`);
   }
   return value;
+}
+
+/** Runs `fn` over `ids`, `width` at a time. */
+export async function inWaves<T>(ids: number[], width: number, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let k = 0; k < ids.length; k += width)
+    out.push(...(await Promise.all(ids.slice(k, k + width).map(fn))));
+  return out;
+}
+
+export const range = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => from + k);
+
+/** Posts a chat completion body and checks it is a 400 in OpenAI's shape naming `param` and the problem. */
+export async function assertBadChatRequest(
+  base: string,
+  body: Record<string, unknown>,
+  param: string,
+  message: RegExp,
+): Promise<void> {
+  const res = await fetch(`${base}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  const reply = (await res.json()) as { error: { message: string; param: string; type: string } };
+  assert.equal(res.status, 400, JSON.stringify(reply));
+  assert.equal(reply.error.type, 'invalid_request_error');
+  assert.equal(reply.error.param, param, reply.error.message);
+  assert.match(reply.error.message, message);
 }

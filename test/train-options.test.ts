@@ -3,19 +3,18 @@ import { copyFile, mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { loadModelConfig } from '../src/config/model-config.js';
 import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.js';
-import { loraParameterNames } from '../src/train/model-graph.js';
+import { loadModelConfig } from '../src/models/model-config.js';
 import { adamwUpdate } from '../src/train/optimizer.js';
+import { loraParameterNames } from '../src/train/param-graph.js';
 import { dropPathRates, keepMask, keyedRandom } from '../src/train/random.js';
 import {
   excludedFromWeightDecay,
   isLoraTarget,
   isVitLoraTarget,
-  type TrainBatch,
-  Trainer,
   trainableParameters,
-} from '../src/train/trainer.js';
+} from '../src/train/trainable.js';
+import { type TrainBatch, Trainer } from '../src/train/trainer.js';
 import { goldenModelDir, maxAbsDiff } from './helpers.js';
 import { goldenTrainBatch, trainerAndEngineLogits } from './train-fixture.js';
 

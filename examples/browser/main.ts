@@ -29,6 +29,7 @@ async function load(): Promise<void> {
     const model = await internvl.WebInternVL.load(new URL($<HTMLInputElement>('model-url').value, location.href).href, {
       executionProvider: provider,
       wasmPaths: new URL('./ort/', location.href).href,
+      xgrammarUrl: new URL('./xgrammar/index.js', location.href).href,
       onProgress: (p) => {
         progress.max = p.total;
         progress.value = p.loaded;
@@ -74,13 +75,17 @@ async function run(): Promise<void> {
   answer.textContent = '';
   answer.dataset.done = 'false';
   try {
+    const schemaText = $<HTMLTextAreaElement>('json-schema').value.trim();
+    const responseFormat: internvl.ResponseFormat | undefined = schemaText
+      ? { type: 'json_schema', jsonSchema: JSON.parse(schemaText) as Record<string, unknown> }
+      : undefined;
     const turn = model.chat(
       {
         question: $<HTMLTextAreaElement>('question').value,
         image: state.image,
         maxTiles: Number($<HTMLInputElement>('max-tiles').value) || 6,
       },
-      { maxNewTokens: Number($<HTMLInputElement>('max-new-tokens').value) || 64 },
+      { maxNewTokens: Number($<HTMLInputElement>('max-new-tokens').value) || 64, responseFormat },
       abort.signal,
     );
     for (;;) {

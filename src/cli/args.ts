@@ -81,13 +81,6 @@ export function parseCommandArgs<const T extends ParseArgsOptions>(
   }
 }
 
-/** The exit code of a command whose arguments failed: a UsageError is printed with the usage (2); others rethrow. */
-export function usageFailure(command: string, err: unknown, usage: string): number {
-  if (!(err instanceof UsageError)) throw err;
-  process.stderr.write(`internvl ${command}: ${err.message}\n\n${usage}`);
-  return 2;
-}
-
 /** A command's positionals must be empty: a UsageError naming the first one otherwise. */
 export function noPositionals(positionals: string[]): void {
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);

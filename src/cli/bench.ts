@@ -5,30 +5,36 @@
  * load the model as a user would (cold: an empty graph cache; cached: the graphs just written), so
  * the peak RSS is that of a process holding only the model.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
-import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { argmax, DecoderRunner, decoderDimsFromConfig } from '../engine/decoder.js';
-import { scatterImageEmbeddings } from '../engine/embeddings.js';
+import { type DecoderRunner, decoderDimsFromConfig } from '../engine/decoder.js';
 import { defaultGraphCacheDir } from '../engine/graph-cache.js';
-import { engineGraphKey, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
+import { type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
 import { cpuReport } from '../engine/int8-probe.js';
-import { llmCacheTag, vitCacheTag, type WeightDtype } from '../engine/precision.js';
-import { createSession, defaultThreads } from '../engine/session.js';
-import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
+import type { WeightDtype } from '../engine/precision.js';
+import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
+import { defaultThreads } from '../engine/session.js';
 import { Checkpoint } from '../io/safetensors.js';
-import type { DecoderDims } from '../models/decoder.js';
-import { GraphBuilder } from '../onnx/graph.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { createRandomCheckpoint, hasWeights } from '../tools/random-checkpoint.js';
-import { noPositionals, parseCommandArgs } from './args.js';
+import { integerOption } from './args.js';
+import { type ChildResult, runChild } from './bench-child.js';
+import {
+  decodeWeightBytes,
+  measureGemm,
+  measureStream,
+  median,
+  round,
+  seconds,
+  timeRuns,
+  vitFlopsPerTile,
+} from './bench-limits.js';
 import { runStructuredBench } from './bench-structured.js';
+import { defineCommand } from './command.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 import { evalTokenIds, syntheticTile } from './eval-quant.js';
 
@@ -52,199 +58,6 @@ Examples:
   npx internvl bench --model ./InternVL2_5-1B --llm-dtype int8 --json bench.json
   npx internvl bench --structured --reps 5                     # JSON-schema decoding vs plain
 `;
-
-const seconds = (t0: number) => (performance.now() - t0) / 1000;
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const round = (x: number, digits: number) => Number(x.toFixed(digits));
-
-/** Pseudo-random weights, cheap to make. */
-function fill(length: number, seed: number): Float32Array {
-  const out = new Float32Array(length);
-  for (let i = 0; i < length; i++) out[i] = Math.sin(i * 0.618 + seed) * 0.05;
-  return out;
-}
-
-async function timeRuns(reps: number, run: () => Promise<unknown>): Promise<number> {
-  await run();
-  const times: number[] = [];
-  for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    await run();
-    times.push(seconds(t0));
-  }
-  return median(times);
-}
-
-/** fp32 GFLOP/s of one large MatMul (M 1024, K 1024, N 4096) with the weight as an initializer. */
-export async function measureGemm(threads: number, reps: number): Promise<number> {
-  const [m, k, n] = [1024, 1024, 4096];
-  const g = new GraphBuilder('gemm');
-  const x = g.input('x', 'float32', [m, k]);
-  g.output(g.matMul(x, g.initializer('w', 'float32', [k, n], fill(k * n, 1))), 'y', 'float32', [m, n]);
-  const session = await createSession(g.graph, { threads });
-  const feeds = { x: new ort.Tensor('float32', fill(m * k, 2), [m, k]) };
-  const t = await timeRuns(reps * 4, () => session.run(feeds));
-  await session.release();
-  return (2 * m * k * n) / t / 1e9;
-}
-
-/** GB/s of fp32 weights streamed from DRAM by M = 1 MatMuls (24 distinct [896, 4864] weights, 418 MB). */
-export async function measureStream(threads: number, reps: number): Promise<number> {
-  const [k, n, count] = [896, 4864, 24];
-  const g = new GraphBuilder('stream');
-  const x = g.input('x', 'float32', [1, k]);
-  const outs = Array.from({ length: count }, (_, i) =>
-    g.matMul(x, g.initializer(`w${i}`, 'float32', [k, n], fill(k * n, i))),
-  );
-  g.output(g.op('Sum', outs), 'y', 'float32', [1, n]);
-  const session = await createSession(g.graph, { threads });
-  const feeds = { x: new ort.Tensor('float32', fill(k, 3), [1, k]) };
-  const t = await timeRuns(reps * 5, () => session.run(feeds));
-  await session.release();
-  return (count * k * n * 4) / t / 1e9;
-}
-
-/** Multiply-add FLOPs of one tile through InternViT (select_layer −1) and mlp1. */
-export function vitFlopsPerTile(config: ModelConfig): number {
-  const dims = visionDimsFromConfig(config);
-  const v = dims.vit;
-  const grid = dims.imageSize / v.patchSize;
-  const t = grid * grid + 1;
-  const c = v.hiddenSize;
-  const perLayer = 2 * t * c * 3 * c + 4 * t * t * c + 2 * t * c * c + 4 * t * c * v.intermediateSize;
-  const conv = 2 * grid * grid * v.numChannels * v.patchSize ** 2 * c;
-  const k2 = Math.round(1 / dims.downsampleRatio) ** 2;
-  const tokens = (grid * grid) / k2;
-  const mlp1 = 2 * tokens * (k2 * c * dims.llmHiddenSize + dims.llmHiddenSize ** 2);
-  return perLayer * v.numLayers + conv + mlp1;
-}
-
-/**
- * Bytes of one linear weight [n, k] for `dtype`: `stored` as the ONNX graph holds it, `streamed` as
- * the CPU kernel reads it on every call. They differ for int4 at accuracy level 4, which MLAS repacks
- * at load (SQ4BitGemmPackQuantBDataSize, CompInt8): per block of K the 4-bit data, an fp32 scale and
- * an fp32 block sum with the zero point folded in, rows padded to 16; the zero points are not read.
- */
-export function linearWeightBytes(
-  dtype: WeightDtype,
-  n: number,
-  k: number,
-  quant: { blockSize: number; accuracyLevel: number },
-): { stored: number; streamed: number } {
-  if (dtype === 'fp32') return { stored: 4 * n * k, streamed: 4 * n * k };
-  if (dtype === 'int8') return { stored: n * k + 4 * n, streamed: n * k + 4 * n };
-  const blocks = Math.ceil(k / quant.blockSize);
-  const data = n * blocks * (quant.blockSize / 2);
-  const scales = 4 * n * blocks;
-  const stored = data + scales + n * Math.ceil(blocks / 2);
-  const blockSums = 4 * Math.ceil(n / 16) * 16 * blocks;
-  return { stored, streamed: quant.accuracyLevel === 4 ? data + scales + blockSums : stored };
-}
-
-/**
- * Weight bytes of one decode step (every linear layer and lm_head; norms and biases are negligible), as
- * stored and as streamed. q/k/v and gate/up count as one weight each, as the int4 graph holds them
- * (fusedLinear); for fp32 and int8 the bytes are the same either way.
- */
-export function decodeWeightBytes(
-  dims: DecoderDims,
-  precision: ResolvedPrecision,
-): { stored: number; streamed: number } {
-  const { hiddenSize: d, headDim, numHeads, numKvHeads, intermediateSize: ff, vocabSize } = dims;
-  const lmHead =
-    precision.lmHeadDtype === 'auto'
-      ? precision.llmDtype === 'fp32'
-        ? 'fp32'
-        : 'int4'
-      : precision.lmHeadDtype;
-  const linears: [WeightDtype, number, number, number][] = [
-    [precision.llmDtype, (numHeads + 2 * numKvHeads) * headDim, d, dims.numLayers],
-    [precision.llmDtype, d, numHeads * headDim, dims.numLayers],
-    [precision.llmDtype, 2 * ff, d, dims.numLayers],
-    [precision.llmDtype, d, ff, dims.numLayers],
-    [lmHead, vocabSize, d, 1],
-  ];
-  const total = { stored: 0, streamed: 0 };
-  for (const [dtype, n, k, count] of linears) {
-    const bytes = linearWeightBytes(dtype, n, k, precision);
-    total.stored += count * bytes.stored;
-    total.streamed += count * bytes.streamed;
-  }
-  return total;
-}
-
-interface ChildResult {
-  load_s: number;
-  ttft_s: number;
-  ttft_tokens: number;
-  peak_rss_mb: number;
-}
-
-/** Loads the model as EngineCore does and times one image (6 tiles + thumbnail) to its first token. */
-async function childLoad(modelDir: string, cacheDir: string, precision: ResolvedPrecision, threads: number) {
-  const t0 = performance.now();
-  const config = await loadModelConfig(modelDir);
-  const checkpoint = await Checkpoint.open(modelDir);
-  const weights = checkpointWeights(checkpoint, config);
-  const visionDims = visionDimsFromConfig(config);
-  const decoderDims = decoderDimsFromConfig(config);
-  const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) => ({
-    dir: cacheDir,
-    key: engineGraphKey(checkpoint, component, dims, tag),
-  });
-  const vision = await VisionEncoder.create(visionDims, weights, {
-    threads,
-    vitDtype: precision.vitDtype,
-    int8Kernel: precision.int8Kernel,
-    cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype, precision.int8Kernel)),
-  });
-  const decoder = await DecoderRunner.create(decoderDims, weights, {
-    threads,
-    ...precision,
-    cache: cache('decoder', decoderDims, llmCacheTag(precision, precision.llmDtype)),
-    prefillCache: cache('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
-  });
-  const loadSeconds = seconds(t0);
-
-  const tiles = 7;
-  const tile = syntheticTile(vision.geometry.imageSize);
-  const pixels = new Float32Array(tile.length * tiles);
-  for (let i = 0; i < tiles; i++) pixels.set(tile, i * tile.length);
-  const imageTokens = tiles * vision.geometry.tokensPerTile;
-  const contextId = 1000;
-  const text = evalTokenIds(40, 999);
-  const ids = [...text.slice(0, 20), ...new Array(imageTokens).fill(contextId), ...text.slice(20)];
-  const t1 = performance.now();
-  const features = await vision.encode(pixels, tiles);
-  const embeds = scatterImageEmbeddings(decoder.embed(ids), ids, contextId, features);
-  argmax(await decoder.forward(decoder.newSequence(), embeds, ids.length));
-  const ttft = seconds(t1);
-  const result: ChildResult = {
-    load_s: round(loadSeconds, 2),
-    ttft_s: round(ttft, 2),
-    ttft_tokens: ids.length,
-    peak_rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
-  };
-  process.stdout.write(`${JSON.stringify(result)}\n`);
-  await vision.release();
-  await decoder.release();
-  await checkpoint.close();
-}
-
-async function runChild(args: Record<string, unknown>): Promise<ChildResult> {
-  const self = fileURLToPath(import.meta.url);
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    [...process.execArgv, self, '--bench-child', JSON.stringify(args)],
-    { maxBuffer: 1 << 20 },
-  );
-  const last = stdout.trim().split('\n').pop() ?? '';
-  return JSON.parse(last) as ChildResult;
-}
 
 interface DecoderTimes {
   prefill300: number;
@@ -319,7 +132,6 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   const reps = options.reps ?? 3;
   const threads = options.threads ?? defaultThreads();
   const precision = options.precision;
-  const cacheDir = defaultGraphCacheDir();
   const modelDir = await benchModel(shape, options.model, log);
 
   log('machine limits');
@@ -341,20 +153,16 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   const config = await loadModelConfig(modelDir);
   const checkpoint = await Checkpoint.open(modelDir);
   const weights = checkpointWeights(checkpoint, config);
+  const cache = engineGraphCache(checkpoint);
   const result: Record<string, unknown> = {};
   try {
-    const visionDims = visionDimsFromConfig(config);
     const vit = async (dtype: 'fp32' | 'int8', tilesPerRun: number) => {
       log(`ViT ${dtype}, ${tilesPerRun} tile(s) per run`);
-      const encoder = await VisionEncoder.create(visionDims, weights, {
-        threads,
+      const encoder = await createVisionRunner(config, weights, cache, {
         vitDtype: dtype,
         int8Kernel: precision.int8Kernel,
+        threads,
         tilesPerRun,
-        cache: {
-          dir: cacheDir,
-          key: engineGraphKey(checkpoint, 'vision', visionDims, vitCacheTag(dtype, precision.int8Kernel)),
-        },
       });
       const tile = syntheticTile(encoder.geometry.imageSize);
       const pixels = new Float32Array(tile.length * tilesPerRun);
@@ -371,15 +179,9 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
     const dims = decoderDimsFromConfig(config);
     const llm = async (llmDtype: WeightDtype, prefillDtype: WeightDtype, withDecode: boolean) => {
       log(`LLM ${llmDtype}${prefillDtype !== llmDtype ? ` (prefill ${prefillDtype})` : ''}`);
-      const p = { ...precision, llmDtype, prefillDtype };
-      const decoder = await DecoderRunner.create(dims, weights, {
+      const decoder = await createDecoderRunner(config, weights, cache, {
+        precision: { ...precision, llmDtype, prefillDtype },
         threads,
-        ...p,
-        cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(p, llmDtype)) },
-        prefillCache: {
-          dir: cacheDir,
-          key: engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(p, prefillDtype)),
-        },
       });
       try {
         return await benchDecoder(decoder, reps, withDecode, 32);
@@ -443,72 +245,38 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
   return result;
 }
 
-export async function benchCommand(argv: string[]): Promise<number> {
-  const parse = () =>
-    parseCommandArgs(argv, {
-      ...PRECISION_FLAGS,
-      shape: { type: 'string' },
-      model: { type: 'string' },
-      threads: { type: 'string' },
-      reps: { type: 'string' },
-      json: { type: 'string' },
-      structured: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    });
-  let values: ReturnType<typeof parse>['values'];
-  try {
-    const parsed = parse();
-    values = parsed.values;
-    noPositionals(parsed.positionals);
-  } catch (err) {
-    process.stderr.write(`internvl bench: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
+export const benchCommand = defineCommand({
+  name: 'bench',
+  usage: USAGE,
+  options: {
+    ...PRECISION_FLAGS,
+    shape: { type: 'string' },
+    model: { type: 'string' },
+    threads: { type: 'string' },
+    reps: { type: 'string' },
+    json: { type: 'string' },
+    structured: { type: 'boolean' },
+  },
+  positionals: 'none',
+  async run({ values }, io) {
+    const threads = integerOption(values.threads, 'threads', 1);
+    const reps = integerOption(values.reps, 'reps', 1);
+    const flags = precisionFromFlags(values);
+    // A model's own format decides the defaults it can (an AWQ or GPTQ checkpoint: its group size as the block).
+    const config = values.model === undefined ? undefined : await loadModelConfig(values.model);
+    const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' }, config);
+    const log = (line: string) => io.stderr.write(`${line}\n`);
+    const result = values.structured
+      ? await runStructuredBench({
+          model: await benchModel(values.shape ?? 'InternVL2_5-1B', values.model, log),
+          engine: { ...precision, threads },
+          reps: reps ?? 3,
+          log,
+        })
+      : await runBench({ shape: values.shape, model: values.model, threads, reps, precision, log });
+    const text = JSON.stringify(result, null, 2);
+    io.stdout.write(`${text}\n`);
+    if (values.json) await writeFile(values.json, `${text}\n`);
     return 0;
-  }
-  const flags = precisionFromFlags(values);
-  // A model's own format decides the defaults it can (an AWQ or GPTQ checkpoint: its group size as the block).
-  const config = values.model === undefined ? undefined : await loadModelConfig(values.model);
-  const precision = await resolvePrecision({ ...flags, llmDtype: flags.llmDtype ?? 'int4' }, config);
-  const positive = (v: string | undefined, name: string) => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got '${v}'`);
-    return n;
-  };
-  const log = (line: string) => process.stderr.write(`${line}\n`);
-  const threads = positive(values.threads, 'threads');
-  const reps = positive(values.reps, 'reps');
-  const result = values.structured
-    ? await runStructuredBench({
-        model: await benchModel(values.shape ?? 'InternVL2_5-1B', values.model, log),
-        engine: { ...precision, threads },
-        reps: reps ?? 3,
-        log,
-      })
-    : await runBench({
-        shape: values.shape,
-        model: values.model,
-        threads,
-        reps,
-        precision,
-        log,
-      });
-  const text = JSON.stringify(result, null, 2);
-  process.stdout.write(`${text}\n`);
-  if (values.json) await writeFile(values.json, `${text}\n`);
-  return 0;
-}
-
-// Child mode: `node bench.js --bench-child JSON` loads the model and reports load time, TTFT and peak RSS.
-if (process.argv[1] === fileURLToPath(import.meta.url) && process.argv[2] === '--bench-child') {
-  const args = JSON.parse(process.argv[3]) as {
-    model: string;
-    cacheDir: string;
-    precision: ResolvedPrecision;
-    threads: number;
-  };
-  await childLoad(args.model, args.cacheDir, args.precision, args.threads);
-}
+  },
+});

@@ -16,7 +16,8 @@ import {
   repoIdArgument,
 } from '../io/hub-cache.js';
 import { createDownloadProgress, formatBytes } from '../io/progress.js';
-import { noPositionals, parseCommandArgs, UsageError, usageFailure } from './args.js';
+import { UsageError } from './args.js';
+import { defineCommand } from './command.js';
 
 const PULL_USAGE = `Usage: internvl pull MODEL [--revision REV]
 
@@ -53,39 +54,23 @@ Examples:
   npx internvl rm OpenGVLab/InternVL2_5-1B --yes
 `;
 
-function failure(command: string, err: unknown): number {
-  process.stderr.write(`internvl ${command}: ${err instanceof Error ? err.message : String(err)}\n`);
-  return 1;
-}
-
 /** `internvl pull`; returns the exit code. */
-export async function pullCommand(argv: string[]): Promise<number> {
-  let id: string;
-  let revision: string | undefined;
-  try {
-    const { values, positionals } = parseCommandArgs(argv, {
-      revision: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    });
-    if (values.help) {
-      process.stdout.write(PULL_USAGE);
-      return 0;
-    }
+export const pullCommand = defineCommand({
+  name: 'pull',
+  usage: PULL_USAGE,
+  options: { revision: { type: 'string' } },
+  async run({ values, positionals }, io) {
     if (positionals.length !== 1) throw new UsageError('expected one MODEL (a hub id like Org/Name)');
-    [id] = positionals;
-    revision = values.revision;
-  } catch (err) {
-    return usageFailure('pull', err, PULL_USAGE);
-  }
-  try {
+    const [id] = positionals;
     repoIdArgument(id.split('@')[0], 'pull');
-    const dir = await resolveModel(id, { revision, onProgress: createDownloadProgress(process.stderr) });
-    process.stdout.write(`${dir}\n`);
+    const dir = await resolveModel(id, {
+      revision: values.revision,
+      onProgress: createDownloadProgress(process.stderr),
+    });
+    io.stdout.write(`${dir}\n`);
     return 0;
-  } catch (err) {
-    return failure('pull', err);
-  }
-}
+  },
+});
 
 interface Listing {
   hubCache: string;
@@ -138,26 +123,15 @@ function graphLines(graphs: GraphCacheEntry[]): string {
 }
 
 /** `internvl ls`; returns the exit code. */
-export async function lsCommand(argv: string[]): Promise<number> {
-  let json: boolean;
-  try {
-    const { values, positionals } = parseCommandArgs(argv, {
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    });
-    if (values.help) {
-      process.stdout.write(LS_USAGE);
-      return 0;
-    }
-    noPositionals(positionals);
-    json = values.json ?? false;
-  } catch (err) {
-    return usageFailure('ls', err, LS_USAGE);
-  }
-  try {
+export const lsCommand = defineCommand({
+  name: 'ls',
+  usage: LS_USAGE,
+  options: { json: { type: 'boolean' } },
+  positionals: 'none',
+  run({ values }, io) {
     const l = listing();
-    if (json) {
-      process.stdout.write(`${JSON.stringify(l)}\n`);
+    if (values.json) {
+      io.stdout.write(`${JSON.stringify(l)}\n`);
       return 0;
     }
     let out = `Hugging Face cache: ${l.hubCache}\n`;
@@ -177,12 +151,10 @@ export async function lsCommand(argv: string[]): Promise<number> {
       out += `  source not recorded (built by an older version): ${l.unknown.length}, ${formatBytes(sum(l.unknown))}\n${graphLines(l.unknown)}`;
     }
     if (l.local.length === 0 && l.unknown.length === 0) out += '  (no other entries)\n';
-    process.stdout.write(out);
+    io.stdout.write(out);
     return 0;
-  } catch (err) {
-    return failure('ls', err);
-  }
-}
+  },
+});
 
 async function confirm(question: string): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stderr });
@@ -194,30 +166,18 @@ async function confirm(question: string): Promise<boolean> {
 }
 
 /** `internvl rm`; returns the exit code. */
-export async function rmCommand(argv: string[]): Promise<number> {
-  let id: string;
-  let yes: boolean;
-  try {
-    const { values, positionals } = parseCommandArgs(argv, {
-      yes: { type: 'boolean', short: 'y' },
-      help: { type: 'boolean', short: 'h' },
-    });
-    if (values.help) {
-      process.stdout.write(RM_USAGE);
-      return 0;
-    }
+export const rmCommand = defineCommand({
+  name: 'rm',
+  usage: RM_USAGE,
+  options: { yes: { type: 'boolean', short: 'y' } },
+  async run({ values, positionals }, io) {
     if (positionals.length !== 1) throw new UsageError('expected one MODEL (a hub id like Org/Name)');
-    [id] = positionals;
-    yes = values.yes ?? false;
-  } catch (err) {
-    return usageFailure('rm', err, RM_USAGE);
-  }
-  try {
+    const [id] = positionals;
     const repoId = repoIdArgument(id, 'rm');
     const hubCache = defaultHubCacheDir();
     const model = findCachedModel(hubCache, repoId);
     if (!model) {
-      process.stderr.write(
+      io.stderr.write(
         `internvl rm: ${repoId} is not in the Hugging Face cache ${hubCache}; \`npx internvl ls\` lists what is\n`,
       );
       return 1;
@@ -225,16 +185,14 @@ export async function rmCommand(argv: string[]): Promise<number> {
     const graphs = entriesUnder(listGraphCacheEntries(defaultGraphCacheDir()), model.dir);
     let plan = `This removes ${repoId}: ${model.dir} (${formatBytes(model.bytes + model.incompleteBytes)})\n`;
     for (const g of graphs) plan += `  and the graph-cache entry ${g.dir} (${formatBytes(g.bytes)})\n`;
-    process.stderr.write(plan);
-    if (process.stdin.isTTY && !yes && !(await confirm('Remove? [y/N] '))) {
-      process.stderr.write('Nothing removed.\n');
+    io.stderr.write(plan);
+    if (process.stdin.isTTY && !values.yes && !(await confirm('Remove? [y/N] '))) {
+      io.stderr.write('Nothing removed.\n');
       return 1;
     }
     for (const g of graphs) await rm(g.dir, { recursive: true, force: true });
     await removeCachedModel(model);
-    process.stderr.write(`Removed ${repoId} and ${graphs.length} graph-cache entries.\n`);
+    io.stderr.write(`Removed ${repoId} and ${graphs.length} graph-cache entries.\n`);
     return 0;
-  } catch (err) {
-    return failure('rm', err);
-  }
-}
+  },
+});

@@ -4,12 +4,12 @@
  */
 import { copyFile, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { buildGraphDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { decoderDimsFromConfig, embeddingTensorName } from '../models/registry.js';
 import {
   WEB_FORMAT_VERSION,

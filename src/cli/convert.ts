@@ -3,13 +3,14 @@
  * the graph cache (where `InternVLModel.load` with the same options finds them) or into a folder.
  */
 import path from 'node:path';
-import { loadModelConfig } from '../config/model-config.js';
 import { checkpointWeights } from '../engine/core.js';
 import { buildGraphDir, cachedGraph, defaultGraphCacheDir } from '../engine/graph-cache.js';
 import { type PrecisionOptions, planEngineGraphs, resolvePrecision } from '../engine/graph-plan.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { checkInt8Kernel, checkWeightDtype } from '../onnx/quantize.js';
-import { parseCommandArgs } from './args.js';
+import { UsageError } from './args.js';
+import { defineCommand } from './command.js';
 import { convertModelForWeb } from './convert-web.js';
 
 const USAGE = `Usage: internvl convert MODEL [--llm-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
@@ -120,57 +121,38 @@ export function precisionFromFlags(
   };
 }
 
-export async function convertCommand(argv: string[]): Promise<number> {
-  let parsed: ReturnType<typeof parse>;
-  const parse = () =>
-    parseCommandArgs(argv, {
-      ...PRECISION_FLAGS,
-      out: { type: 'string' },
-      target: { type: 'string' },
-      'cache-dir': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
+export const convertCommand = defineCommand({
+  name: 'convert',
+  usage: USAGE,
+  options: {
+    ...PRECISION_FLAGS,
+    out: { type: 'string' },
+    target: { type: 'string' },
+    'cache-dir': { type: 'string' },
+  },
+  async run({ values, positionals }, io) {
+    if (positionals.length !== 1) throw new UsageError('expected one MODEL folder');
+    const t0 = performance.now();
+    if (values.target !== undefined && values.target !== 'node') {
+      if (values.target !== 'web') throw new UsageError(`--target must be node or web, got ${values.target}`);
+      if (!values.out) throw new UsageError('--target web needs --out DIR');
+      const manifest = await convertModelForWeb(positionals[0], values.out, precisionFromFlags(values));
+      for (const [role, g] of Object.entries(manifest.graphs)) {
+        if (g) io.stdout.write(`${role} (${g.dtype}): ${path.join(values.out, g.model.path)}\n`);
+      }
+      io.stdout.write(`manifest: ${path.join(values.out, 'internvl-web.json')}\n`);
+      io.stderr.write(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+      return 0;
+    }
+    const graphs = await convertModel(positionals[0], {
+      ...precisionFromFlags(values),
+      out: values.out,
+      cacheDir: values['cache-dir'],
     });
-  try {
-    parsed = parse();
-  } catch (err) {
-    process.stderr.write(`internvl convert: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(USAGE);
+    for (const g of graphs) {
+      io.stdout.write(`${g.role} (${g.dtype})${g.cached ? ' [cached]' : ''}: ${g.path}\n`);
+    }
+    io.stderr.write(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     return 0;
-  }
-  if (positionals.length !== 1) {
-    process.stderr.write(`internvl convert: expected one MODEL folder\n${USAGE}`);
-    return 2;
-  }
-  const t0 = performance.now();
-  if (values.target !== undefined && values.target !== 'node') {
-    if (values.target !== 'web') {
-      process.stderr.write(`internvl convert: --target must be node or web, got ${values.target}\n`);
-      return 2;
-    }
-    if (!values.out) {
-      process.stderr.write(`internvl convert: --target web needs --out DIR\n${USAGE}`);
-      return 2;
-    }
-    const manifest = await convertModelForWeb(positionals[0], values.out, precisionFromFlags(values));
-    for (const [role, g] of Object.entries(manifest.graphs)) {
-      if (g) process.stdout.write(`${role} (${g.dtype}): ${path.join(values.out, g.model.path)}\n`);
-    }
-    process.stdout.write(`manifest: ${path.join(values.out, 'internvl-web.json')}\n`);
-    process.stderr.write(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-    return 0;
-  }
-  const graphs = await convertModel(positionals[0], {
-    ...precisionFromFlags(values),
-    out: values.out,
-    cacheDir: values['cache-dir'],
-  });
-  for (const g of graphs) {
-    process.stdout.write(`${g.role} (${g.dtype})${g.cached ? ' [cached]' : ''}: ${g.path}\n`);
-  }
-  process.stderr.write(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-  return 0;
-}
+  },
+});

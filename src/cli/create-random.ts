@@ -1,10 +1,11 @@
-/** `internvl create-random`: a random-weight checkpoint at a real InternVL 2.5 shape. */
+/** `internvl create-random`: a random-weight checkpoint at a real InternVL 2.5, 3 or 3.5 shape. */
 import {
   createRandomCheckpoint,
   DEFAULT_MAX_SHARD_BYTES,
   RANDOM_SHAPES,
 } from '../tools/random-checkpoint.js';
-import { integerOption, noPositionals, parseCommandArgs, UsageError, usageFailure } from './args.js';
+import { integerOption, UsageError } from './args.js';
+import { defineCommand } from './command.js';
 
 const USAGE = `Usage: internvl create-random --shape NAME --out DIR [options]
 
@@ -48,8 +49,10 @@ function sizeOption(value: string | undefined): number | undefined {
   return bytes;
 }
 
-async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommandArgs(argv, {
+export const createRandomCommand = defineCommand({
+  name: 'create-random',
+  usage: USAGE,
+  options: {
     shape: { type: 'string' },
     out: { type: 'string' },
     seed: { type: 'string' },
@@ -57,34 +60,23 @@ async function run(argv: string[]): Promise<number> {
     'vit-layers': { type: 'string' },
     'llm-layers': { type: 'string' },
     'max-shard-size': { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
+  },
+  positionals: 'none',
+  async run({ values }, io) {
+    if (!values.shape) throw new UsageError('needs --shape NAME');
+    if (!values.out) throw new UsageError('needs --out DIR');
+    const dir = await createRandomCheckpoint({
+      shape: values.shape,
+      out: values.out,
+      seed: integerOption(values.seed, 'seed', 0) ?? 0,
+      weights: !values['no-weights'],
+      layers: {
+        vit: integerOption(values['vit-layers'], 'vit-layers', 1),
+        llm: integerOption(values['llm-layers'], 'llm-layers', 1),
+      },
+      maxShardBytes: sizeOption(values['max-shard-size']) ?? DEFAULT_MAX_SHARD_BYTES,
+    });
+    io.stdout.write(`${dir}\n`);
     return 0;
-  }
-  noPositionals(positionals);
-  if (!values.shape) throw new UsageError('needs --shape NAME');
-  if (!values.out) throw new UsageError('needs --out DIR');
-  const dir = await createRandomCheckpoint({
-    shape: values.shape,
-    out: values.out,
-    seed: integerOption(values.seed, 'seed', 0) ?? 0,
-    weights: !values['no-weights'],
-    layers: {
-      vit: integerOption(values['vit-layers'], 'vit-layers', 1),
-      llm: integerOption(values['llm-layers'], 'llm-layers', 1),
-    },
-    maxShardBytes: sizeOption(values['max-shard-size']) ?? DEFAULT_MAX_SHARD_BYTES,
-  });
-  process.stdout.write(`${dir}\n`);
-  return 0;
-}
-
-export async function createRandomCommand(argv: string[]): Promise<number> {
-  try {
-    return await run(argv);
-  } catch (err) {
-    return usageFailure('create-random', err, USAGE);
-  }
-}
+  },
+});

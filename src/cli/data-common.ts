@@ -1,10 +1,11 @@
 /** What `internvl data stats|filter|pack` share: output, option parsing, issue reporting, model settings. */
-import { loadModelConfig, numImageTokens } from '../config/model-config.js';
+import { numImageTokens } from '../config/model-config.js';
 import { type DataIssue, formatIssue } from '../data/meta.js';
 import type { PrepareOptions } from '../data/prepare.js';
 import { InternVLError } from '../errors.js';
 import { createTaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
+import { loadModelConfig } from '../models/model-config.js';
 
 import { UsageError } from './args.js';
 

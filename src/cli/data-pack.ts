@@ -20,7 +20,7 @@ import {
 } from '../data/shards.js';
 import { InternVLError } from '../errors.js';
 import type { LossReduction } from '../text/training.js';
-import { parseCommandArgs } from './args.js';
+import type { ParsedArgs } from './command.js';
 import {
   type DataIo,
   intOption,
@@ -33,30 +33,30 @@ import {
 
 const REDUCTIONS: readonly LossReduction[] = ['token', 'sample', 'square'];
 
-/** `internvl data pack`; `usage` is printed for --help. */
-export async function packCommand(args: string[], io: DataIo, usage: string): Promise<number> {
-  const { values, positionals } = parseCommandArgs(args, {
-    model: { type: 'string' },
-    out: { type: 'string' },
-    'max-len': { type: 'string' },
-    'loss-reduction': { type: 'string' },
-    seed: { type: 'string' },
-    'max-tiles': { type: 'string' },
-    'max-buffers': { type: 'string' },
-    'max-dynamic-patch': { type: 'string' },
-    'min-num-frame': { type: 'string' },
-    'max-num-frame': { type: 'string' },
-    'packs-per-shard': { type: 'string' },
-    tiles: { type: 'boolean' },
-    'no-tiles': { type: 'boolean' },
-    strict: { type: 'boolean' },
-    'allow-outside-root': { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) {
-    io.stdout.write(usage);
-    return 0;
-  }
+/** The options of `internvl data pack`. */
+export const PACK_OPTIONS = {
+  model: { type: 'string' },
+  out: { type: 'string' },
+  'max-len': { type: 'string' },
+  'loss-reduction': { type: 'string' },
+  seed: { type: 'string' },
+  'max-tiles': { type: 'string' },
+  'max-buffers': { type: 'string' },
+  'max-dynamic-patch': { type: 'string' },
+  'min-num-frame': { type: 'string' },
+  'max-num-frame': { type: 'string' },
+  'packs-per-shard': { type: 'string' },
+  tiles: { type: 'boolean' },
+  'no-tiles': { type: 'boolean' },
+  strict: { type: 'boolean' },
+  'allow-outside-root': { type: 'boolean' },
+} as const;
+
+/** `internvl data pack` (data.ts declares the command). */
+export async function packCommand(
+  { values, positionals }: ParsedArgs<typeof PACK_OPTIONS>,
+  io: DataIo,
+): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('data pack takes exactly one META file');
   if (!values.model) throw new UsageError('data pack needs --model DIR');
   if (!values.out) throw new UsageError('data pack needs --out DIR');

@@ -3,7 +3,7 @@ import { type DataIssue, loadMeta, readDataset } from '../data/meta.js';
 import { prepareSample } from '../data/prepare.js';
 import { applyRepeatTime, createRng } from '../data/sampling.js';
 import { InternVLError } from '../errors.js';
-import { parseCommandArgs } from './args.js';
+import type { ParsedArgs } from './command.js';
 import {
   type DataIo,
   intOption,
@@ -33,21 +33,21 @@ interface DatasetStats {
   tiles?: number;
 }
 
-/** `internvl data stats`; `usage` is printed for --help. */
-export async function statsCommand(args: string[], io: DataIo, usage: string): Promise<number> {
-  const { values, positionals } = parseCommandArgs(args, {
-    json: { type: 'boolean' },
-    model: { type: 'string' },
-    seed: { type: 'string' },
-    strict: { type: 'boolean' },
-    'allow-outside-root': { type: 'boolean' },
-    'max-dynamic-patch': { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) {
-    io.stdout.write(usage);
-    return 0;
-  }
+/** The options of `internvl data stats`. */
+export const STATS_OPTIONS = {
+  json: { type: 'boolean' },
+  model: { type: 'string' },
+  seed: { type: 'string' },
+  strict: { type: 'boolean' },
+  'allow-outside-root': { type: 'boolean' },
+  'max-dynamic-patch': { type: 'string' },
+} as const;
+
+/** `internvl data stats` (data.ts declares the command). */
+export async function statsCommand(
+  { values, positionals }: ParsedArgs<typeof STATS_OPTIONS>,
+  io: DataIo,
+): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('data stats takes exactly one META file');
   const meta = await loadMeta(positionals[0]);
   const seed = intOption(values.seed, 'seed', 0);

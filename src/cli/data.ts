@@ -2,8 +2,8 @@ import path from 'node:path';
 import { filterMeta } from '../data/filter.js';
 import { createOpenAIJudge } from '../data/judge.js';
 import { loadMeta } from '../data/meta.js';
-import { InternVLError } from '../errors.js';
-import { didYouMean, parseCommandArgs } from './args.js';
+import { didYouMean } from './args.js';
+import { commandFailure, defineCommand, type ParsedArgs } from './command.js';
 import {
   type DataIo,
   intOption,
@@ -12,8 +12,8 @@ import {
   reportIssues,
   UsageError,
 } from './data-common.js';
-import { packCommand } from './data-pack.js';
-import { statsCommand } from './data-stats.js';
+import { PACK_OPTIONS, packCommand } from './data-pack.js';
+import { STATS_OPTIONS, statsCommand } from './data-stats.js';
 
 export type { DataIo } from './data-common.js';
 
@@ -46,25 +46,24 @@ Examples (the sample dataset in examples/data; any InternVL 2.5 checkpoint for -
   npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 1 --out run/ --steps 2
 `;
 
-async function filterCommand(args: string[], io: DataIo): Promise<number> {
-  const { values, positionals } = parseCommandArgs(args, {
-    out: { type: 'string' },
-    'judge-url': { type: 'string' },
-    'judge-model': { type: 'string' },
-    'min-score': { type: 'string' },
-    'min-repetition-score': { type: 'string' },
-    concurrency: { type: 'string' },
-    retries: { type: 'string' },
-    'retry-delay-ms': { type: 'string' },
-    strict: { type: 'boolean' },
-    json: { type: 'boolean' },
-    'allow-outside-root': { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) {
-    io.stdout.write(USAGE);
-    return 0;
-  }
+const FILTER_OPTIONS = {
+  out: { type: 'string' },
+  'judge-url': { type: 'string' },
+  'judge-model': { type: 'string' },
+  'min-score': { type: 'string' },
+  'min-repetition-score': { type: 'string' },
+  concurrency: { type: 'string' },
+  retries: { type: 'string' },
+  'retry-delay-ms': { type: 'string' },
+  strict: { type: 'boolean' },
+  json: { type: 'boolean' },
+  'allow-outside-root': { type: 'boolean' },
+} as const;
+
+async function runFilter(
+  { values, positionals }: ParsedArgs<typeof FILTER_OPTIONS>,
+  io: DataIo,
+): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('data filter takes exactly one META file');
   if (!values.out) throw new UsageError('data filter needs --out DIR');
   const meta = await loadMeta(positionals[0]);
@@ -107,10 +106,12 @@ async function filterCommand(args: string[], io: DataIo): Promise<number> {
   return 0;
 }
 
-function unknownCommand(command: string): string {
-  const guess = didYouMean(command, ['stats', 'filter', 'pack']);
-  return `unknown data command '${command}'${guess ? `; did you mean '${guess}'?` : ''}`;
-}
+/** Each data command: its options and what it runs; usage errors and --help print the data usage. */
+const SUBCOMMANDS = {
+  stats: defineCommand({ name: 'data', usage: USAGE, options: STATS_OPTIONS, run: statsCommand }),
+  filter: defineCommand({ name: 'data', usage: USAGE, options: FILTER_OPTIONS, run: runFilter }),
+  pack: defineCommand({ name: 'data', usage: USAGE, options: PACK_OPTIONS, run: packCommand }),
+};
 
 /** `internvl data …`; returns the exit code. */
 export async function dataCommand(
@@ -118,32 +119,14 @@ export async function dataCommand(
   io: DataIo = { stdout: process.stdout, stderr: process.stderr },
 ): Promise<number> {
   const [command, ...rest] = args;
-  try {
-    switch (command) {
-      case 'stats':
-        return await statsCommand(rest, io, USAGE);
-      case 'filter':
-        return await filterCommand(rest, io);
-      case 'pack':
-        return await packCommand(rest, io, USAGE);
-      case undefined:
-      case 'help':
-      case '--help':
-      case '-h':
-        io.stdout.write(USAGE);
-        return command === undefined ? 2 : 0;
-      default:
-        throw new UsageError(unknownCommand(command));
-    }
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`internvl data: ${(err as Error).message}\n${USAGE}`);
-      return 2;
-    }
-    if (err instanceof InternVLError) {
-      io.stderr.write(`internvl data: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
+  if (command !== undefined && Object.hasOwn(SUBCOMMANDS, command)) {
+    return SUBCOMMANDS[command as keyof typeof SUBCOMMANDS](rest, io);
   }
+  if (command === undefined || ['help', '--help', '-h'].includes(command)) {
+    io.stdout.write(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  const guess = didYouMean(command, Object.keys(SUBCOMMANDS));
+  const message = `unknown data command '${command}'${guess ? `; did you mean '${guess}'?` : ''}`;
+  return commandFailure('data', USAGE, new UsageError(message), io);
 }

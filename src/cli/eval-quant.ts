@@ -4,23 +4,19 @@
  * embeddings when the ViT is quantised.
  */
 import { writeFile } from 'node:fs/promises';
-import { loadModelConfig } from '../config/model-config.js';
 import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { argmax, DecoderRunner, decoderDimsFromConfig, generateGreedy } from '../engine/decoder.js';
-import { defaultGraphCacheDir } from '../engine/graph-cache.js';
-import {
-  engineGraphKey,
-  type PrecisionOptions,
-  type ResolvedPrecision,
-  resolvePrecision,
-} from '../engine/graph-plan.js';
+import { argmax, decoderDimsFromConfig, teacherForcedLogits } from '../engine/decoder.js';
+import { type PrecisionOptions, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
+import { greedyTokens } from '../engine/greedy.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
-import { llmCacheTag, vitCacheTag } from '../engine/precision.js';
-import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
+import { decoderGraphQuant, resolveLlmPrecision, type WeightDtype } from '../engine/precision.js';
+import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { parseCommandArgs } from './args.js';
+import { loadModelConfig } from '../models/model-config.js';
+import { integerOption, UsageError } from './args.js';
+import { defineCommand } from './command.js';
 import { PRECISION_FLAGS, precisionFromFlags } from './convert.js';
 
 export interface EvalQuantOptions extends PrecisionOptions {
@@ -50,6 +46,8 @@ export interface EvalQuantReport {
    */
   checkpointQuantization: LlmQuantization | null;
   precision: ResolvedPrecision;
+  /** How the decode graph stores lm_head ('auto' resolved: fp32, int8 or int4). */
+  lmHeadDtype: WeightDtype;
   promptTokens: number;
   newTokens: number;
   /** Logits of every prompt position (the prefill graph when there is one). */
@@ -127,46 +125,35 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
   }
   const checkpoint = await Checkpoint.open(modelDir);
   const weights = checkpointWeights(checkpoint, config);
-  const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-  const cache = (component: 'vision' | 'decoder', dims: unknown, tag: Record<string, unknown>) =>
-    cacheDir === false ? undefined : { dir: cacheDir, key: engineGraphKey(checkpoint, component, dims, tag) };
+  const cache = engineGraphCache(checkpoint, options.cacheDir);
   const released: { release(): Promise<void> }[] = [];
   try {
     const dims = decoderDimsFromConfig(config);
     const threads = options.threads;
-    const fp32 = await DecoderRunner.create(dims, weights, {
+    const fp32 = await createDecoderRunner(config, weights, cache, {
+      precision: resolveLlmPrecision({ llmDtype: 'fp32' }),
       threads,
-      cache: cache('decoder', dims, { dtype: 'fp32' }),
     });
     released.push(fp32);
-    const quant = await DecoderRunner.create(dims, weights, {
-      threads,
-      ...precision,
-      cache: cache('decoder', dims, llmCacheTag(precision, precision.llmDtype)),
-      prefillCache: cache('decoder', dims, llmCacheTag(precision, precision.prefillDtype)),
-    });
+    const quant = await createDecoderRunner(config, weights, cache, { precision, threads });
     released.push(quant);
 
     const ids = evalTokenIds(promptTokens, dims.vocabSize);
     const embeds = fp32.embed(ids);
     const refAll = await fp32.forward(fp32.newSequence(), embeds, promptTokens, { allLogits: true });
-    const qSeq = quant.newSequence();
-    const qAll = await quant.forward(qSeq, embeds, promptTokens, { allLogits: true });
+    const qAll = await quant.forward(quant.newSequence(), embeds, promptTokens, { allLogits: true });
     const promptLogits = diffStats(refAll, qAll);
 
-    const refSteps: Float32Array[] = [];
-    const refTokens = await generateGreedy(fp32, embeds, promptTokens, newTokens, (_, logits) => {
-      refSteps.push(logits.slice());
-    });
+    const refTokens = await greedyTokens(fp32, ids, newTokens);
+    const refSteps = await teacherForcedLogits(fp32, embeds, promptTokens, refTokens);
     // Teacher-forced: the quantised model sees the fp32 tokens; step 0 is the prompt's last position.
+    const qSteps = await teacherForcedLogits(quant, embeds, promptTokens, refTokens);
     const vocab = dims.vocabSize;
-    let qLogits = qAll.subarray((promptTokens - 1) * vocab);
     let agree = 0;
     const decodeParts: DiffStats[] = [];
     for (let step = 0; step < newTokens; step++) {
-      if (argmax(qLogits) === refTokens[step]) agree++;
-      if (step > 0) decodeParts.push(diffStats(refSteps[step], qLogits));
-      if (step + 1 < newTokens) qLogits = await quant.forward(qSeq, quant.embed([refTokens[step]]), 1);
+      if (argmax(qSteps[step]) === refTokens[step]) agree++;
+      if (step > 0) decodeParts.push(diffStats(refSteps[step], qSteps[step]));
     }
     const decodeLogits =
       decodeParts.length > 0
@@ -175,23 +162,19 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
             decodeParts.map(() => vocab),
           )
         : { maxAbsDiff: 0, meanAbsDiff: 0, maxAbsReference: 0 };
-    const qTokens = await generateGreedy(quant, embeds, promptTokens, newTokens);
+    const qTokens = await greedyTokens(quant, ids, newTokens);
     let identical = 0;
     while (identical < newTokens && qTokens[identical] === refTokens[identical]) identical++;
 
     let vision: DiffStats | null = null;
     if (precision.vitDtype !== 'fp32') {
-      const visionDims = visionDimsFromConfig(config);
-      const ref = await VisionEncoder.create(visionDims, weights, {
-        threads,
-        cache: cache('vision', visionDims, vitCacheTag('fp32', precision.int8Kernel)),
-      });
+      const { int8Kernel } = precision;
+      const ref = await createVisionRunner(config, weights, cache, { vitDtype: 'fp32', int8Kernel, threads });
       released.push(ref);
-      const q = await VisionEncoder.create(visionDims, weights, {
-        threads,
+      const q = await createVisionRunner(config, weights, cache, {
         vitDtype: precision.vitDtype,
-        int8Kernel: precision.int8Kernel,
-        cache: cache('vision', visionDims, vitCacheTag(precision.vitDtype, precision.int8Kernel)),
+        int8Kernel,
+        threads,
       });
       released.push(q);
       const pixels = options.pixelValues ?? syntheticTile(ref.geometry.imageSize);
@@ -202,6 +185,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
       model: modelDir,
       checkpointQuantization: llmQuantization(config),
       precision,
+      lmHeadDtype: decoderGraphQuant(precision, precision.llmDtype).lmHeadQuant?.dtype ?? 'fp32',
       promptTokens,
       newTokens,
       promptLogits,
@@ -233,42 +217,29 @@ Examples:
   npx internvl eval-quant ./InternVL2_5-1B --dtype int4 --prefill-dtype int8 --vit-dtype int8 --json report.json
 `;
 
-export async function evalQuantCommand(argv: string[]): Promise<number> {
-  const parse = () =>
-    parseCommandArgs(argv, {
-      ...PRECISION_FLAGS,
-      dtype: { type: 'string' },
-      'prompt-tokens': { type: 'string' },
-      'new-tokens': { type: 'string' },
-      'no-cache': { type: 'boolean' },
-      json: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
+export const evalQuantCommand = defineCommand({
+  name: 'eval-quant',
+  usage: USAGE,
+  options: {
+    ...PRECISION_FLAGS,
+    dtype: { type: 'string' },
+    'prompt-tokens': { type: 'string' },
+    'new-tokens': { type: 'string' },
+    'no-cache': { type: 'boolean' },
+    json: { type: 'string' },
+  },
+  async run({ values, positionals }, io) {
+    if (positionals.length !== 1) throw new UsageError('expected one MODEL folder');
+    const precision = precisionFromFlags({ ...values, 'llm-dtype': values['llm-dtype'] ?? values.dtype });
+    const report = await evalQuant(positionals[0], {
+      ...precision,
+      promptTokens: integerOption(values['prompt-tokens'], 'prompt-tokens', 1),
+      newTokens: integerOption(values['new-tokens'], 'new-tokens', 1),
+      cacheDir: values['no-cache'] ? false : undefined,
     });
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse();
-  } catch (err) {
-    process.stderr.write(`internvl eval-quant: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    process.stdout.write(USAGE);
+    const text = JSON.stringify(report, null, 2);
+    io.stdout.write(`${text}\n`);
+    if (values.json) await writeFile(values.json, `${text}\n`);
     return 0;
-  }
-  if (positionals.length !== 1) {
-    process.stderr.write(`internvl eval-quant: expected one MODEL folder\n${USAGE}`);
-    return 2;
-  }
-  const precision = precisionFromFlags({ ...values, 'llm-dtype': values['llm-dtype'] ?? values.dtype });
-  const report = await evalQuant(positionals[0], {
-    ...precision,
-    promptTokens: values['prompt-tokens'] === undefined ? undefined : Number(values['prompt-tokens']),
-    newTokens: values['new-tokens'] === undefined ? undefined : Number(values['new-tokens']),
-    cacheDir: values['no-cache'] ? false : undefined,
-  });
-  const text = JSON.stringify(report, null, 2);
-  process.stdout.write(`${text}\n`);
-  if (values.json) await writeFile(values.json, `${text}\n`);
-  return 0;
-}
+  },
+});

@@ -5,7 +5,7 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import { availableMemory } from '../engine/memory-check.js';
 import {
   describePrecision,
@@ -18,8 +18,10 @@ import { InternVLError } from '../errors.js';
 import { resolveModel } from '../io/hub.js';
 import { formatBytes } from '../io/progress.js';
 import { internVitDimsFromConfig } from '../models/internvit.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { decoderDimsFromConfig } from '../models/registry.js';
-import { parseCommandArgs, UsageError, usageFailure } from './args.js';
+import { UsageError } from './args.js';
+import { defineCommand } from './command.js';
 
 const USAGE = `Usage: internvl info MODEL [--json]
 
@@ -56,25 +58,13 @@ async function weightBytes(dir: string): Promise<number> {
 }
 
 /** `internvl info`; returns the exit code. */
-export async function infoCommand(argv: string[]): Promise<number> {
-  let model: string;
-  let json: boolean;
-  try {
-    const { values, positionals } = parseCommandArgs(argv, {
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-    });
-    if (values.help) {
-      process.stdout.write(USAGE);
-      return 0;
-    }
+export const infoCommand = defineCommand({
+  name: 'info',
+  usage: USAGE,
+  options: { json: { type: 'boolean' } },
+  async run({ values, positionals }, io) {
     if (positionals.length !== 1) throw new UsageError('expected one MODEL (a folder or a hub id)');
-    [model] = positionals;
-    json = values.json ?? false;
-  } catch (err) {
-    return usageFailure('info', err, USAGE);
-  }
-  try {
+    const [model] = positionals;
     // Only what is on disk: a hub id must be in the cache (`internvl pull` puts it there).
     const dir = await resolveModel(model, { offline: true }).catch((err: unknown) => {
       if (!(err instanceof InternVLError && err.code === 'OFFLINE')) throw err;
@@ -89,8 +79,8 @@ export async function infoCommand(argv: string[]): Promise<number> {
     const weights = await weightBytes(dir);
     const available = availableMemory();
     const estimates = REPORTED_PRECISIONS.map((p) => estimateMemory(config, p));
-    if (json) {
-      process.stdout.write(
+    if (values.json) {
+      io.stdout.write(
         `${JSON.stringify({ dir, architecture: architecture(config), parameters: params, weightBytes: weights, available, estimates })}\n`,
       );
       return 0;
@@ -109,10 +99,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
         `${formatBytes(e.running).padStart(10)} ${formatBytes(e.converting).padStart(10)}  ${precisionFlags(e.precision) || '(default)'}\n`;
     }
     out += `Available: ${formatBytes(available.bytes)} (${available.source})\n`;
-    process.stdout.write(out);
+    io.stdout.write(out);
     return 0;
-  } catch (err) {
-    process.stderr.write(`internvl info: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
-  }
-}
+  },
+});

@@ -1,23 +1,16 @@
 /** `internvl serve`: the OpenAI-compatible server on a model, until SIGINT/SIGTERM. */
 import { describeMemoryCheck } from '../engine/memory-check.js';
-import { InternVLError } from '../errors.js';
 import { createAnyTaskProgress } from '../io/progress.js';
 import { DEFAULT_MODEL, pipeline } from '../pipeline/pipeline.js';
 import {
   DEFAULT_BODY_LIMIT_BYTES,
   defaultModelName,
   InternVLServer,
+  pipelineBackend,
   type ServerOptions,
 } from '../server/server.js';
-import {
-  integerOption,
-  PRECISION_FLAGS,
-  PRECISION_USAGE,
-  parseCommandArgs,
-  precisionOptions,
-  UsageError,
-  usageFailure,
-} from './args.js';
+import { integerOption, PRECISION_FLAGS, PRECISION_USAGE, precisionOptions, UsageError } from './args.js';
+import { defineCommand, type ParsedArgs } from './command.js';
 
 const USAGE = `Usage: internvl serve [model] [options]
 
@@ -58,27 +51,27 @@ Examples:
     -d '{"model": "OpenGVLab/InternVL2_5-1B", "messages": [{"role": "user", "content": "Hi!"}]}'
 `;
 
-function parseServeArgs(argv: string[]) {
-  const { values, positionals } = parseCommandArgs(argv, {
-    host: { type: 'string' },
-    port: { type: 'string' },
-    'api-key': { type: 'string', multiple: true },
-    'model-name': { type: 'string' },
-    'max-batch-size': { type: 'string' },
-    'max-tiles': { type: 'string' },
-    'max-images': { type: 'string' },
-    'session-len': { type: 'string' },
-    'max-body-mb': { type: 'string' },
-    'metrics-auth': { type: 'boolean' },
-    'drain-timeout': { type: 'string' },
-    'allowed-media-domains': { type: 'string' },
-    'allow-local-files': { type: 'boolean' },
-    'allow-private-media': { type: 'boolean' },
-    threads: { type: 'string' },
-    ...PRECISION_FLAGS,
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) return 'help' as const;
+const SERVE_OPTIONS = {
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'api-key': { type: 'string', multiple: true },
+  'model-name': { type: 'string' },
+  'max-batch-size': { type: 'string' },
+  'max-tiles': { type: 'string' },
+  'max-images': { type: 'string' },
+  'session-len': { type: 'string' },
+  'max-body-mb': { type: 'string' },
+  'metrics-auth': { type: 'boolean' },
+  'drain-timeout': { type: 'string' },
+  'allowed-media-domains': { type: 'string' },
+  'allow-local-files': { type: 'boolean' },
+  'allow-private-media': { type: 'boolean' },
+  threads: { type: 'string' },
+  ...PRECISION_FLAGS,
+} as const;
+
+/** The server and pipeline options the flags ask for; a bad flag is a UsageError. */
+function serveArgs({ values, positionals }: ParsedArgs<typeof SERVE_OPTIONS>) {
   if (positionals.length > 1)
     throw new UsageError(`expected at most one model, got: ${positionals.join(' ')}`);
   const envKey = process.env.INTERNVL_API_KEY;
@@ -124,21 +117,15 @@ function parseServeArgs(argv: string[]) {
 }
 
 /** `internvl serve`; resolves with the exit code once a signal has stopped the server. */
-export async function serveCommand(argv: string[]): Promise<number> {
-  let args: ReturnType<typeof parseServeArgs>;
-  try {
-    args = parseServeArgs(argv);
-  } catch (err) {
-    return usageFailure('serve', err, USAGE);
-  }
-  if (args === 'help') {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  if (args.port > 65535) {
-    process.stderr.write(`internvl serve: --port must be at most 65535, got ${args.port}\n`);
-    return 2;
-  }
+export const serveCommand = defineCommand({
+  name: 'serve',
+  usage: USAGE,
+  options: SERVE_OPTIONS,
+  run: (parsed) => serve(serveArgs(parsed)),
+});
+
+async function serve(args: ReturnType<typeof serveArgs>): Promise<number> {
+  if (args.port > 65535) throw new UsageError(`--port must be at most 65535, got ${args.port}`);
   const loading = pipeline(args.model, {
     ...args.pipeline,
     onProgress: createAnyTaskProgress(process.stderr),
@@ -147,13 +134,18 @@ export async function serveCommand(argv: string[]): Promise<number> {
   let server: InternVLServer;
   try {
     const modelName = args.options.modelName ?? defaultModelName(args.model);
-    server = new InternVLServer(loading, modelName, { ...args.options, modelName }, true);
+    server = new InternVLServer(
+      loading.then(pipelineBackend),
+      modelName,
+      { ...args.options, modelName },
+      true,
+    );
   } catch (err) {
     void loading.then(
       (p) => p.close(),
       () => {},
     );
-    return fail(err);
+    throw err;
   }
   const stopped = new Promise<'signal'>((resolve) => {
     const stop = () => {
@@ -176,7 +168,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     }
   } catch (err) {
     await server.close();
-    return fail(err);
+    throw err;
   }
   process.stderr.write(`internvl serve: draining (up to ${args.drainTimeoutMs / 1000} s)\n`);
   const abortNow = () => void server.close();
@@ -187,10 +179,4 @@ export async function serveCommand(argv: string[]): Promise<number> {
   process.off('SIGTERM', abortNow);
   process.stderr.write(`internvl serve: stopped${aborted > 0 ? ` (${aborted} requests aborted)` : ''}\n`);
   return 0;
-}
-
-function fail(err: unknown): number {
-  const message = err instanceof InternVLError || err instanceof Error ? err.message : String(err);
-  process.stderr.write(`internvl serve: ${message}\n`);
-  return 1;
 }

@@ -25,7 +25,8 @@ import { InternVLError } from '../errors.js';
 import { mulberry32 } from '../train/random.js';
 import { readShardFolder } from '../train/shard-batches.js';
 import { Trainer, type TrainerOptions, type TrainingStage } from '../train/trainer.js';
-import { integerOption, numberOption, parseCommandArgs, UsageError } from './args.js';
+import { integerOption, numberOption, UsageError } from './args.js';
+import { type CommandIo, defineCommand, type ParsedArgs } from './command.js';
 
 const USAGE = `Usage: internvl train --model DIR --data SHARDS --stage 1|1.5|2 --out DIR [options]
 
@@ -60,10 +61,7 @@ Examples:
   npx internvl train --model ./InternVL2_5-1B --data shards/ --stage 2 --out run/ --resume   # after a stop
 `;
 
-export interface TrainIo {
-  stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown; isTTY?: boolean };
-}
+export type TrainIo = CommandIo;
 
 const DEFAULT_LR: Record<string, number> = { '1': 2e-4, '1.5': 1e-5, '2': 4e-5 };
 
@@ -193,57 +191,44 @@ async function resumeNewestIntact(
   );
 }
 
-export async function trainCommand(args: string[], io: TrainIo = process): Promise<number> {
-  try {
-    return await run(args, io);
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`internvl train: ${err.message}\n${USAGE}`);
-      return 2;
-    }
-    if (err instanceof InternVLError) {
-      io.stderr.write(`internvl train: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
-  }
-}
+const TRAIN_OPTIONS = {
+  model: { type: 'string' },
+  data: { type: 'string' },
+  stage: { type: 'string' },
+  out: { type: 'string' },
+  lr: { type: 'string' },
+  steps: { type: 'string' },
+  epochs: { type: 'string' },
+  'grad-accum': { type: 'string' },
+  seed: { type: 'string' },
+  'weight-decay': { type: 'string' },
+  'warmup-steps': { type: 'string' },
+  schedule: { type: 'string' },
+  'max-grad-norm': { type: 'string' },
+  'save-every': { type: 'string' },
+  'stop-after': { type: 'string' },
+  'freeze-llm': { type: 'boolean' },
+  'freeze-backbone': { type: 'boolean' },
+  'freeze-mlp': { type: 'boolean' },
+  'unfreeze-vit-layers': { type: 'string' },
+  'unfreeze-lm-head': { type: 'boolean' },
+  'use-llm-lora': { type: 'string' },
+  'use-backbone-lora': { type: 'string' },
+  'lora-dropout': { type: 'string' },
+  'drop-path-rate': { type: 'string' },
+  'decay-all': { type: 'boolean' },
+  'save-total-limit': { type: 'string' },
+  resume: { type: 'boolean' },
+} as const;
 
-async function run(args: string[], io: TrainIo): Promise<number> {
-  const { values } = parseCommandArgs(args, {
-    model: { type: 'string' },
-    data: { type: 'string' },
-    stage: { type: 'string' },
-    out: { type: 'string' },
-    lr: { type: 'string' },
-    steps: { type: 'string' },
-    epochs: { type: 'string' },
-    'grad-accum': { type: 'string' },
-    seed: { type: 'string' },
-    'weight-decay': { type: 'string' },
-    'warmup-steps': { type: 'string' },
-    schedule: { type: 'string' },
-    'max-grad-norm': { type: 'string' },
-    'save-every': { type: 'string' },
-    'stop-after': { type: 'string' },
-    'freeze-llm': { type: 'boolean' },
-    'freeze-backbone': { type: 'boolean' },
-    'freeze-mlp': { type: 'boolean' },
-    'unfreeze-vit-layers': { type: 'string' },
-    'unfreeze-lm-head': { type: 'boolean' },
-    'use-llm-lora': { type: 'string' },
-    'use-backbone-lora': { type: 'string' },
-    'lora-dropout': { type: 'string' },
-    'drop-path-rate': { type: 'string' },
-    'decay-all': { type: 'boolean' },
-    'save-total-limit': { type: 'string' },
-    resume: { type: 'boolean' },
-    help: { type: 'boolean', short: 'h' },
-  });
-  if (values.help) {
-    io.stdout.write(USAGE);
-    return 0;
-  }
+export const trainCommand = defineCommand({
+  name: 'train',
+  usage: USAGE,
+  options: TRAIN_OPTIONS,
+  run,
+});
+
+async function run({ values }: ParsedArgs<typeof TRAIN_OPTIONS>, io: CommandIo): Promise<number> {
   if (!values.model) throw new UsageError('needs --model DIR');
   if (!values.data) throw new UsageError('needs --data SHARDS');
   if (!values.out) throw new UsageError('needs --out DIR');

@@ -1,7 +1,7 @@
 /** `internvl transplant-vit`: a trained ViT joined to another checkpoint's LLM with a fresh mlp1 (progressive scaling). */
-import { InternVLError } from '../errors.js';
 import { transplantVit } from '../train/transplant.js';
-import { integerOption, parseCommandArgs, UsageError } from './args.js';
+import { integerOption, UsageError } from './args.js';
+import { defineCommand } from './command.js';
 
 const USAGE = `Usage: internvl transplant-vit --from DIR --into DIR --out DIR [--seed N]
 
@@ -15,24 +15,16 @@ Examples:
   npx internvl train --model ./4b-with-1b-vit --data shards/ --stage 1 --out run/
 `;
 
-export interface TransplantIo {
-  stdout: { write(text: string): unknown };
-  stderr: { write(text: string): unknown };
-}
-
-export async function transplantVitCommand(args: string[], io: TransplantIo = process): Promise<number> {
-  try {
-    const { values } = parseCommandArgs(args, {
-      from: { type: 'string' },
-      into: { type: 'string' },
-      out: { type: 'string' },
-      seed: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    });
-    if (values.help) {
-      io.stdout.write(USAGE);
-      return 0;
-    }
+export const transplantVitCommand = defineCommand({
+  name: 'transplant-vit',
+  usage: USAGE,
+  options: {
+    from: { type: 'string' },
+    into: { type: 'string' },
+    out: { type: 'string' },
+    seed: { type: 'string' },
+  },
+  async run({ values }, io) {
     if (!values.from) throw new UsageError('needs --from DIR');
     if (!values.into) throw new UsageError('needs --into DIR');
     if (!values.out) throw new UsageError('needs --out DIR');
@@ -49,15 +41,5 @@ export async function transplantVitCommand(args: string[], io: TransplantIo = pr
       `wrote ${values.out}: ${result.visionTensors} ViT tensors, ${result.llmTensors} LLM tensors, new ${shapes}\n`,
     );
     return 0;
-  } catch (err) {
-    if (err instanceof UsageError) {
-      io.stderr.write(`internvl transplant-vit: ${err.message}\n${USAGE}`);
-      return 2;
-    }
-    if (err instanceof InternVLError) {
-      io.stderr.write(`internvl transplant-vit: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
-  }
-}
+  },
+});

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { InternVLError } from '../errors.js';
 import { configError, expected } from './config-errors.js';
+import { internVLChatJsonFromHf, isTransformersInternVL } from './hf-config.js';
 import { parseLlmQuantization } from './quantization-config.js';
 import { checkDenseVariant } from './variant-checks.js';
 
@@ -80,7 +81,8 @@ const commonLlmFields = {
   pad_token_id: tokenIds().nullable().optional(),
 };
 
-const ropeScalingObject = () =>
+/** transformers' `rope_scaling`: an object with `type` or `rope_type` and `factor`, or null. */
+export const ropeScalingObject = () =>
   z
     .looseObject(
       {
@@ -93,43 +95,29 @@ const ropeScalingObject = () =>
     .nullable()
     .default(null);
 
-export const qwen2LlmConfigSchema = z.looseObject({
-  ...commonLlmFields,
-  model_type: z.literal('qwen2', { error: expected('"qwen2" for Qwen2ForCausalLM') }).default('qwen2'),
-  max_position_embeddings: positiveInt().default(32768),
-  rope_scaling: ropeScalingObject(),
-  use_sliding_window: bool().default(false),
-  sliding_window: positiveInt().nullable().optional(),
-});
+/**
+ * The llm_config schema of one LLM architecture (its models/ file declares it): the fields every
+ * architecture shares, `model_type`, and `fields`, its own (with their defaults). Each must give
+ * `max_position_embeddings` a default.
+ */
+export function llmConfigSchema<T extends z.ZodRawShape>(
+  modelType: string,
+  architecture: string,
+  fields: T & { max_position_embeddings: z.ZodType<number> },
+) {
+  return z.looseObject({
+    ...commonLlmFields,
+    model_type: z
+      .literal(modelType, { error: expected(`"${modelType}" for ${architecture}`) })
+      .default(modelType),
+    ...fields,
+  });
+}
 
-/** Qwen3 (InternVL3.5): q/k RMSNorm per head, `head_dim` from the config, no q/k/v bias by default. */
-export const qwen3LlmConfigSchema = z.looseObject({
+const llmConfigBaseSchema = z.looseObject({
   ...commonLlmFields,
-  model_type: z.literal('qwen3', { error: expected('"qwen3" for Qwen3ForCausalLM') }).default('qwen3'),
-  max_position_embeddings: positiveInt().default(40960),
-  attention_bias: bool().default(false),
-  rope_scaling: ropeScalingObject(),
-  use_sliding_window: bool().default(false),
-  sliding_window: positiveInt().nullable().optional(),
-});
-
-export const internlm2LlmConfigSchema = z.looseObject({
-  ...commonLlmFields,
-  model_type: z
-    .literal('internlm2', { error: expected('"internlm2" for InternLM2ForCausalLM') })
-    .default('internlm2'),
-  max_position_embeddings: positiveInt().default(2048),
-  bias: bool().default(true),
-  rope_scaling: z
-    .looseObject(
-      {
-        type: z.enum(['dynamic', 'linear'], { error: expected('"dynamic" or "linear"') }),
-        factor: positiveNumber(),
-      },
-      { error: expected('an object or null') },
-    )
-    .nullable()
-    .default(null),
+  model_type: z.string(),
+  max_position_embeddings: positiveInt(),
 });
 
 /** The declared fields of a loose object type (extra JSON keys stay at runtime but are not typed). */
@@ -139,23 +127,21 @@ type Completed<T> = Omit<KnownFields<T>, 'num_key_value_heads' | 'head_dim'> & {
   num_key_value_heads: number;
   head_dim: number;
 };
-export type Qwen2LlmConfig = Completed<z.infer<typeof qwen2LlmConfigSchema>>;
-export type InternLM2LlmConfig = Completed<z.infer<typeof internlm2LlmConfigSchema>>;
-export type Qwen3LlmConfig = Completed<z.infer<typeof qwen3LlmConfigSchema>>;
-/** Narrow on `model_type`. */
-export type LlmConfig = Qwen2LlmConfig | InternLM2LlmConfig | Qwen3LlmConfig;
-
+/** A parsed llm_config as its architecture's schema `S` types it. */
+export type ParsedLlmConfig<S extends z.ZodType> = Completed<z.infer<S>>;
 /**
- * The llm_config schema of each supported `llm_config.architectures[0]`. models/registry.ts holds the
- * implementation of each (a test checks the two lists agree).
+ * A parsed llm_config: the fields every architecture has. The architecture's own fields are there too,
+ * parsed by its schema; its models/ file reads them through its ParsedLlmConfig type.
  */
-const LLM_CONFIG_SCHEMAS = {
-  Qwen2ForCausalLM: qwen2LlmConfigSchema,
-  InternLM2ForCausalLM: internlm2LlmConfigSchema,
-  Qwen3ForCausalLM: qwen3LlmConfigSchema,
-} as const;
-export type LlmArchitecture = keyof typeof LLM_CONFIG_SCHEMAS;
-export const SUPPORTED_LLM_ARCHITECTURES = Object.keys(LLM_CONFIG_SCHEMAS) as LlmArchitecture[];
+export type LlmConfig = ParsedLlmConfig<typeof llmConfigBaseSchema>;
+
+/** What parsing needs from the LLM architectures (models/registry.ts supplies it). */
+export interface LlmConfigSchemas {
+  /** The llm_config schema of an `llm_config.architectures[0]` name; undefined when not supported. */
+  schemaOf(architecture: string): z.ZodType | undefined;
+  /** The supported `architectures[0]` names. */
+  supported: readonly string[];
+}
 
 /** Top level of config.json (InternVLChatConfig); defaults are the config class's. */
 export const modelConfigTopSchema = z.looseObject(
@@ -194,19 +180,33 @@ export const modelConfigTopSchema = z.looseObject(
   { error: expected('a JSON object') },
 );
 
+/**
+ * How the checkpoint names its tensors: the original InternVLChatModel layout, or transformers'
+ * InternVLForConditionalGeneration (`model.vision_tower.*`, …; read through models/hf-layout.ts).
+ */
+export type CheckpointLayout = 'internvl_chat' | 'transformers';
+
 export type ModelConfig = Omit<
   KnownFields<z.infer<typeof modelConfigTopSchema>>,
   'llm_config' | 'vision_config'
 > & {
   vision_config: VisionConfig;
   llm_config: LlmConfig;
+  /** Absent means 'internvl_chat'. */
+  checkpoint_layout?: CheckpointLayout;
 };
+
+/** A companion file of config.json that a layout reads (the transformers layout's preprocessor_config.json). */
+export interface ConfigSideFile {
+  json: unknown;
+  sourceName: string;
+}
 
 function fail(sourceName: string, field: string, message: string): never {
   throw new InternVLError('BAD_CONFIG', `${sourceName}: ${field}: ${message}`);
 }
 
-function completeLlm<T extends z.infer<(typeof LLM_CONFIG_SCHEMAS)[LlmArchitecture]>>(
+function completeLlm<T extends z.infer<typeof llmConfigBaseSchema>>(
   llm: T,
   sourceName: string,
 ): Completed<T> {
@@ -230,24 +230,40 @@ function completeLlm<T extends z.infer<(typeof LLM_CONFIG_SCHEMAS)[LlmArchitectu
 }
 
 /**
- * Parses and validates the JSON of an InternVLChatModel config.json. Pure (no file access);
- * `sourceName` is used in error messages, e.g. "config.json" or its full path.
+ * Parses and validates the JSON of an InternVLChatModel config.json, or of a transformers-native
+ * InternVLForConditionalGeneration one (config/hf-config.ts; `preprocessor` is its
+ * preprocessor_config.json when there is one). Pure (no file access); `sourceName` is used in error
+ * messages, e.g. "config.json" or its full path.
  */
-export function parseModelConfig(json: unknown, sourceName = 'config.json'): ModelConfig {
+export function parseModelConfigWith(
+  schemas: LlmConfigSchemas,
+  json: unknown,
+  sourceName = 'config.json',
+  preprocessor?: ConfigSideFile,
+): ModelConfig {
+  if (isTransformersInternVL(json)) {
+    const config = parseModelConfigWith(
+      schemas,
+      internVLChatJsonFromHf(json, sourceName, preprocessor),
+      sourceName,
+    );
+    return { ...config, checkpoint_layout: 'transformers' };
+  }
   const top = modelConfigTopSchema.safeParse(json);
   if (!top.success) throw configError(sourceName, top.error);
   checkDenseVariant(top.data, sourceName);
   parseLlmQuantization(top.data, sourceName);
   const arch = top.data.llm_config.architectures[0];
-  if (!Object.hasOwn(LLM_CONFIG_SCHEMAS, arch)) {
+  const schema = schemas.schemaOf(arch);
+  if (!schema) {
     throw new InternVLError(
       'UNSUPPORTED',
-      `${sourceName}: llm_config.architectures[0] is ${JSON.stringify(arch)}; supported LLM architectures: ${SUPPORTED_LLM_ARCHITECTURES.join(', ')}`,
+      `${sourceName}: llm_config.architectures[0] is ${JSON.stringify(arch)}; supported LLM architectures: ${schemas.supported.join(', ')}`,
     );
   }
-  const r = LLM_CONFIG_SCHEMAS[arch as LlmArchitecture].safeParse(top.data.llm_config);
+  const r = schema.safeParse(top.data.llm_config);
   if (!r.success) throw configError(sourceName, r.error, ['llm_config']);
-  const llm = completeLlm(r.data, sourceName) as LlmConfig;
+  const llm = completeLlm(r.data as z.infer<typeof llmConfigBaseSchema>, sourceName) as LlmConfig;
   const config: ModelConfig = { ...top.data, llm_config: llm };
   checkConsistency(config, sourceName);
   return config;
@@ -303,15 +319,19 @@ export function numImageTokens(config: ModelConfig): number {
   return Math.trunc(grid * grid * config.downsample_ratio ** 2);
 }
 
-/** The LLM architecture (`llm_config.architectures[0]`, validated by parseModelConfig). */
-export function llmArchitecture(config: ModelConfig): LlmArchitecture {
-  return config.llm_config.architectures[0] as LlmArchitecture;
-}
-
-/** Reads and validates `<dir>/config.json`. */
-export async function loadModelConfig(dir: string): Promise<ModelConfig> {
+/** Reads and validates `<dir>/config.json` (and a transformers layout's preprocessor_config.json). */
+export async function loadModelConfigWith(schemas: LlmConfigSchemas, dir: string): Promise<ModelConfig> {
   const file = await joinPath(dir, 'config.json');
-  return parseModelConfig(await readJsonFile(file, true), file);
+  const json = await readJsonFile(file, true);
+  if (!isTransformersInternVL(json)) return parseModelConfigWith(schemas, json, file);
+  const side = await joinPath(dir, 'preprocessor_config.json');
+  const preprocessor = await readJsonFile(side, false);
+  return parseModelConfigWith(
+    schemas,
+    json,
+    file,
+    preprocessor === undefined ? undefined : { json: preprocessor, sourceName: side },
+  );
 }
 
 /**

@@ -8,7 +8,6 @@ import { z } from 'zod';
 import { InternVLError } from '../errors.js';
 import { BLOCK_SIZES } from '../onnx/quantize.js';
 import { configError, expected } from './config-errors.js';
-import type { ModelConfig } from './model-config.js';
 
 export const SUPPORTED_QUANTIZATION =
   'awq (version "gemm", 4 bits, zero_point true), gptq (4 bits, desc_act false, checkpoint_format "gptq" or "gptq_v2")';
@@ -103,8 +102,11 @@ export function parseLlmQuantization(
   return fromLlm ?? fromTop;
 }
 
-/** The quantisation of a parsed config's LLM (validated when the config was parsed); null for 16-bit. */
-export function llmQuantization(config: ModelConfig): LlmQuantization | null {
+/**
+ * The quantisation of a parsed config's LLM (validated when the config was parsed); null for 16-bit.
+ * Takes the parsed ModelConfig (config/model-config.ts), whose quantization fields it reads.
+ */
+export function llmQuantization(config: { llm_config: object }): LlmQuantization | null {
   return parseLlmQuantization(config as unknown as Record<string, unknown>);
 }
 

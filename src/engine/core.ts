@@ -2,29 +2,27 @@
  * The engine in one thread: a checkpoint's vision encoder and language model, their ORT sessions and
  * the token-embedding table. `InternVLModel` runs this in a worker thread; tests may use it directly.
  */
-import { loadModelConfig, type ModelConfig, numImageTokens } from '../config/model-config.js';
+import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import { llmQuantization } from '../config/quantization-config.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
 import { AWQ_LAYOUT } from '../models/awq.js';
 import { gptqLayout } from '../models/gptq.js';
+import { hfLayoutWeights, isHfLayout } from '../models/hf-layout.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { packedWeights } from '../models/packed-weights.js';
 import type { WeightSource } from '../models/weights.js';
-import { DecoderRunner, decoderDimsFromConfig, generateGreedy } from './decoder.js';
+import type { DecoderRunner } from './decoder.js';
 import { scatterImageEmbeddings } from './embeddings.js';
 import { type GenerateEvent, type GenerateRequest, type GenerateResult, Generator } from './generate.js';
-import { GrammarEngine } from './grammar.js';
+import type { GrammarEngine } from './grammar.js';
+import { grammarEngineForModel } from './grammar-files.js';
 import type { ResponseFormat } from './grammar-types.js';
-import { defaultGraphCacheDir, graphCacheKey } from './graph-cache.js';
 import { resolvePrecision } from './graph-plan.js';
-import {
-  type LlmPrecisionOptions,
-  llmCacheTag,
-  type VitDtype,
-  vitCacheTag,
-  type WeightDtype,
-} from './precision.js';
-import { VisionEncoder, visionDimsFromConfig } from './vision.js';
+import { greedyTokens, pixelKey } from './greedy.js';
+import type { LlmPrecisionOptions, VitDtype, WeightDtype } from './precision.js';
+import { createEngineRunners } from './runners.js';
+import type { VisionEncoder } from './vision.js';
 
 export interface EngineOptions extends LlmPrecisionOptions {
   /** Shorthand for llmDtype (kept for compatibility); llmDtype wins when both are given. */
@@ -57,10 +55,11 @@ export interface ImageInput {
 /**
  * The checkpoint's tensors for the model builders. An AWQ or GPTQ checkpoint (config.json
  * quantization_config) reads through models/packed-weights.ts: its packed LLM linears give exact fp32
- * weights or MatMulNBits blocks.
+ * weights or MatMulNBits blocks. A transformers-native checkpoint reads through models/hf-layout.ts
+ * under the original names.
  */
 export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): WeightSource {
-  const base = {
+  const stored = {
     has: (name: string) => checkpoint.has(name),
     shape: (name: string) => checkpoint.info(name).shape,
     float32: (name: string) => checkpoint.readFloat32(name),
@@ -72,12 +71,20 @@ export function checkpointWeights(checkpoint: Checkpoint, config: ModelConfig): 
     },
     rows: (name: string) => checkpoint.rows(name),
   };
+  const names = checkpoint.names();
+  if (config.checkpoint_layout !== 'transformers' && isHfLayout(names)) {
+    throw new InternVLError(
+      'BAD_CHECKPOINT',
+      `${checkpoint.source}: the tensors are named as transformers' InternVLForConditionalGeneration (vision_tower.*), but config.json describes an InternVLChatModel`,
+    );
+  }
+  const base = config.checkpoint_layout === 'transformers' ? hfLayoutWeights(stored, names) : stored;
   const quantization = llmQuantization(config);
   if (quantization) {
     const layout = quantization.method === 'awq' ? AWQ_LAYOUT : gptqLayout(quantization.zeroPointOffset);
     return packedWeights(base, layout, quantization.groupSize);
   }
-  const packed = checkpoint.names().find((n) => n.endsWith('.qweight'));
+  const packed = names.find((n) => n.endsWith('.qweight'));
   if (packed !== undefined) {
     throw new InternVLError(
       'BAD_CHECKPOINT',
@@ -98,7 +105,7 @@ export class EngineCore {
     prefixCacheBytes: number,
   ) {
     // Loaded on the first request with a response format (XGrammar and the vocabulary).
-    this.grammar = GrammarEngine.forModel(dir, decoder.dims.vocabSize);
+    this.grammar = grammarEngineForModel(dir, decoder.dims.vocabSize);
     this.generator = new Generator({
       grammar: this.grammar,
       decoder,
@@ -130,38 +137,17 @@ export class EngineCore {
       );
     }
     const config = await loadModelConfig(dir);
-    const { vitDtype, ...precision } = await resolvePrecision(options, config);
+    const precision = await resolvePrecision(options, config);
     const checkpoint = await Checkpoint.open(dir);
     try {
       const weights = checkpointWeights(checkpoint, config);
-      const threads = options.threads;
-      const cacheDir = options.cacheDir === undefined ? defaultGraphCacheDir() : options.cacheDir;
-      const cacheFor = (component: string, dims: unknown, tag: Record<string, unknown>) =>
-        cacheDir === false
-          ? undefined
-          : {
-              dir: cacheDir,
-              key: graphCacheKey(checkpoint.files(), { component, dims, ...tag }),
-              source: { files: checkpoint.files(), component, dtype: String(tag.dtype) },
-            };
-      onProgress?.(0, 2);
-      const visionDims = visionDimsFromConfig(config);
-      const vision = await VisionEncoder.create(visionDims, weights, {
-        threads,
-        vitDtype,
-        int8Kernel: precision.int8Kernel,
-        cache: cacheFor('vision', visionDims, vitCacheTag(vitDtype, precision.int8Kernel)),
-      });
-      onProgress?.(1, 2);
-      const decoderDims = decoderDimsFromConfig(config);
-      const decoder = await DecoderRunner.create(decoderDims, weights, {
-        threads,
-        ...precision,
-        cache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.llmDtype)),
-        prefillCache: cacheFor('decoder', decoderDims, llmCacheTag(precision, precision.prefillDtype)),
+      const { vision, decoder } = await createEngineRunners(config, checkpoint, weights, {
+        precision,
+        threads: options.threads,
+        cacheDir: options.cacheDir,
+        onProgress,
       });
       const imgContextId = await imageContextTokenId(dir);
-      onProgress?.(2, 2);
       return new EngineCore(config, checkpoint, vision, decoder, imgContextId, dir, prefixCacheBytes);
     } catch (err) {
       await checkpoint.close();
@@ -197,13 +183,15 @@ export class EngineCore {
     return this.decoder.forward(seq, embeds, inputIds.length, { allLogits: true });
   }
 
-  async generateGreedy(
-    inputIds: ArrayLike<number>,
-    maxNewTokens: number,
-    image?: ImageInput,
-  ): Promise<number[]> {
-    const embeds = await this.inputEmbeddings(inputIds, image);
-    return generateGreedy(this.decoder, embeds, inputIds.length, maxNewTokens);
+  /** The first `maxNewTokens` greedy tokens (the generation path with greedy sampling; no end token stops it). */
+  async generateGreedy(inputIds: number[], maxNewTokens: number, image?: ImageInput): Promise<number[]> {
+    if (maxNewTokens === 0) return [];
+    return greedyTokens(
+      this.generator,
+      inputIds,
+      maxNewTokens,
+      image && [{ key: pixelKey(image.pixelValues), ...image }],
+    );
   }
 
   /** Generates one continuation (see generate.ts); `onEvent` sees each token and encoding progress. */
@@ -219,11 +207,8 @@ export class EngineCore {
    * Checks and compiles a response format against the vocabulary (cached), so a bad one is reported
    * before generation starts; returns how long the compile took (0 when it was cached).
    */
-  async compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
-    const before = this.grammar.compileTimes.length;
-    await this.grammar.compile(format);
-    const times = this.grammar.compileTimes;
-    return { compileMs: times.length > before ? times[times.length - 1] : 0 };
+  compileGrammar(format: ResponseFormat): Promise<{ compileMs: number }> {
+    return this.grammar.compileTimed(format);
   }
 
   abort(callId: number): void {

@@ -25,12 +25,7 @@ export type { DecoderDims } from '../models/decoder.js';
 export { decoderDimsFromConfig } from '../models/registry.js';
 export type { Sequence } from './kv-cache.js';
 
-/** Index of the largest value; ties go to the lowest index (as torch.argmax). */
-export function argmax(values: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
-  return best;
-}
+export { argmax } from './sampler.js';
 
 /**
  * Longest prefill chunk per graph run, by the kernel that runs prefill (measured on the 1B shape, see
@@ -525,29 +520,21 @@ export class DecoderRunner {
 }
 
 /**
- * Greedy continuation: one prefill of the prompt embeddings [numPromptTokens, D], then one cached
- * decode step per new token (argmax; ties → lowest id). No EOS stop: exactly maxNewTokens tokens.
- * `onStep` sees each token with the last-position logits [vocab] that chose it.
+ * The last-position logits [vocab] before each of `tokens`: the prompt's last position, then each token
+ * but the last fed in turn through the KV cache (teacher forcing, for comparing runners step by step).
  */
-export async function generateGreedy(
+export async function teacherForcedLogits(
   runner: DecoderRunner,
   embeds: Float32Array,
   numPromptTokens: number,
-  maxNewTokens: number,
-  onStep?: (token: number, logits: Float32Array) => void,
-): Promise<number[]> {
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
-    throw new InternVLError('BAD_INPUT', `maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);
-  }
-  const tokens: number[] = [];
-  if (maxNewTokens === 0) return tokens;
+  tokens: readonly number[],
+): Promise<Float32Array[]> {
   const seq = runner.newSequence();
+  const steps: Float32Array[] = [];
   let logits = await runner.forward(seq, embeds, numPromptTokens);
-  for (let step = 0; step < maxNewTokens; step++) {
-    const id = argmax(logits);
-    tokens.push(id);
-    onStep?.(id, logits);
-    if (step + 1 < maxNewTokens) logits = await runner.forward(seq, runner.embed([id]), 1);
+  for (let step = 0; step < tokens.length; step++) {
+    steps.push(logits);
+    if (step + 1 < tokens.length) logits = await runner.forward(seq, runner.embed([tokens[step]]), 1);
   }
-  return tokens;
+  return steps;
 }

@@ -44,13 +44,14 @@ export function embedTokens(table: EmbeddingTable, hiddenSize: number, ids: Arra
 
 /**
  * Writes image feature rows, in order, into the rows of `embeds` [ids.length, D] whose id is
- * `imgContextId` (tile 0 tokens first, then tile 1, …). Modifies and returns `embeds`.
+ * `imgContextId` (tile 0 tokens first, then tile 1, …). The features may come in pieces (one per image,
+ * or what is left of them after a cached prefix), read in order. Modifies and returns `embeds`.
  */
 export function scatterImageEmbeddings(
   embeds: Float32Array,
   ids: ArrayLike<number>,
   imgContextId: number,
-  imageFeatures: Float32Array,
+  imageFeatures: Float32Array | readonly Float32Array[],
 ): Float32Array {
   const hiddenSize = embeds.length / ids.length;
   if (ids.length === 0 || !Number.isInteger(hiddenSize)) {
@@ -59,20 +60,26 @@ export function scatterImageEmbeddings(
       `embeddings have ${embeds.length} values, not a whole number of rows for ${ids.length} token ids`,
     );
   }
+  const pieces = imageFeatures instanceof Float32Array ? [imageFeatures] : imageFeatures;
   let count = 0;
   for (let i = 0; i < ids.length; i++) if (ids[i] === imgContextId) count++;
-  const rows = imageFeatures.length / hiddenSize;
+  const rows = pieces.reduce((n, piece) => n + piece.length, 0) / hiddenSize;
   if (rows !== count) {
     throw new InternVLError(
       'BAD_INPUT',
       `the prompt has ${count} image context tokens (id ${imgContextId}) but the image features hold ${rows} rows of ${hiddenSize}`,
     );
   }
-  let row = 0;
+  let piece = 0;
+  let offset = 0;
   for (let i = 0; i < ids.length; i++) {
     if (ids[i] !== imgContextId) continue;
-    embeds.set(imageFeatures.subarray(row * hiddenSize, (row + 1) * hiddenSize), i * hiddenSize);
-    row++;
+    while (offset === pieces[piece].length) {
+      piece++;
+      offset = 0;
+    }
+    embeds.set(pieces[piece].subarray(offset, offset + hiddenSize), i * hiddenSize);
+    offset += hiddenSize;
   }
   return embeds;
 }

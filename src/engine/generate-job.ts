@@ -1,7 +1,7 @@
 /** A generate call's state as the Generator moves it through encode → prefill → decode, and helpers. */
 
 import type { Sequence } from './decoder.js';
-import type { GenerateEvent, GenerateRequest, GenerateResult } from './generate.js';
+import type { GenerateEvent, GenerateRequest, GenerateResult } from './generate-types.js';
 import type { TokenMatcher } from './grammar-types.js';
 import { type SampledToken, Sampler } from './sampler.js';
 

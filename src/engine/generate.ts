@@ -10,60 +10,22 @@
  */
 import { InternVLError } from '../errors.js';
 import type { DecoderRunner } from './decoder.js';
+import { scatterImageEmbeddings } from './embeddings.js';
 import { FeatureCache } from './feature-cache.js';
 import { commonPrefix, Job, type Session, yieldToEventLoop } from './generate-job.js';
+import type {
+  FinishReason,
+  GenerateEvent,
+  GenerateRequest,
+  GenerateResult,
+  GenerateStats,
+  ImageRef,
+} from './generate-types.js';
 import { applyMask, type GrammarProvider, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
 import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
-import type { SampledToken, SamplingParams } from './sampler.js';
+import type { SampledToken } from './sampler.js';
 
-/** One image of a request, in prompt order: its tiles, and a key naming its content. */
-export interface ImageRef {
-  /** Content key (e.g. a hash of the pixels and tiling); equal keys mean equal features. */
-  key: string;
-  numTiles: number;
-  /** [numTiles, 3, S, S]; may be omitted when the features are known to be cached. */
-  pixelValues?: Float32Array;
-}
-
-export interface GenerateRequest {
-  inputIds: number[];
-  images: ImageRef[];
-  /** Keep the KV cache under this id for the next call of the same conversation. */
-  sessionId?: string;
-  sampling: SamplingParams;
-  maxNewTokens: number;
-  /** Generated ids that end generation (the id itself is returned). */
-  endTokenIds: number[];
-  /**
-   * Constrains the output to this format: each step's logits are masked to the tokens the grammar
-   * allows, end tokens only once the text is complete; generation stops ('stop') when the grammar
-   * admits nothing more.
-   */
-  responseFormat?: ResponseFormat;
-}
-
-export type FinishReason = 'stop' | 'length' | 'abort';
-
-/** What a generate call reports while it runs: each chosen token, and vision-encoding progress. */
-export type GenerateEvent =
-  | { type: 'token'; token: SampledToken }
-  | { type: 'encode'; done: number; total: number }
-  /** Prompt tokens prefilled so far of those not reused; sent only for prompts longer than one chunk. */
-  | { type: 'prefill'; done: number; total: number };
-
-export interface GenerateStats {
-  promptTokens: number;
-  /** Prompt tokens whose KV came from the session's earlier turns. */
-  reusedTokens: number;
-  /** Tiles run through the vision encoder for this call. */
-  encodedTiles: number;
-}
-
-export interface GenerateResult {
-  tokens: SampledToken[];
-  finishReason: FinishReason;
-  stats: GenerateStats;
-}
+export type { FinishReason, GenerateEvent, GenerateRequest, GenerateResult, GenerateStats, ImageRef };
 
 export interface GeneratorDeps {
   decoder: DecoderRunner;
@@ -307,22 +269,18 @@ export class Generator {
     const ids = job.request.inputIds;
     const from = job.reused;
     const d = decoder.dims.hiddenSize;
-    const embeds = decoder.embed(ids.slice(from));
-    let row = 0;
-    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) row++;
+    let firstRow = 0;
+    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) firstRow++;
+    // Each image's feature rows not already in the reused prefix.
+    const pieces: Float32Array[] = [];
     let imageStart = 0;
-    let t = from;
     job.request.images.forEach((image, i) => {
       const imageEnd = imageStart + image.numTiles * tokensPerTile;
-      for (; row < imageEnd; row++) {
-        while (ids[t] !== imgContextId) t++;
-        const src = (row - imageStart) * d;
-        embeds.set(job.features[i]!.subarray(src, src + d), (t - from) * d);
-        t++;
-      }
+      if (imageEnd > firstRow)
+        pieces.push(job.features[i]!.subarray((Math.max(firstRow, imageStart) - imageStart) * d));
       imageStart = imageEnd;
     });
-    return embeds;
+    return scatterImageEmbeddings(decoder.embed(ids.slice(from)), ids.slice(from), imgContextId, pieces);
   }
 
   async #decodeStep(): Promise<void> {

@@ -83,7 +83,7 @@ const boolean = (field: string) => z.boolean({ error: describe(field, 'true or f
 
 const formatError = describe(
   'responseFormat',
-  "{type: 'json_object'}, {type: 'json_schema', jsonSchema: {...}, strict?}, {type: 'regex', pattern} or {type: 'grammar', ebnf}",
+  "{type: 'json_object'}, {type: 'json_schema', jsonSchema: {...}, strict?}, {type: 'regex', pattern}, {type: 'grammar', ebnf} or {type: 'structural_tag', structuralTag}",
 );
 const nonEmpty = (field: string) =>
   z
@@ -104,6 +104,12 @@ export const responseFormatSchema = z.discriminatedUnion(
     }),
     z.strictObject({ type: z.literal('regex'), pattern: nonEmpty('responseFormat.pattern') }),
     z.strictObject({ type: z.literal('grammar'), ebnf: nonEmpty('responseFormat.ebnf') }),
+    z.strictObject({
+      type: z.literal('structural_tag'),
+      structuralTag: z.record(z.string(), z.unknown(), {
+        error: describe('responseFormat.structuralTag', "an XGrammar structural tag's format object"),
+      }),
+    }),
   ],
   { error: formatError },
 );

@@ -15,7 +15,15 @@ export type ResponseFormat =
   /** Text matching the regular expression, whole. */
   | { type: 'regex'; pattern: string }
   /** Text of the EBNF grammar's `root` rule (XGrammar's EBNF dialect). */
-  | { type: 'grammar'; ebnf: string };
+  | { type: 'grammar'; ebnf: string }
+  /**
+   * An XGrammar structural tag (its `format` object: `tag`, `triggered_tags`, `tags_with_separator`,
+   * `sequence`, `or`, `const_string`, `any_text`, `regex`, `grammar`, `json_schema`): text whose parts
+   * follow their own grammars, e.g. tool calls inside free text. Its `json_schema` parts are written
+   * as `json.dumps` writes JSON (separators ', ' and ': ', no other whitespace), strict. Control
+   * characters other than newline never enter the text (JSON strings cannot hold them raw).
+   */
+  | { type: 'structural_tag'; structuralTag: Record<string, unknown> };
 
 /** One request's grammar state: which tokens may come next, and the tokens chosen. */
 export interface TokenMatcher {
@@ -72,3 +80,6 @@ export function onlyEndAllowed(
   }
   return true;
 }
+
+/** How a vocabulary's token strings map to bytes (XGrammar's VocabType). */
+export type VocabType = 'byte_level' | 'byte_fallback' | 'raw';

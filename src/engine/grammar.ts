@@ -3,87 +3,22 @@
  * regex, EBNF) is compiled against the model's vocabulary into a grammar whose matcher gives each step's
  * allowed-token bitmask.
  *
- * Two XGrammar instances: a bad format aborts the instance that reads it (see xgrammar.ts), so each new
+ * The same engine runs in Node and in browsers; only XGrammar's loader differs (xgrammar.ts, and
+ * xgrammar-web.ts in the browser bundle).
+ *
+ * Two XGrammar instances: a bad format aborts the instance that reads it (see xgrammar-instance.ts), so each new
  * format is first parsed into a grammar (cheap, no vocabulary) on a throwaway "checking" instance,
  * replaced after an abort; only formats that parse there are compiled on the serving instance, whose
  * compiled grammars and matchers running requests use. Compiled grammars are cached by format (the
  * vocabulary is the engine's one tokenizer).
  */
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
-import type { CompiledGrammar, GrammarCompiler, TokenizerInfo } from '@mlc-ai/web-xgrammar';
+import type { CompiledGrammar, Grammar, GrammarCompiler, TokenizerInfo } from '@mlc-ai/web-xgrammar';
 import { InternVLError } from '../errors.js';
-import { loadTokenizer } from '../io/tokenizer-files.js';
-import type { Tokenizer } from '../text/types.js';
 import type { GrammarProvider, ResponseFormat, TokenMatcher } from './grammar-types.js';
-import { tokenBytes, Utf8Guard } from './utf8-guard.js';
-import { XGrammarInstance, type XGrammarModule } from './xgrammar.js';
-
-export type VocabType = 'byte_level' | 'byte_fallback' | 'raw';
-
-export interface GrammarVocab {
-  /** Token strings as the vocabulary stores them, by id; '' for special tokens and unused ids. */
-  encodedVocab: string[];
-  vocabType: VocabType;
-  prependSpace: boolean;
-  /** Each token's bytes; undefined for special tokens and unused ids. */
-  bytes: (Uint8Array | undefined)[];
-  /** Ids whose bytes hold a control character (U+0000–U+001F), which JSON text never contains raw. */
-  controlIds: number[];
-}
-
-function decoderTypes(decoder: unknown): string[] {
-  if (!decoder || typeof decoder !== 'object') return [];
-  const d = decoder as { type?: unknown; decoders?: unknown };
-  const inner = Array.isArray(d.decoders) ? d.decoders.flatMap(decoderTypes) : [];
-  return [...(typeof d.type === 'string' ? [d.type] : []), ...inner];
-}
-
-/**
- * The vocabulary XGrammar compiles against. The kind follows the tokenizer: a tokenizer.json whose
- * decoder is ByteLevel (Qwen2, GPT-2 style BPE) is byte_level; SentencePiece (tokenizer.model, or a
- * tokenizer.json with ByteFallback / Metaspace / `byte_fallback`, as InternLM2's) is byte_fallback,
- * whose `▁` is a space and `<0xAB>` a byte; anything else is raw. Special tokens are given as empty
- * strings, which XGrammar never lets into text (they can only end it, as end tokens).
- */
-export function grammarVocab(tokenizer: Tokenizer, tokenizerJson: unknown, vocabSize: number): GrammarVocab {
-  const json = tokenizerJson as
-    | {
-        decoder?: unknown;
-        model?: { byte_fallback?: unknown };
-        pre_tokenizer?: unknown;
-        normalizer?: unknown;
-      }
-    | undefined;
-  let vocabType: VocabType;
-  let prependSpace: boolean;
-  if (json) {
-    const decoders = decoderTypes(json.decoder);
-    const text = JSON.stringify([json.pre_tokenizer ?? null, json.normalizer ?? null]);
-    if (decoders.includes('ByteLevel')) vocabType = 'byte_level';
-    else if (
-      decoders.includes('ByteFallback') ||
-      decoders.includes('Metaspace') ||
-      json.model?.byte_fallback === true
-    )
-      vocabType = 'byte_fallback';
-    else vocabType = 'raw';
-    prependSpace =
-      vocabType === 'byte_fallback' && /"(?:Prepend|prepend_scheme|add_prefix_space)"/.test(text);
-  } else {
-    vocabType = 'byte_fallback';
-    prependSpace = true;
-  }
-  const encodedVocab = new Array<string>(vocabSize);
-  const bytes = new Array<Uint8Array | undefined>(vocabSize);
-  const controlIds: number[] = [];
-  for (let id = 0; id < vocabSize; id++) {
-    encodedVocab[id] = tokenizer.isSpecial(id) ? '' : (tokenizer.idToToken(id) ?? '');
-    bytes[id] = tokenBytes(encodedVocab[id], vocabType);
-    if (bytes[id]?.some((b) => b < 0x20)) controlIds.push(id);
-  }
-  return { encodedVocab, vocabType, prependSpace, bytes, controlIds };
-}
+import type { GrammarVocab } from './grammar-vocab.js';
+import { Utf8Guard } from './utf8-guard.js';
+import { loadXGrammarFactory } from './xgrammar.js';
+import { type XGrammarFactory, XGrammarInstance, type XGrammarModule } from './xgrammar-instance.js';
 
 /** How XGrammar writes JSON here: compact, one line, no free whitespace (fewer tokens, no runaway spaces). */
 const JSON_LAYOUT = { anyWhitespace: false, indent: -1, separators: [',', ':'] as [string, string] };
@@ -100,28 +35,66 @@ function regexTag(pattern: string) {
   return { type: 'structural_tag' as const, format: { type: 'regex' as const, pattern } };
 }
 
-/** Parses a format into a grammar without a vocabulary (throws on a bad format). */
-async function parseOnly(xg: XGrammarModule, format: ResponseFormat): Promise<void> {
+/** How structural tags' JSON parts are written: as `json.dumps` (and chat templates' `tojson`) writes it. */
+const TAG_JSON_SEPARATORS: [string, string] = [', ', ': '];
+
+/**
+ * A structural tag with each `json_schema` part replaced by its grammar (XGrammar's own would admit
+ * any whitespace between tokens, without bound).
+ */
+async function tagWithJsonGrammars(xg: XGrammarModule, node: unknown): Promise<unknown> {
+  if (Array.isArray(node)) return Promise.all(node.map((item) => tagWithJsonGrammars(xg, item)));
+  if (node === null || typeof node !== 'object') return node;
+  const record = node as Record<string, unknown>;
+  if (record.type === 'json_schema' && 'json_schema' in record) {
+    const schema = JSON.stringify(record.json_schema);
+    const grammar = await xg.Testings._jsonSchemaToEBNF(schema, false, -1, TAG_JSON_SEPARATORS, true);
+    return { type: 'grammar', grammar };
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(record)) out[key] = await tagWithJsonGrammars(xg, value);
+  return out;
+}
+
+/** XGrammar's structural tag around a format object (checked by XGrammar itself). */
+function structuralTagOf(format: Record<string, unknown>): Record<string, unknown> {
+  return { type: 'structural_tag', format };
+}
+
+/**
+ * Parses a format into a grammar without a vocabulary (throws on a bad format); returns the format to
+ * compile (a structural tag with its JSON parts as grammars).
+ */
+async function checkFormat(xg: XGrammarModule, format: ResponseFormat): Promise<ResponseFormat> {
   const { anyWhitespace, indent, separators } = JSON_LAYOUT;
-  const grammar =
-    format.type === 'grammar'
-      ? await xg.Grammar.fromEBNF(format.ebnf)
-      : format.type === 'regex'
-        ? await xg.Grammar.fromStructuralTag(regexTag(format.pattern))
-        : await xg.Grammar.fromJSONSchema(
-            schemaText(format),
-            anyWhitespace,
-            indent,
-            separators,
-            strictMode(format),
-          );
+  let checked = format;
+  let grammar: Grammar;
+  if (format.type === 'structural_tag') {
+    const structuralTag = (await tagWithJsonGrammars(xg, format.structuralTag)) as Record<string, unknown>;
+    checked = { type: 'structural_tag', structuralTag };
+    grammar = await xg.Grammar.fromStructuralTag(structuralTagOf(structuralTag));
+  } else if (format.type === 'grammar') grammar = await xg.Grammar.fromEBNF(format.ebnf);
+  else if (format.type === 'regex') grammar = await xg.Grammar.fromStructuralTag(regexTag(format.pattern));
+  else {
+    grammar = await xg.Grammar.fromJSONSchema(
+      schemaText(format),
+      anyWhitespace,
+      indent,
+      separators,
+      strictMode(format),
+    );
+  }
   grammar.dispose();
+  return checked;
 }
 
 function compileOn(compiler: GrammarCompiler, format: ResponseFormat): Promise<CompiledGrammar> {
   const { anyWhitespace, indent, separators } = JSON_LAYOUT;
   if (format.type === 'grammar') return compiler.compileGrammar(format.ebnf);
   if (format.type === 'regex') return compiler.compileStructuralTag(regexTag(format.pattern));
+  if (format.type === 'structural_tag') {
+    return compiler.compileStructuralTag(structuralTagOf(format.structuralTag));
+  }
   return compiler.compileJSONSchema(
     schemaText(format),
     anyWhitespace,
@@ -140,11 +113,13 @@ function formatName(format: ResponseFormat): string {
   if (format.type === 'json_schema') return 'invalid JSON schema';
   if (format.type === 'regex') return 'invalid regex';
   if (format.type === 'grammar') return 'invalid EBNF grammar';
+  if (format.type === 'structural_tag') return 'invalid structural tag';
   return 'invalid response format';
 }
 
 interface Serving {
   controlIds: number[];
+  controlIdsButNewline: number[];
   utf8: Utf8Guard;
   instance: XGrammarInstance;
   info: TokenizerInfo;
@@ -154,6 +129,11 @@ interface Serving {
 export interface GrammarEngineOptions {
   /** Compiled grammars kept (least recently used dropped first); default 64. */
   cacheSize?: number;
+  /**
+   * Where XGrammar's bundle (`@mlc-ai/web-xgrammar/lib/index.js`) is: in a browser, the URL the page
+   * serves it at (needed there); in Node, a file path (default: the installed package).
+   */
+  xgrammarSource?: string;
 }
 
 export class GrammarEngine implements GrammarProvider {
@@ -162,6 +142,8 @@ export class GrammarEngine implements GrammarProvider {
   #checker: XGrammarInstance | undefined;
   readonly #compiled = new Map<string, Promise<CompiledGrammar>>();
   readonly #cacheSize: number;
+  readonly #source: string | undefined;
+  #factory: Promise<XGrammarFactory> | undefined;
   /** Milliseconds each compile took (parse check + compile), latest last; for benchmarks. */
   readonly compileTimes: number[] = [];
 
@@ -170,26 +152,24 @@ export class GrammarEngine implements GrammarProvider {
     options: GrammarEngineOptions = {},
   ) {
     this.#cacheSize = options.cacheSize ?? 64;
+    this.#source = options.xgrammarSource;
   }
 
-  /** A grammar engine for a model folder's tokenizer, with `vocabSize` logits per step. */
-  static forModel(dir: string, vocabSize: number, options?: GrammarEngineOptions): GrammarEngine {
-    return new GrammarEngine(async () => {
-      const tokenizer = await loadTokenizer(dir);
-      const file = path.join(dir, 'tokenizer.json');
-      const json = await readFile(file, 'utf8').then(
-        (text) => JSON.parse(text) as unknown,
-        () => undefined,
-      );
-      return grammarVocab(tokenizer, json, vocabSize);
-    }, options);
+  /** A new XGrammar instance (the bundle is read once, on the first). */
+  async #newInstance(): Promise<XGrammarInstance> {
+    this.#factory ??= loadXGrammarFactory(this.#source);
+    this.#factory.catch(() => {
+      this.#factory = undefined;
+    });
+    return new XGrammarInstance(await this.#factory);
   }
 
   #servingInstance(): Promise<Serving> {
     this.#serving ??= (async () => {
-      const { encodedVocab, vocabType, prependSpace, controlIds, bytes } = await this.vocab();
+      const { encodedVocab, vocabType, prependSpace, controlIds, controlIdsButNewline, bytes } =
+        await this.vocab();
       const utf8 = new Utf8Guard(bytes);
-      const instance = new XGrammarInstance();
+      const instance = await this.#newInstance();
       return instance.run('loading the vocabulary into XGrammar', 'INTERNAL', async (xg) => {
         const info = await xg.TokenizerInfo.createTokenizerInfo(
           encodedVocab,
@@ -199,7 +179,7 @@ export class GrammarEngine implements GrammarProvider {
         );
         const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
         this.#servingInstanceLoaded = instance;
-        return { instance, info, compiler, controlIds, utf8 };
+        return { instance, info, compiler, controlIds, controlIdsButNewline, utf8 };
       });
     })();
     this.#serving.catch(() => {
@@ -235,13 +215,21 @@ export class GrammarEngine implements GrammarProvider {
     return compiled;
   }
 
+  /** Compiles `format` as compile() does; returns how long it took (0 when it was cached). */
+  async compileTimed(format: ResponseFormat): Promise<{ compileMs: number }> {
+    const before = this.compileTimes.length;
+    await this.compile(format);
+    const times = this.compileTimes;
+    return { compileMs: times.length > before ? times[times.length - 1] : 0 };
+  }
+
   async #compileNew(format: ResponseFormat): Promise<CompiledGrammar> {
     const started = performance.now();
-    if (!this.#checker || this.#checker.aborted) this.#checker = new XGrammarInstance();
-    await this.#checker.run(formatName(format), 'BAD_INPUT', (xg) => parseOnly(xg, format));
+    if (!this.#checker || this.#checker.aborted) this.#checker = await this.#newInstance();
+    const checked = await this.#checker.run(formatName(format), 'BAD_INPUT', (xg) => checkFormat(xg, format));
     const serving = await this.#servingInstance();
     const compiled = await serving.instance.run(`compiling ${format.type}`, 'INTERNAL', () =>
-      compileOn(serving.compiler, format),
+      compileOn(serving.compiler, checked),
     );
     this.compileTimes.push(performance.now() - started);
     if (this.compileTimes.length > 100) this.compileTimes.shift();
@@ -256,12 +244,19 @@ export class GrammarEngine implements GrammarProvider {
       );
     }
     const compiled = await this.compile(format);
-    const { instance, controlIds, utf8 } = await this.#servingInstance();
+    const { instance, controlIds, controlIdsButNewline, utf8 } = await this.#servingInstance();
     const m = await instance.run('creating a grammar matcher', 'INTERNAL', (xg) =>
       xg.GrammarMatcher.createGrammarMatcher(compiled, [...endTokenIds]),
     );
     // XGrammar's JSON strings admit raw control characters, which JSON.parse (RFC 8259) rejects.
-    const banned = format.type === 'json_schema' || format.type === 'json_object' ? controlIds : [];
+    // In a structural tag's JSON parts too (XGrammar's length-bounded strings admit them); its text
+    // parts keep newlines, which tool-call syntax needs and JSON strings exclude.
+    const banned =
+      format.type === 'json_schema' || format.type === 'json_object'
+        ? controlIds
+        : format.type === 'structural_tag'
+          ? controlIdsButNewline
+          : [];
     let utf8State = 0;
     const maskFor = async (state: number) => {
       const mask = await m.getNextTokenBitmask();

@@ -28,8 +28,13 @@ export interface LlmPrecisionOptions {
    * (default: llmDtype, i.e. one graph). 'int8' with llmDtype 'int4' is the fastest CPU combination.
    */
   prefillDtype?: WeightDtype;
-  /** lm_head weights; 'auto' (default): int4 when the graph's layers are int4 or int8, else fp32. */
+  /** lm_head weights; 'auto' (default): `autoLmHeadDtype` when the graph's layers are int4 or int8, else fp32. */
   lmHeadDtype?: WeightDtype | 'auto';
+  /**
+   * The lm_head that 'auto' gives quantised graphs (default int4; int8 for AWQ / GPTQ checkpoints, whose
+   * 16-bit head int4 would make the largest error of the model: see graph-plan.ts).
+   */
+  autoLmHeadDtype?: WeightDtype;
   /** int4 block size along K (default 32). */
   blockSize?: number;
   /** MatMulNBits accuracy_level (default 4: int8 activations). */
@@ -42,6 +47,7 @@ export interface LlmPrecision {
   llmDtype: WeightDtype;
   prefillDtype: WeightDtype;
   lmHeadDtype: WeightDtype | 'auto';
+  autoLmHeadDtype: WeightDtype;
   blockSize: number;
   accuracyLevel: number;
   int8Kernel: Int8Kernel;
@@ -59,6 +65,7 @@ export function resolveLlmPrecision(options: LlmPrecisionOptions): LlmPrecision 
       options.lmHeadDtype === undefined || options.lmHeadDtype === 'auto'
         ? 'auto'
         : checkWeightDtype('lmHeadDtype', options.lmHeadDtype),
+    autoLmHeadDtype: checkWeightDtype('autoLmHeadDtype', options.autoLmHeadDtype ?? 'int4'),
     blockSize: checkBlockSize(options.blockSize ?? DEFAULT_BLOCK_SIZE),
     accuracyLevel: checkAccuracyLevel(options.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL),
     int8Kernel:
@@ -80,14 +87,19 @@ export function linearQuant(
 
 /**
  * The linear and lm_head storage of a decoder graph whose layers use `dtype`. lm_head at M = 1 is a
- * pure weight stream (vocab × hidden), so quantised graphs default to an int4 lm_head.
+ * pure weight stream (vocab × hidden), so quantised graphs default to a quantised lm_head
+ * (`autoLmHeadDtype`: int4, or int8 on AWQ / GPTQ checkpoints).
  */
 export function decoderGraphQuant(
   precision: LlmPrecision,
   dtype: WeightDtype,
 ): { linearQuant?: LinearQuant; lmHeadQuant?: LinearQuant } {
   const lmHead =
-    precision.lmHeadDtype === 'auto' ? (dtype === 'fp32' ? 'fp32' : 'int4') : precision.lmHeadDtype;
+    precision.lmHeadDtype === 'auto'
+      ? dtype === 'fp32'
+        ? 'fp32'
+        : precision.autoLmHeadDtype
+      : precision.lmHeadDtype;
   return {
     linearQuant: linearQuant(precision, dtype),
     lmHeadQuant: linearQuant(precision, lmHead) ?? { dtype: 'fp32' },

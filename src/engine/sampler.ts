@@ -341,8 +341,8 @@ export class Sampler {
   }
 }
 
-/** Index of the largest value; ties go to the lowest index. */
-function argmax(values: Float32Array): number {
+/** Index of the largest value; ties go to the lowest index (as torch.argmax). */
+export function argmax(values: Float32Array): number {
   let best = 0;
   for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
   return best;

@@ -8,7 +8,7 @@
  * whose bytes are well-formed from that state; each step then costs one AND of the grammar's mask
  * with the current state's.
  */
-import type { VocabType } from './grammar.js';
+import type { VocabType } from './grammar-types.js';
 
 /** GPT-2's byte-level alphabet, reversed: the byte each character stands for (bytes_to_unicode). */
 const BYTE_OF_CHAR = (() => {

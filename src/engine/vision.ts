@@ -3,22 +3,11 @@
  * and a runner that encodes image tiles with it.
  */
 
-import { imageSize as configImageSize, type ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
-import {
-  buildInternVit,
-  type InternVitDims,
-  internVitDimsFromConfig,
-  internVitTensorSpecs,
-  layersForSelectLayer,
-} from '../models/internvit.js';
-import {
-  buildMlp1,
-  type PixelShuffleVersion,
-  pixelShuffle,
-  projectorTensorSpecs,
-  shuffleFactor,
-} from '../models/projector.js';
+import { internVitTensorSpecs } from '../models/internvit.js';
+import { InferenceVisionOps } from '../models/internvit-graph.js';
+import { projectorTensorSpecs, shuffleFactor } from '../models/projector.js';
+import { type VisionDims, type VisionGeometry, visionGeometry, visionTower } from '../models/vision-tower.js';
 import { checkTensorShapes, type WeightSource } from '../models/weights.js';
 import { type Graph, GraphBuilder } from '../onnx/graph.js';
 import { checkWeightDtype, type Int8Kernel, type WeightDtype } from '../onnx/quantize.js';
@@ -27,27 +16,12 @@ import type * as ort from './ort.js';
 import { Tensor } from './ort.js';
 import { type GraphCacheOptions, sessionForGraph } from './session.js';
 
-export interface VisionDims {
-  vit: InternVitDims;
-  /** Index into the L+1 hidden states (-1 = last layer). */
-  selectLayer: number;
-  downsampleRatio: number;
-  psVersion: PixelShuffleVersion;
-  llmHiddenSize: number;
-  /** Tile side fed to the model: force_image_size ?? vision_config.image_size. */
-  imageSize: number;
-}
-
-export function visionDimsFromConfig(config: ModelConfig): VisionDims {
-  return {
-    vit: internVitDimsFromConfig(config.vision_config),
-    selectLayer: config.select_layer,
-    downsampleRatio: config.downsample_ratio,
-    psVersion: config.ps_version,
-    llmHiddenSize: config.llm_config.hidden_size,
-    imageSize: configImageSize(config),
-  };
-}
+export {
+  type VisionDims,
+  type VisionGeometry,
+  visionDimsFromConfig,
+  visionGeometry,
+} from '../models/vision-tower.js';
 
 /** Graph input and output names. */
 export const VISION_IO = {
@@ -74,35 +48,6 @@ export interface VisionGraphOptions {
   int8Kernel?: Int8Kernel;
 }
 
-/** Geometry of the graph for one tile size. */
-export interface VisionGeometry {
-  imageSize: number;
-  /** Patch-grid side g. */
-  grid: number;
-  /** LLM tokens per tile, (g/k)². */
-  tokensPerTile: number;
-  /** Encoder layers built for select_layer. */
-  layers: number;
-}
-
-export function visionGeometry(dims: VisionDims, imageSize = dims.imageSize): VisionGeometry {
-  const p = dims.vit.patchSize;
-  if (!Number.isInteger(imageSize) || imageSize < p || imageSize % p !== 0) {
-    throw new InternVLError(
-      'BAD_INPUT',
-      `image size ${imageSize} is not a positive multiple of the patch size ${p}`,
-    );
-  }
-  const grid = imageSize / p;
-  const k = shuffleFactor({ grid, ratio: dims.downsampleRatio });
-  return {
-    imageSize,
-    grid,
-    tokensPerTile: (grid / k) ** 2,
-    layers: layersForSelectLayer(dims.vit.numLayers, dims.selectLayer),
-  };
-}
-
 /** Checks every needed tensor's presence and shape (BAD_CHECKPOINT naming it), then builds the graph. */
 export async function buildVisionGraph(
   dims: VisionDims,
@@ -123,24 +68,14 @@ export async function buildVisionGraph(
   const tokens = 1 + geo.grid * geo.grid;
   const pixels = g.input(VISION_IO.pixelValues, 'float32', ['num_tiles', dims.vit.numChannels, S, S]);
   const vitDtype = options.vitDtype ?? 'fp32';
-  const vit = await buildInternVit(g, dims.vit, weights, pixels, {
+  const ops = new InferenceVisionOps(g, dims.vit, weights, pixels, {
     imageSize: S,
-    layers: geo.layers,
     linearQuant:
       vitDtype === 'fp32'
         ? undefined
         : { dtype: vitDtype, int8Kernel: options.int8Kernel ?? defaultInt8Kernel() },
   });
-  const hidden = geo.layers === 0 ? vit.embeddings : vit.layers[geo.layers - 1];
-
-  const patches = g.slice(hidden, [1], [tokens], [1]);
-  const shuffled = pixelShuffle(g, patches, {
-    grid: geo.grid,
-    channels: C,
-    ratio: dims.downsampleRatio,
-    version: dims.psVersion,
-  });
-  const embeds = await buildMlp1(g, weights, shuffled, projector);
+  const { hidden, shuffled, imageEmbeds: embeds, ...vit } = await visionTower(ops, dims, geo);
 
   g.output(embeds, VISION_IO.imageEmbeds, 'float32', ['num_tiles', geo.tokensPerTile, dims.llmHiddenSize]);
   g.output(hidden, VISION_IO.hiddenState, 'float32', ['num_tiles', tokens, C]);

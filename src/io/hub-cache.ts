@@ -7,7 +7,7 @@ import { lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
-import { parseHubId, repoCacheDir } from './hub.js';
+import { parseHubId, repoCacheDir } from './hub-snapshot.js';
 
 /** Bytes of the regular files under `dir`; symlinks are not followed (snapshots link into blobs). */
 export function folderBytes(dir: string): number {

@@ -1,9 +1,11 @@
 /**
- * Pieces shared by the Qwen2 and InternLM2 decoder graphs: the dimensions, the graph's inputs and
- * outputs, RMSNorm, linear layers, rotary + GroupQueryAttention over engine-owned KV buffers, SwiGLU,
- * and the final norm + lm_head over selected rows.
+ * What a decoder architecture is: its dimensions, the checkpoint tensors it reads, and its layer written
+ * once against DecoderLayerOps. Two backends run that layer: models/decoder-graph.ts with the fused
+ * inference ops (GroupQueryAttention over engine-owned KV buffers, SkipSimplifiedLayerNormalization,
+ * MatMulNBits / DynamicQuantizeMatMul) and train/decoder-ops.ts with the primitive ops the autodiff
+ * differentiates (packed sequences, LoRA).
  *
- * Graph contract (B = batch, S = chunk length, C = KV capacity, N = logits rows):
+ * Inference graph contract (B = batch, S = chunk length, C = KV capacity, N = logits rows):
  *   inputs  inputs_embeds [B,S,D]; rope_cos/rope_sin [P, hd/2] and rope_index int64 [B,S] (row of the
  *           tables per token); seqlens_k int32 [B] (= past + S − 1); total_sequence_length int32 [];
  *           past_key.i/past_value.i [B,kvH,C,hd] (only the first `past` slots valid); logits_rows int64 [N]
@@ -11,15 +13,14 @@
  *   outputs logits [N,V]; key.i/value.i [B,S,kvH·hd] (this chunk's rotated keys and values, for the
  *           engine to append to its buffers); with hiddenStates: hidden.i [B,S,D], final_norm [N,D].
  */
+import type { z } from 'zod';
 import type { LlmConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
-import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
-import { DEFAULT_BLOCK_SIZE, type LinearQuant } from '../onnx/quantize.js';
-import { type LinearPart, type LinearWeight, linear } from './linear-layers.js';
+import type { LinearQuant } from '../onnx/quantize.js';
+import type { ToolFormatName } from '../text/tool-prompts.js';
 import type { RopeScaling } from './rope.js';
-import type { TensorSpec, WeightSource } from './weights.js';
+import type { TensorSpec } from './weights.js';
 
-export { fusedLinear, type LinearPart, type LinearWeight, linear } from './linear-layers.js';
 export type { RopeScaling } from './rope.js';
 
 export interface DecoderDims {
@@ -79,22 +80,72 @@ export function hfRopeScaling(
   return { type: kind, factor: scaling.factor };
 }
 
+/** A torch Linear of the checkpoint: `${name}.weight` [outFeatures, in] and, with `bias`, `${name}.bias`. */
+export interface LinearSpec {
+  name: string;
+  outFeatures: number;
+  bias?: boolean;
+}
+
 /**
- * One LLM architecture: how its config maps to DecoderDims, which checkpoint tensors it reads and how
- * its decoder graph is built. models/registry.ts lists them; nothing else switches on the architecture.
+ * The operations a decoder layer is written in. Values are graph value names; activations are
+ * [..., features] (the inference backend's [B,S,·], training's packed [T,·]). The layer reads the
+ * residual stream through `norm` and adds its branches with `addResidual`.
+ */
+export interface DecoderLayerOps {
+  readonly dims: DecoderDims;
+  /** RMSNorm (weight tensor `name`) of the residual stream. */
+  norm(name: string): Promise<string>;
+  /** residual += delta */
+  addResidual(delta: string): void;
+  /** A torch Linear over x [..., inFeatures]. */
+  linear(x: string, inFeatures: number, spec: LinearSpec): Promise<string>;
+  /**
+   * Several torch Linears over the same x, in order; a backend may run them as one matmul (the stacked
+   * weight named `fusedName`).
+   */
+  linears(x: string, inFeatures: number, fusedName: string, parts: LinearSpec[]): Promise<string[]>;
+  /**
+   * A q/k/v projection packed per KV head (InternLM2's wqkv: for each KV head, its n_rep query heads, then
+   * its key head, then its value head): q [..., H·hd], k and v [..., kvH·hd].
+   */
+  packedQkv(x: string, spec: Omit<LinearSpec, 'outFeatures'>): Promise<[string, string, string]>;
+  /** RMSNorm over each head's vector of x [..., heads·hd], one weight [hd] (Qwen3's q_norm / k_norm). */
+  headNorm(x: string, heads: number, name: string): Promise<string>;
+  /** Rotary on q and k, then causal attention (GQA) within the sequence; returns [..., H·hd]. */
+  attention(layer: number, q: string, k: string, v: string): string;
+  /** silu(gate) ⊙ up */
+  swiGlu(gate: string, up: string): string;
+}
+
+/**
+ * One LLM architecture: how its config maps to DecoderDims, which checkpoint tensors it reads and its
+ * layer. models/registry.ts lists them; nothing else switches on the architecture.
  */
 export interface DecoderArchitecture {
   /** `llm_config.model_type`, also DecoderDims.arch. */
   modelType: string;
+  /** `llm_config.architectures[0]`, the transformers class (e.g. Qwen2ForCausalLM). */
+  hfArchitecture: string;
+  /** Its llm_config schema (config/model-config.ts `llmConfigSchema`). */
+  configSchema: z.ZodType;
   /** The token-embedding table's checkpoint name. */
   embeddingName: string;
   /** The output head's checkpoint name when the embeddings are not tied. */
   lmHeadName: string;
+  /** The RMSNorm after the last layer. */
+  finalNormName: string;
+  /** The Linears of a layer that LoRA adapts (`use_llm_lora`), as module names within the layer. */
+  loraTargets: readonly string[];
+  /** How the LLM was trained to call tools (text/tool-prompts.ts). */
+  toolFormat: ToolFormatName;
+  /** The prefix of layer i's tensors. */
+  layerPrefix(layer: number): string;
   dims(llm: LlmConfig): DecoderDims;
   /** Every tensor the decoder reads, with its checkpoint shape (embeddings and head included). */
   tensorSpecs(dims: DecoderDims): TensorSpec[];
-  /** Builds the decoder graph (contract above) from checkpoint tensors. */
-  buildGraph(dims: DecoderDims, weights: WeightSource, options?: DecoderGraphOptions): Promise<Graph>;
+  /** Layer `layer` of the decoder, for inference and training alike. */
+  layer(ops: DecoderLayerOps, layer: number): Promise<void>;
 }
 
 /** The head the graph multiplies by: the embedding table when the config ties them. */
@@ -129,238 +180,4 @@ export interface DecoderGraphOptions {
   linearQuant?: LinearQuant;
   /** Storage of lm_head (default: as linearQuant). */
   lmHeadQuant?: LinearQuant;
-}
-
-/** The graph under construction plus the values every layer reads. */
-export interface DecoderGraphContext {
-  g: GraphBuilder;
-  dims: DecoderDims;
-  options: DecoderGraphOptions;
-  /** [B,S,D] */
-  inputsEmbeds: string;
-  ropeCos: string;
-  ropeSin: string;
-  ropeIndex: string;
-  seqlensK: string;
-  totalSequenceLength: string;
-  logitsRows: string;
-}
-
-export function startDecoderGraph(
-  name: string,
-  dims: DecoderDims,
-  options: DecoderGraphOptions,
-): DecoderGraphContext {
-  const g = new GraphBuilder(name);
-  const half = dims.headDim / 2;
-  return {
-    g,
-    dims,
-    options,
-    inputsEmbeds: g.input(DECODER_IO.inputsEmbeds, 'float32', ['batch', 'seq', dims.hiddenSize]),
-    ropeCos: g.input(DECODER_IO.ropeCos, 'float32', ['rope_rows', half]),
-    ropeSin: g.input(DECODER_IO.ropeSin, 'float32', ['rope_rows', half]),
-    ropeIndex: g.input(DECODER_IO.ropeIndex, 'int64', ['batch', 'seq']),
-    seqlensK: g.input(DECODER_IO.seqlensK, 'int32', ['batch']),
-    totalSequenceLength: g.input(DECODER_IO.totalSequenceLength, 'int32', []),
-    logitsRows: g.input(DECODER_IO.logitsRows, 'int64', ['rows']),
-  };
-}
-
-/** RMSNorm in fp32 over the last axis: x / sqrt(mean(x²) + eps) · w. */
-export function rmsNorm(ctx: DecoderGraphContext, x: string, name: string, weight: Float32Array): string {
-  const { g, dims } = ctx;
-  const w = g.initializer(name, 'float32', [weight.length], weight);
-  return g.op('SimplifiedLayerNormalization', [x, w], {
-    axis: { int: -1 },
-    epsilon: dims.rmsNormEps,
-    stash_type: { int: 1 },
-  });
-}
-
-/** RMSNorm over each head's vector of x [B,S,heads·hd] with one weight [hd] (Qwen3's q_norm/k_norm). */
-export function perHeadRmsNorm(
-  ctx: DecoderGraphContext,
-  x: string,
-  heads: number,
-  name: string,
-  weight: Float32Array,
-): string {
-  const { g, dims } = ctx;
-  const perHead = g.reshape(x, [0, 0, heads, dims.headDim]);
-  return g.reshape(rmsNorm(ctx, perHead, name, weight), [0, 0, heads * dims.headDim]);
-}
-
-/**
- * The residual stream of a decoder: `add(delta)` keeps x + delta pending, and the next `norm` computes
- * the sum and its RMSNorm in one SkipSimplifiedLayerNormalization kernel instead of an Add and a norm.
- */
-export class ResidualStream {
-  #x: string;
-  #pending: string | undefined;
-
-  constructor(
-    private readonly ctx: DecoderGraphContext,
-    x: string,
-  ) {
-    this.#x = x;
-  }
-
-  add(delta: string): void {
-    if (this.#pending) this.#x = this.ctx.g.add(this.#x, this.#pending);
-    this.#pending = delta;
-  }
-
-  /** RMSNorm of the stream (the pending addition folded in). */
-  norm(name: string, weight: Float32Array): string {
-    const { g, dims } = this.ctx;
-    if (!this.#pending) return rmsNorm(this.ctx, this.#x, name, weight);
-    const w = g.initializer(name, 'float32', [weight.length], weight);
-    const [normed, , , sum] = g.node(
-      'SkipSimplifiedLayerNormalization',
-      [this.#x, this.#pending, w],
-      { epsilon: dims.rmsNormEps },
-      { domain: MS_DOMAIN, outputs: [`${name}:normed`, '', '', `${name}:residual`] },
-    );
-    this.#x = sum;
-    this.#pending = undefined;
-    return normed;
-  }
-
-  /** The stream's current value. */
-  value(): string {
-    if (this.#pending) this.#x = this.ctx.g.add(this.#x, this.#pending);
-    this.#pending = undefined;
-    return this.#x;
-  }
-}
-
-/** Layers read straight from checkpoint tensors by name, shared by the architecture files. */
-export function checkpointLayers(ctx: DecoderGraphContext, weights: WeightSource) {
-  const load = (name: string) => weights.float32(name);
-  const named = async (name: string) => ({ name, data: await load(name) });
-  /**
-   * A torch Linear weight: the checkpoint's own 4-bit blocks when it stores them packed (AWQ, GPTQ) and the
-   * graph is int4 with the same block size, so nothing is requantised; else float32.
-   */
-  const loadLinear = async (name: string): Promise<LinearWeight> => {
-    const quant = ctx.options.linearQuant;
-    if (quant?.dtype === 'int4' && weights.int4Blocks) {
-      const blocks = await weights.int4Blocks(name);
-      if (blocks && blocks.blockSize === (quant.blockSize ?? DEFAULT_BLOCK_SIZE)) return blocks;
-    }
-    return load(name);
-  };
-  return {
-    load,
-    named,
-    loadLinear,
-    /** RMSNorm with the weight tensor `name`. */
-    norm: async (residual: ResidualStream, name: string) => residual.norm(name, await load(name)),
-    /** The torch Linear `name` (.weight, and .bias when `bias`) as a fusedLinear part. */
-    part: async (name: string, outFeatures: number, bias = false): Promise<LinearPart> => ({
-      name: `${name}.weight`,
-      weight: await loadLinear(`${name}.weight`),
-      outFeatures,
-      bias: bias ? await named(`${name}.bias`) : undefined,
-    }),
-    /** torch Linear `name` (.weight [out, in], optional .bias). */
-    proj: async (x: string, name: string, outFeatures: number, inFeatures: number, bias = false) =>
-      linear(
-        ctx,
-        x,
-        `${name}.weight`,
-        await loadLinear(`${name}.weight`),
-        outFeatures,
-        inFeatures,
-        bias ? await named(`${name}.bias`) : undefined,
-      ),
-  };
-}
-
-/** silu(gate) ⊙ up. */
-export function swiGlu(ctx: DecoderGraphContext, gate: string, up: string): string {
-  const { g } = ctx;
-  return g.mul(g.mul(gate, g.sigmoid(gate)), up);
-}
-
-/**
- * Rotary on q [B,S,H·hd] and k [B,S,kvH·hd], then causal GQA over the past buffers of `layer`.
- * Returns the attention output [B,S,H·hd]; declares key.i (rotated) and value.i as graph outputs.
- */
-export function selfAttention(
-  ctx: DecoderGraphContext,
-  layer: number,
-  q: string,
-  k: string,
-  v: string,
-): string {
-  const { g, dims } = ctx;
-  const kvWidth = dims.numKvHeads * dims.headDim;
-  const rotary = (x: string, heads: number) =>
-    g.op(
-      'RotaryEmbedding',
-      [x, ctx.ropeIndex, ctx.ropeCos, ctx.ropeSin],
-      { interleaved: { int: 0 }, num_heads: { int: heads } },
-      MS_DOMAIN,
-    );
-  const qRot = rotary(q, dims.numHeads);
-  const kRot = rotary(k, dims.numKvHeads);
-  const pastShape = ['batch', dims.numKvHeads, 'capacity', dims.headDim];
-  const pastKey = g.input(DECODER_IO.pastKey(layer), 'float32', pastShape);
-  const pastValue = g.input(DECODER_IO.pastValue(layer), 'float32', pastShape);
-  // present_key/present_value must stay as node outputs (ORT ignores the past without them); the engine never fetches them.
-  const [out] = g.node(
-    'GroupQueryAttention',
-    [qRot, kRot, v, pastKey, pastValue, ctx.seqlensK, ctx.totalSequenceLength],
-    {
-      num_heads: { int: dims.numHeads },
-      kv_num_heads: { int: dims.numKvHeads },
-      scale: 1 / Math.sqrt(dims.headDim),
-      do_rotary: { int: 0 },
-    },
-    { domain: MS_DOMAIN, outputs: 3 },
-  );
-  g.output(kRot, DECODER_IO.key(layer), 'float32', ['batch', 'seq', kvWidth]);
-  g.output(v, DECODER_IO.value(layer), 'float32', ['batch', 'seq', kvWidth]);
-  return out;
-}
-
-/** Marks a layer's output as a graph output when hidden states are requested. */
-export function layerOutput(ctx: DecoderGraphContext, layer: number, residual: ResidualStream): void {
-  if (ctx.options.hiddenStates) {
-    ctx.g.output(residual.value(), DECODER_IO.hidden(layer), 'float32', [
-      'batch',
-      'seq',
-      ctx.dims.hiddenSize,
-    ]);
-  }
-}
-
-/** Final RMSNorm and lm_head on the rows `logits_rows` of the flattened hidden states; returns the graph. */
-export function finishDecoderGraph(
-  ctx: DecoderGraphContext,
-  x: string,
-  finalNorm: { name: string; data: Float32Array },
-  lmHead: { name: string; data: Float32Array },
-): Graph {
-  const { g, dims } = ctx;
-  const rows = g.gather(g.reshape(x, [-1, dims.hiddenSize]), ctx.logitsRows, 0);
-  const normed = rmsNorm(ctx, rows, finalNorm.name, finalNorm.data);
-  if (ctx.options.hiddenStates) g.output(normed, DECODER_IO.finalNorm, 'float32', ['rows', dims.hiddenSize]);
-  const lmHeadQuant = ctx.options.lmHeadQuant ?? ctx.options.linearQuant;
-  const logits = linear(
-    ctx,
-    normed,
-    lmHead.name,
-    lmHead.data,
-    dims.vocabSize,
-    dims.hiddenSize,
-    undefined,
-    lmHeadQuant,
-  );
-  g.output(logits, DECODER_IO.logits, 'float32', ['rows', dims.vocabSize]);
-  const next = g.op('ArgMax', [logits], { axis: { int: -1 }, keepdims: { int: 0 } });
-  g.output(next, DECODER_IO.nextToken, 'int64', ['rows']);
-  return g.graph;
 }

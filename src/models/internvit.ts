@@ -1,16 +1,18 @@
 /**
- * InternViT (modeling_intern_vit.py) as an ONNX graph, both styles:
- * 300M (LayerNorm, qkv bias) and 6B (RMSNorm, no qkv bias, q_norm/k_norm over the whole width).
+ * InternViT (modeling_intern_vit.py), both styles: 300M (LayerNorm, qkv bias) and 6B (RMSNorm, no qkv
+ * bias, q_norm/k_norm over the whole width).
  *
- *   patch Conv → row-major tokens → [CLS] prepended → + position embedding (bicubic-resized grid)
+ *   patch embedding → [CLS] prepended → + position embedding
  *   → layers: h += ls1 ⊙ attn(norm1(h)); h += ls2 ⊙ mlp(norm2(h))       (no final norm)
+ *
+ * The encoder is written once against VisionOps; models/internvit-graph.ts builds it for inference
+ * (Conv patches, fused attention, quantised linears), train/vision-ops.ts in differentiable ops.
  */
 import type { VisionConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
-import { type GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
-import { type LinearQuant, quantizedMatMul } from '../onnx/quantize.js';
+import type { GraphBuilder } from '../onnx/graph.js';
 import { bicubicResize } from './torch-bicubic.js';
-import { type TensorSpec, transposeMatrix, type WeightSource } from './weights.js';
+import type { TensorSpec } from './weights.js';
 
 export type VitNormType = 'layer_norm' | 'rms_norm';
 
@@ -60,8 +62,9 @@ export function layersForSelectLayer(numLayers: number, selectLayer: number): nu
   return index;
 }
 
-const EMBEDDINGS = 'vision_model.embeddings';
-const layerPrefix = (i: number) => `vision_model.encoder.layers.${i}`;
+export const VIT_EMBEDDINGS = 'vision_model.embeddings';
+export const VIT_LAYERS = 'vision_model.encoder.layers.';
+const layerPrefix = (i: number) => `${VIT_LAYERS}${i}`;
 
 /** Patch-grid side of the position-embedding table (32 for 448 px / 14). */
 export function tableGrid(dims: InternVitDims): number {
@@ -74,13 +77,13 @@ export function internVitTensorSpecs(dims: InternVitDims, layers: number): Tenso
   const I = dims.intermediateSize;
   const G = tableGrid(dims);
   const specs: TensorSpec[] = [
-    { name: `${EMBEDDINGS}.class_embedding`, shape: [1, 1, C] },
+    { name: `${VIT_EMBEDDINGS}.class_embedding`, shape: [1, 1, C] },
     {
-      name: `${EMBEDDINGS}.patch_embedding.weight`,
+      name: `${VIT_EMBEDDINGS}.patch_embedding.weight`,
       shape: [C, dims.numChannels, dims.patchSize, dims.patchSize],
     },
-    { name: `${EMBEDDINGS}.patch_embedding.bias`, shape: [C] },
-    { name: `${EMBEDDINGS}.position_embedding`, shape: [1, 1 + G * G, C] },
+    { name: `${VIT_EMBEDDINGS}.patch_embedding.bias`, shape: [C] },
+    { name: `${VIT_EMBEDDINGS}.position_embedding`, shape: [1, 1 + G * G, C] },
   ];
   const withBias = dims.normType === 'layer_norm';
   for (let i = 0; i < layers; i++) {
@@ -109,100 +112,6 @@ export function internVitTensorSpecs(dims: InternVitDims, layers: number): Tenso
   return specs;
 }
 
-/** GraphBuilder.within for an async body: value names stay under `scope` across awaits. */
-export async function within<T>(g: GraphBuilder, scope: string, body: () => Promise<T>): Promise<T> {
-  const saved = g.scope;
-  g.scope = saved ? `${saved}/${scope}` : scope;
-  try {
-    return await body();
-  } finally {
-    g.scope = saved;
-  }
-}
-
-async function initializerFrom(
-  g: GraphBuilder,
-  weights: WeightSource,
-  name: string,
-  dims: number[],
-): Promise<string> {
-  return g.initializer(name, 'float32', dims, await weights.float32(name));
-}
-
-/** A torch Linear weight [out, in] as a MatMul right-hand side [in, out]. */
-async function linearWeight(
-  g: GraphBuilder,
-  weights: WeightSource,
-  name: string,
-  outDim: number,
-  inDim: number,
-): Promise<string> {
-  return g.initializer(
-    `${name}^T`,
-    'float32',
-    [inDim, outDim],
-    transposeMatrix(await weights.float32(name), outDim, inDim),
-  );
-}
-
-/** x · Wᵀ for the torch Linear weight `name` [out, in], in fp32 or stored as `quant` says. */
-async function linearMatMul(
-  g: GraphBuilder,
-  weights: WeightSource,
-  x: string,
-  name: string,
-  outDim: number,
-  inDim: number,
-  quant?: LinearQuant,
-): Promise<string> {
-  if (quant && quant.dtype !== 'fp32') {
-    return quantizedMatMul(g, x, name, await weights.float32(name), outDim, inDim, quant);
-  }
-  return g.matMul(x, await linearWeight(g, weights, name, outDim, inDim));
-}
-
-/** torch Linear `prefix` (weight [out, in], bias [out]) applied to the last axis of `x`. */
-export async function linear(
-  g: GraphBuilder,
-  weights: WeightSource,
-  x: string,
-  prefix: string,
-  outDim: number,
-  inDim: number,
-  quant?: LinearQuant,
-): Promise<string> {
-  const y = await linearMatMul(g, weights, x, `${prefix}.weight`, outDim, inDim, quant);
-  const b = await initializerFrom(g, weights, `${prefix}.bias`, [outDim]);
-  return g.add(y, b);
-}
-
-/** torch LayerNorm `prefix` (weight and bias) over the last axis. */
-export async function layerNorm(
-  g: GraphBuilder,
-  weights: WeightSource,
-  x: string,
-  prefix: string,
-  width: number,
-  eps: number,
-): Promise<string> {
-  const w = await initializerFrom(g, weights, `${prefix}.weight`, [width]);
-  const b = await initializerFrom(g, weights, `${prefix}.bias`, [width]);
-  return g.op('LayerNormalization', [x, w, b], { axis: { int: -1 }, epsilon: eps });
-}
-
-/** InternRMSNorm `prefix`: x·rsqrt(mean(x²)+eps)·weight over the last axis, in float32. */
-export async function rmsNorm(
-  g: GraphBuilder,
-  weights: WeightSource,
-  x: string,
-  prefix: string,
-  width: number,
-  eps: number,
-): Promise<string> {
-  const w = await initializerFrom(g, weights, `${prefix}.weight`, [width]);
-  return g.op('SimplifiedLayerNormalization', [x, w], { axis: { int: -1 }, epsilon: eps });
-}
-
 /**
  * Position embedding for a `grid`×`grid` patch grid as rows [1 + grid², C], with the class token
  * folded into row 0 (class_embedding + CLS position, added in float32 as the reference does).
@@ -229,6 +138,79 @@ export function positionRows(
   return rows;
 }
 
+/**
+ * The operations the encoder is written in. Values are graph value names of [N, tokens, width] tensors.
+ */
+export interface VisionOps {
+  readonly g: GraphBuilder;
+  /** Patch embedding, class token and position embedding of the input tiles: [N, 1 + grid², C]. */
+  embeddings(): Promise<string>;
+  /** torch LayerNorm `prefix` (weight and bias) over the last axis. */
+  layerNorm(x: string, prefix: string, eps: number): Promise<string>;
+  /** InternRMSNorm `prefix` over the last axis. */
+  rmsNorm(x: string, prefix: string, eps: number): Promise<string>;
+  /** torch Linear `prefix` (weight [outDim, inDim], with `bias` its bias). */
+  linear(x: string, prefix: string, outDim: number, inDim: number, bias: boolean): Promise<string>;
+  /**
+   * The whole attention (before proj) from the qkv Linear `prefix` in one kernel, where the backend has
+   * one; undefined where it has not.
+   */
+  fusedAttention(x: string, prefix: string): Promise<string | undefined>;
+  /** Bidirectional attention over q, k, v [N, L, C] with num_heads heads and scale head_dim^-0.5. */
+  multiHeadAttention(q: string, k: string, v: string): string;
+  /** Exact GELU. */
+  gelu(x: string): string;
+  /** h + ls ⊙ branch for the layer-scale tensor `scale` of `layer`'s `which` branch. */
+  residual(h: string, branch: string, scale: string, layer: number, which: 'attn' | 'mlp'): Promise<string>;
+}
+
+async function norm(ops: VisionOps, dims: InternVitDims, x: string, prefix: string): Promise<string> {
+  return dims.normType === 'layer_norm'
+    ? ops.layerNorm(x, prefix, dims.layerNormEps)
+    : ops.rmsNorm(x, prefix, dims.layerNormEps);
+}
+
+/** Self-attention of one layer: qkv → (q_norm, k_norm over the whole width) → heads → proj. */
+async function attention(ops: VisionOps, dims: InternVitDims, x: string, prefix: string): Promise<string> {
+  const C = dims.hiddenSize;
+  const qkvPrefix = `${prefix}.attn.qkv`;
+  let heads = dims.qkNormalization ? undefined : await ops.fusedAttention(x, qkvPrefix);
+  if (heads === undefined) {
+    const qkv = await ops.linear(x, qkvPrefix, 3 * C, C, dims.qkvBias);
+    const [q, k, v] = ops.g.node(
+      'Split',
+      [qkv],
+      { axis: { int: -1 }, num_outputs: { int: 3 } },
+      { outputs: 3 },
+    );
+    heads = dims.qkNormalization
+      ? ops.multiHeadAttention(
+          await ops.rmsNorm(q, `${prefix}.attn.q_norm`, dims.layerNormEps),
+          await ops.rmsNorm(k, `${prefix}.attn.k_norm`, dims.layerNormEps),
+          v,
+        )
+      : ops.multiHeadAttention(q, k, v);
+  }
+  return ops.linear(heads, `${prefix}.attn.proj`, C, C, true);
+}
+
+/** Encoder layer `i`. */
+export async function internVitLayer(
+  ops: VisionOps,
+  dims: InternVitDims,
+  h: string,
+  i: number,
+): Promise<string> {
+  const C = dims.hiddenSize;
+  const I = dims.intermediateSize;
+  const p = layerPrefix(i);
+  const attended = await attention(ops, dims, await norm(ops, dims, h, `${p}.norm1`), p);
+  const h1 = await ops.residual(h, attended, `${p}.ls1`, i, 'attn');
+  const up = ops.gelu(await ops.linear(await norm(ops, dims, h1, `${p}.norm2`), `${p}.mlp.fc1`, I, C, true));
+  const down = await ops.linear(up, `${p}.mlp.fc2`, C, I, true);
+  return ops.residual(h1, down, `${p}.ls2`, i, 'mlp');
+}
+
 export interface InternVitOutputs {
   /** Embedding output [N, 1 + g², C] (hidden_states[0]). */
   embeddings: string;
@@ -236,181 +218,18 @@ export interface InternVitOutputs {
   layers: string[];
 }
 
-/**
- * Adds InternViT to `g`: `pixels` [N, channels, imageSize, imageSize] → hidden states. Builds only the
- * first `layers` encoder layers. Tensor shapes must have been checked with `internVitTensorSpecs`.
- */
-export async function buildInternVit(
-  g: GraphBuilder,
+/** The embeddings and the first `layers` encoder layers. */
+export async function internVitEncoder(
+  ops: VisionOps,
   dims: InternVitDims,
-  weights: WeightSource,
-  pixels: string,
-  options: { imageSize: number; layers: number; linearQuant?: LinearQuant },
+  layers: number,
 ): Promise<InternVitOutputs> {
-  const C = dims.hiddenSize;
-  const p = dims.patchSize;
-  const grid = options.imageSize / p;
-  if (!Number.isInteger(grid) || grid < 1) {
-    throw new InternVLError(
-      'BAD_INPUT',
-      `image size ${options.imageSize} is not a multiple of the patch size ${p}`,
-    );
-  }
-  const embeddings = await within(g, 'embeddings', async () => {
-    const convW = await initializerFrom(g, weights, `${EMBEDDINGS}.patch_embedding.weight`, [
-      C,
-      dims.numChannels,
-      p,
-      p,
-    ]);
-    const convB = await initializerFrom(g, weights, `${EMBEDDINGS}.patch_embedding.bias`, [C]);
-    const patches = g.op('Conv', [pixels, convW, convB], { kernel_shape: [p, p], strides: [p, p] });
-    const tokens = g.transpose(g.reshape(patches, [0, C, grid * grid]), [0, 2, 1]);
-    // A zero row in front of the patches takes the class token, which lives in the position rows.
-    const withClassRow = g.op('Pad', [tokens, g.constI64([0, 1, 0, 0, 0, 0])]);
-    const rows = positionRows(
-      await weights.float32(`${EMBEDDINGS}.class_embedding`),
-      await weights.float32(`${EMBEDDINGS}.position_embedding`),
-      dims,
-      grid,
-    );
-    const position = g.initializer(
-      `${EMBEDDINGS}.position_rows_${grid}x${grid}`,
-      'float32',
-      [1, 1 + grid * grid, C],
-      rows,
-    );
-    return g.add(withClassRow, position);
-  });
-
-  const layers: string[] = [];
-  let h = embeddings;
-  for (let i = 0; i < options.layers; i++) {
-    h = await within(g, `layers.${i}`, () =>
-      encoderLayer(g, dims, weights, h, layerPrefix(i), options.linearQuant),
-    );
-    layers.push(h);
-  }
-  return { embeddings, layers };
-}
-
-async function norm(
-  g: GraphBuilder,
-  dims: InternVitDims,
-  weights: WeightSource,
-  x: string,
-  prefix: string,
-): Promise<string> {
-  return dims.normType === 'layer_norm'
-    ? layerNorm(g, weights, x, prefix, dims.hiddenSize, dims.layerNormEps)
-    : rmsNorm(g, weights, x, prefix, dims.hiddenSize, dims.layerNormEps);
-}
-
-async function encoderLayer(
-  g: GraphBuilder,
-  dims: InternVitDims,
-  weights: WeightSource,
-  h: string,
-  prefix: string,
-  quant?: LinearQuant,
-): Promise<string> {
-  const C = dims.hiddenSize;
-  const I = dims.intermediateSize;
-  const attended = await attention(
-    g,
-    dims,
-    weights,
-    await norm(g, dims, weights, h, `${prefix}.norm1`),
-    prefix,
-    quant,
-  );
-  const ls1 = await initializerFrom(g, weights, `${prefix}.ls1`, [C]);
-  const h1 = g.add(h, g.mul(attended, ls1));
-
-  const x = await norm(g, dims, weights, h1, `${prefix}.norm2`);
-  const up = g.gelu(await linear(g, weights, x, `${prefix}.mlp.fc1`, I, C, quant));
-  const down = await linear(g, weights, up, `${prefix}.mlp.fc2`, C, I, quant);
-  const ls2 = await initializerFrom(g, weights, `${prefix}.ls2`, [C]);
-  return g.add(h1, g.mul(down, ls2));
-}
-
-/**
- * The fused Attention op materialises the scores of all its heads at once (16 × 1025² floats = 67 MB
- * for a 448 px tile of the 300M ViT), so the heads run in this many groups: a quarter of the scores at
- * a time, which stay in L3, at the same speed and about 50 MB less peak memory.
- */
-const ATTENTION_HEAD_GROUPS = 4;
-
-/** Bidirectional multi-head attention with scale head_dim^-0.5, then proj. */
-async function attention(
-  g: GraphBuilder,
-  dims: InternVitDims,
-  weights: WeightSource,
-  x: string,
-  prefix: string,
-  quant?: LinearQuant,
-): Promise<string> {
-  const C = dims.hiddenSize;
-  const numHeads = { int: dims.numHeads };
-  const quantized = quant !== undefined && quant.dtype !== 'fp32';
-  const qkvName = `${prefix}.attn.qkv.weight`;
-  const qkvBiasName = `${prefix}.attn.qkv.bias`;
-  let heads: string;
-  if (!dims.qkNormalization && !quantized) {
-    heads = await fusedAttention(g, dims, weights, x, qkvName, dims.qkvBias ? qkvBiasName : undefined);
-  } else {
-    const projected = await linearMatMul(g, weights, x, qkvName, 3 * C, C, quant);
-    const qkvB = dims.qkvBias ? await initializerFrom(g, weights, qkvBiasName, [3 * C]) : undefined;
-    const qkv = qkvB ? g.add(projected, qkvB) : projected;
-    const [q, k, v] = g.node('Split', [qkv], { axis: { int: -1 }, num_outputs: { int: 3 } }, { outputs: 3 });
-    if (dims.qkNormalization) {
-      // q_norm / k_norm span all heads together (width C), before the head split.
-      const qn = await rmsNorm(g, weights, q, `${prefix}.attn.q_norm`, C, dims.layerNormEps);
-      const kn = await rmsNorm(g, weights, k, `${prefix}.attn.k_norm`, C, dims.layerNormEps);
-      heads = g.op('MultiHeadAttention', [qn, kn, v], { num_heads: numHeads }, MS_DOMAIN);
-    } else {
-      heads = g.op('MultiHeadAttention', [q, k, v], { num_heads: numHeads }, MS_DOMAIN);
-    }
-  }
-  return linear(g, weights, heads, `${prefix}.attn.proj`, C, C, quant);
-}
-
-/**
- * com.microsoft Attention over the qkv projection (torch weight [3C, C]: q, k, v blocks, head-major), in
- * ATTENTION_HEAD_GROUPS groups of heads (one group when the heads do not divide evenly); each group
- * takes its heads' q, k and v rows, and the groups' outputs are concatenated in head order.
- */
-async function fusedAttention(
-  g: GraphBuilder,
-  dims: InternVitDims,
-  weights: WeightSource,
-  x: string,
-  qkvName: string,
-  qkvBiasName: string | undefined,
-): Promise<string> {
-  const C = dims.hiddenSize;
-  const groups = dims.numHeads % ATTENTION_HEAD_GROUPS === 0 ? ATTENTION_HEAD_GROUPS : 1;
-  const width = C / groups;
-  const w = await weights.float32(qkvName);
-  const b = qkvBiasName ? await weights.float32(qkvBiasName) : new Float32Array(3 * C);
+  const embeddings = await ops.g.within('embeddings', () => ops.embeddings());
   const outputs: string[] = [];
-  for (let group = 0; group < groups; group++) {
-    const rows = new Float32Array(3 * width * C);
-    const bias = new Float32Array(3 * width);
-    for (let part = 0; part < 3; part++) {
-      const first = part * C + group * width;
-      rows.set(w.subarray(first * C, (first + width) * C), part * width * C);
-      bias.set(b.subarray(first, first + width), part * width);
-    }
-    const suffix = groups === 1 ? '' : `.heads${group}`;
-    const wT = g.initializer(
-      `${qkvName}^T${suffix}`,
-      'float32',
-      [C, 3 * width],
-      transposeMatrix(rows, 3 * width, C),
-    );
-    const bT = g.initializer(`${qkvName}.bias${suffix}`, 'float32', [3 * width], bias);
-    outputs.push(g.op('Attention', [x, wT, bT], { num_heads: { int: dims.numHeads / groups } }, MS_DOMAIN));
+  let h = embeddings;
+  for (let i = 0; i < layers; i++) {
+    h = await ops.g.within(`layers.${i}`, () => internVitLayer(ops, dims, h, i));
+    outputs.push(h);
   }
-  return groups === 1 ? outputs[0] : g.concat(outputs, -1);
+  return { embeddings, layers: outputs };
 }

@@ -5,6 +5,7 @@
  * over unchanged; other graphs get its exact fp32 values.
  */
 import { InternVLError } from '../errors.js';
+import type { GraphBuilder } from '../onnx/graph.js';
 import {
   DEFAULT_ACCURACY_LEVEL,
   DEFAULT_BLOCK_SIZE,
@@ -15,8 +16,13 @@ import {
   quantizedMatMul,
   stackInt4Columns,
 } from '../onnx/quantize.js';
-import type { DecoderGraphContext } from './decoder.js';
 import { transposeMatrix } from './weights.js';
+
+/** The graph the linears are added to and the storage of their weights. */
+export interface LinearContext {
+  g: GraphBuilder;
+  options: { linearQuant?: LinearQuant };
+}
 
 /** A torch Linear weight [out, in]: float32, or 4-bit blocks read pre-packed from the checkpoint. */
 export type LinearWeight = Float32Array | Int4Blocks;
@@ -40,7 +46,7 @@ function reusableBlocks(weight: LinearWeight, quant: LinearQuant | undefined): w
  * int8/int4 go through quantizedMatMul, or int4MatMul for blocks the graph can take over.
  */
 export function linear(
-  ctx: Pick<DecoderGraphContext, 'g' | 'options'>,
+  ctx: LinearContext,
   x: string,
   name: string,
   weight: LinearWeight,
@@ -85,7 +91,7 @@ export interface LinearPart {
  * there the split would only add copies.
  */
 export function fusedLinear(
-  ctx: Pick<DecoderGraphContext, 'g' | 'options'>,
+  ctx: LinearContext,
   x: string,
   name: string,
   parts: LinearPart[],

@@ -107,6 +107,7 @@ export function packedWeights(
       const prefix = packedPrefix(name);
       return prefix === undefined ? undefined : read(prefix);
     },
+    checkpointName: base.checkpointName,
   };
 }
 

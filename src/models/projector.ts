@@ -1,10 +1,10 @@
 /**
- * InternVLChatModel.pixel_shuffle and mlp1 (modeling_internvl_chat.py) as ONNX graph pieces.
+ * InternVLChatModel.pixel_shuffle and mlp1's tensors (modeling_internvl_chat.py); mlp1 itself is in
+ * ./vision-tower.ts.
  */
 import { InternVLError } from '../errors.js';
 import type { GraphBuilder } from '../onnx/graph.js';
-import { layerNorm, linear } from './internvit.js';
-import type { TensorSpec, WeightSource } from './weights.js';
+import type { TensorSpec } from './weights.js';
 
 export type PixelShuffleVersion = 'v1' | 'v2';
 
@@ -62,17 +62,4 @@ export function projectorTensorSpecs(dims: ProjectorDims): TensorSpec[] {
     { name: 'mlp1.3.weight', shape: [D, D] },
     { name: 'mlp1.3.bias', shape: [D] },
   ];
-}
-
-/** mlp1: LayerNorm (eps 1e-5, torch default) → Linear → exact GELU → Linear. */
-export async function buildMlp1(
-  g: GraphBuilder,
-  weights: WeightSource,
-  x: string,
-  dims: ProjectorDims,
-): Promise<string> {
-  const { inputSize: I, llmHiddenSize: D } = dims;
-  const normed = await layerNorm(g, weights, x, 'mlp1.0', I, 1e-5);
-  const hidden = g.gelu(await linear(g, weights, normed, 'mlp1.1', D, I));
-  return linear(g, weights, hidden, 'mlp1.3', D, D);
 }

@@ -1,34 +1,35 @@
 /**
- * Qwen2 decoder (transformers Qwen2ForCausalLM as used by InternVL 2.5) as an ONNX graph:
+ * Qwen2 decoder (transformers Qwen2ForCausalLM as used by InternVL 2.5):
  * per layer x += o_proj(attn(rope(q_proj h), rope(k_proj h), v_proj h)) with h = input_layernorm(x),
  * then x += down_proj(silu(gate_proj h) ⊙ up_proj h) with h = post_attention_layernorm(x);
- * final norm and lm_head. With int4 weights q/k/v and gate/up each run as one matmul (fusedLinear).
+ * final norm and lm_head. The layer is written once (qwenLayer) for inference and training.
  * Qwen3 (qwen3.ts) is this block with per-head q/k RMSNorm and no q/k/v bias: `QwenVariant`.
  */
-import type { Graph } from '../onnx/graph.js';
 import {
-  checkpointLayers,
-  commonDecoderDims,
-  type DecoderArchitecture,
-  type DecoderDims,
-  type DecoderGraphOptions,
-  finishDecoderGraph,
-  fusedLinear,
-  hfRopeScaling,
-  layerOutput,
-  outputHeadName,
-  perHeadRmsNorm,
-  ResidualStream,
-  selfAttention,
-  startDecoderGraph,
-  swiGlu,
-} from './decoder.js';
-import { checkTensorShapes, type TensorSpec, type WeightSource } from './weights.js';
+  bool,
+  llmConfigSchema,
+  type ParsedLlmConfig,
+  positiveInt,
+  ropeScalingObject,
+} from '../config/model-config.js';
+import { commonDecoderDims, type DecoderArchitecture, type DecoderDims, hfRopeScaling } from './decoder.js';
+import type { TensorSpec } from './weights.js';
 
 export const QWEN2_EMBEDDING = 'language_model.model.embed_tokens.weight';
-const FINAL_NORM = 'language_model.model.norm.weight';
+export const QWEN_FINAL_NORM = 'language_model.model.norm.weight';
 const LM_HEAD = 'language_model.lm_head.weight';
-const layerPrefix = (i: number) => `language_model.model.layers.${i}.`;
+export const qwenLayerPrefix = (i: number) => `language_model.model.layers.${i}.`;
+const layerPrefix = qwenLayerPrefix;
+/** PEFT targets of the official wrap_llm_lora for Qwen2 / LLaMA-style layers. */
+export const QWEN_LORA_TARGETS = [
+  'self_attn.q_proj',
+  'self_attn.k_proj',
+  'self_attn.v_proj',
+  'self_attn.o_proj',
+  'mlp.gate_proj',
+  'mlp.down_proj',
+  'mlp.up_proj',
+];
 
 /** What a member of the Qwen family changes in the block. */
 export interface QwenVariant {
@@ -78,92 +79,75 @@ export function qwenTensorSpecs(
       { name: `${m}down_proj.weight`, shape: [d, ff] },
     );
   }
-  specs.push({ name: FINAL_NORM, shape: [d] });
+  specs.push({ name: arch.finalNormName, shape: [d] });
   if (!dims.tieWordEmbeddings) specs.push({ name: arch.lmHeadName, shape: [vocabSize, d] });
   return specs;
 }
 
-/** Builds a Qwen-family decoder graph (contract in ./decoder.ts) from checkpoint tensors. */
-export async function buildQwenGraph(
-  arch: DecoderArchitecture,
-  variant: QwenVariant,
-  dims: DecoderDims,
-  weights: WeightSource,
-  options: DecoderGraphOptions = {},
-): Promise<Graph> {
-  checkTensorShapes(weights, arch.tensorSpecs(dims));
-  const { hiddenSize: d, headDim, intermediateSize: ff } = dims;
-  const qWidth = dims.numHeads * headDim;
-  const kvWidth = dims.numKvHeads * headDim;
-  const qkvBias = variant.qkvBias(dims);
-  const ctx = startDecoderGraph(`${arch.modelType}-decoder`, dims, options);
-  const { load, named, norm, part, proj } = checkpointLayers(ctx, weights);
-
-  const residual = new ResidualStream(ctx, ctx.inputsEmbeds);
-  for (let i = 0; i < dims.numLayers; i++) {
+/** One Qwen-family layer (module comment), written against DecoderLayerOps. */
+export function qwenLayer(variant: QwenVariant): DecoderArchitecture['layer'] {
+  return async (ops, i) => {
+    const { dims } = ops;
+    const { hiddenSize: d, headDim, intermediateSize: ff } = dims;
+    const qWidth = dims.numHeads * headDim;
+    const kvWidth = dims.numKvHeads * headDim;
+    const bias = variant.qkvBias(dims);
     const p = layerPrefix(i);
-    const h = await norm(residual, `${p}input_layernorm.weight`);
-    let [q, k, v] = fusedLinear(
-      ctx,
-      h,
-      `${p}self_attn.qkv_proj.weight`,
-      [
-        await part(`${p}self_attn.q_proj`, qWidth, qkvBias),
-        await part(`${p}self_attn.k_proj`, kvWidth, qkvBias),
-        await part(`${p}self_attn.v_proj`, kvWidth, qkvBias),
-      ],
-      d,
-    );
+    const h = await ops.norm(`${p}input_layernorm.weight`);
+    let [q, k, v] = await ops.linears(h, d, `${p}self_attn.qkv_proj`, [
+      { name: `${p}self_attn.q_proj`, outFeatures: qWidth, bias },
+      { name: `${p}self_attn.k_proj`, outFeatures: kvWidth, bias },
+      { name: `${p}self_attn.v_proj`, outFeatures: kvWidth, bias },
+    ]);
     if (variant.qkNorm) {
-      q = perHeadRmsNorm(
-        ctx,
-        q,
-        dims.numHeads,
-        `${p}self_attn.q_norm.weight`,
-        await load(`${p}self_attn.q_norm.weight`),
-      );
-      k = perHeadRmsNorm(
-        ctx,
-        k,
-        dims.numKvHeads,
-        `${p}self_attn.k_norm.weight`,
-        await load(`${p}self_attn.k_norm.weight`),
-      );
+      q = await ops.headNorm(q, dims.numHeads, `${p}self_attn.q_norm.weight`);
+      k = await ops.headNorm(k, dims.numKvHeads, `${p}self_attn.k_norm.weight`);
     }
-    const attn = selfAttention(ctx, i, q, k, v);
-    residual.add(await proj(attn, `${p}self_attn.o_proj`, d, qWidth, variant.outputBias(dims)));
-
-    const h2 = await norm(residual, `${p}post_attention_layernorm.weight`);
-    const [gate, up] = fusedLinear(
-      ctx,
-      h2,
-      `${p}mlp.gate_up_proj.weight`,
-      [await part(`${p}mlp.gate_proj`, ff), await part(`${p}mlp.up_proj`, ff)],
-      d,
+    const attn = ops.attention(i, q, k, v);
+    ops.addResidual(
+      await ops.linear(attn, qWidth, {
+        name: `${p}self_attn.o_proj`,
+        outFeatures: d,
+        bias: variant.outputBias(dims),
+      }),
     );
-    residual.add(await proj(swiGlu(ctx, gate, up), `${p}mlp.down_proj`, d, ff));
-    layerOutput(ctx, i, residual);
-  }
-  return finishDecoderGraph(
-    ctx,
-    residual.value(),
-    await named(FINAL_NORM),
-    await named(outputHeadName(arch, dims)),
-  );
+
+    const h2 = await ops.norm(`${p}post_attention_layernorm.weight`);
+    const [gate, up] = await ops.linears(h2, d, `${p}mlp.gate_up_proj`, [
+      { name: `${p}mlp.gate_proj`, outFeatures: ff },
+      { name: `${p}mlp.up_proj`, outFeatures: ff },
+    ]);
+    ops.addResidual(
+      await ops.linear(ops.swiGlu(gate, up), ff, { name: `${p}mlp.down_proj`, outFeatures: d }),
+    );
+  };
 }
+
+const qwen2ConfigSchema = llmConfigSchema('qwen2', 'Qwen2ForCausalLM', {
+  max_position_embeddings: positiveInt().default(32768),
+  rope_scaling: ropeScalingObject(),
+  use_sliding_window: bool().default(false),
+  sliding_window: positiveInt().nullable().optional(),
+});
 
 const QWEN2: QwenVariant = { qkvBias: () => true, outputBias: () => false, qkNorm: false };
 
 export const qwen2Architecture: DecoderArchitecture = {
   modelType: 'qwen2',
+  hfArchitecture: 'Qwen2ForCausalLM',
+  configSchema: qwen2ConfigSchema,
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: LM_HEAD,
+  finalNormName: QWEN_FINAL_NORM,
+  toolFormat: 'hermes',
+  loraTargets: QWEN_LORA_TARGETS,
+  layerPrefix: qwenLayerPrefix,
   dims: (llm) => ({
     arch: 'qwen2',
     ...commonDecoderDims(llm),
-    ropeScaling: hfRopeScaling(llm.rope_scaling),
+    ropeScaling: hfRopeScaling((llm as ParsedLlmConfig<typeof qwen2ConfigSchema>).rope_scaling),
     attentionBias: true,
   }),
   tensorSpecs: (dims) => qwenTensorSpecs(qwen2Architecture, QWEN2, dims),
-  buildGraph: (dims, weights, options) => buildQwenGraph(qwen2Architecture, QWEN2, dims, weights, options),
+  layer: qwenLayer(QWEN2),
 };

@@ -4,8 +4,32 @@
  * bias unless `attention_bias` (then o_proj has one too), `head_dim` from the config, and on the small
  * sizes the output head tied to the token embeddings.
  */
+import {
+  bool,
+  llmConfigSchema,
+  type ParsedLlmConfig,
+  positiveInt,
+  ropeScalingObject,
+} from '../config/model-config.js';
 import { commonDecoderDims, type DecoderArchitecture, hfRopeScaling } from './decoder.js';
-import { buildQwenGraph, QWEN2_EMBEDDING, type QwenVariant, qwenTensorSpecs } from './qwen2.js';
+import {
+  QWEN_FINAL_NORM,
+  QWEN_LORA_TARGETS,
+  QWEN2_EMBEDDING,
+  type QwenVariant,
+  qwenLayer,
+  qwenLayerPrefix,
+  qwenTensorSpecs,
+} from './qwen2.js';
+
+const qwen3ConfigSchema = llmConfigSchema('qwen3', 'Qwen3ForCausalLM', {
+  max_position_embeddings: positiveInt().default(40960),
+  attention_bias: bool().default(false),
+  rope_scaling: ropeScalingObject(),
+  use_sliding_window: bool().default(false),
+  sliding_window: positiveInt().nullable().optional(),
+});
+type Qwen3LlmConfig = ParsedLlmConfig<typeof qwen3ConfigSchema>;
 
 const QWEN3: QwenVariant = {
   qkvBias: (dims) => dims.attentionBias,
@@ -15,14 +39,20 @@ const QWEN3: QwenVariant = {
 
 export const qwen3Architecture: DecoderArchitecture = {
   modelType: 'qwen3',
+  hfArchitecture: 'Qwen3ForCausalLM',
+  configSchema: qwen3ConfigSchema,
   embeddingName: QWEN2_EMBEDDING,
   lmHeadName: 'language_model.lm_head.weight',
+  finalNormName: QWEN_FINAL_NORM,
+  toolFormat: 'hermes',
+  loraTargets: QWEN_LORA_TARGETS,
+  layerPrefix: qwenLayerPrefix,
   dims: (llm) => ({
     arch: 'qwen3',
     ...commonDecoderDims(llm),
-    ropeScaling: hfRopeScaling(llm.rope_scaling),
-    attentionBias: 'attention_bias' in llm && llm.attention_bias,
+    ropeScaling: hfRopeScaling((llm as Qwen3LlmConfig).rope_scaling),
+    attentionBias: (llm as Qwen3LlmConfig).attention_bias,
   }),
   tensorSpecs: (dims) => qwenTensorSpecs(qwen3Architecture, QWEN3, dims),
-  buildGraph: (dims, weights, options) => buildQwenGraph(qwen3Architecture, QWEN3, dims, weights, options),
+  layer: qwenLayer(QWEN3),
 };

@@ -1,13 +1,15 @@
 /**
  * The LLM architectures, one line each: every place that depends on the architecture asks here.
  * Adding one is a file in this folder implementing DecoderArchitecture (see docs/architecture.md) and
- * a line below, plus its llm_config schema in config/model-config.ts.
+ * a line below; its llm_config schema is part of it (`configSchema`).
  */
 import type { LlmConfig, ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import type { Graph } from '../onnx/graph.js';
 import type { DecoderArchitecture, DecoderDims, DecoderGraphOptions } from './decoder.js';
+import { buildDecoderGraph as buildArchitectureGraph } from './decoder-graph.js';
 import { internlm2Architecture } from './internlm2.js';
+import { internlm3Architecture } from './internlm3.js';
 import { qwen2Architecture } from './qwen2.js';
 import { qwen3Architecture } from './qwen3.js';
 import type { TensorSpec, WeightSource } from './weights.js';
@@ -16,6 +18,7 @@ export const DECODER_ARCHITECTURES: readonly DecoderArchitecture[] = [
   qwen2Architecture,
   internlm2Architecture,
   qwen3Architecture,
+  internlm3Architecture,
 ];
 
 /** The architecture of `llm_config.model_type` (or DecoderDims.arch). */
@@ -46,7 +49,7 @@ export function buildDecoderGraph(
   weights: WeightSource,
   options: DecoderGraphOptions = {},
 ): Promise<Graph> {
-  return decoderArchitecture(dims.arch).buildGraph(dims, weights, options);
+  return buildArchitectureGraph(decoderArchitecture(dims.arch), dims, weights, options);
 }
 
 export function decoderTensorSpecs(dims: DecoderDims): TensorSpec[] {

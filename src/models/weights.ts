@@ -17,6 +17,8 @@ export interface WeightSource {
    * blocks taken over without requantising; undefined when it is stored in floating point.
    */
   int4Blocks?(name: string): Promise<Int4Blocks | undefined>;
+  /** The name(s) the checkpoint stores `name` under, where it renames tensors (for messages). */
+  checkpointName?(name: string): string;
 }
 
 /** Rows of a 2-D tensor [rowCount, rowLength], read from storage when asked for. */
@@ -50,12 +52,14 @@ export interface TensorSpec {
 /** Throws BAD_CHECKPOINT naming the first tensor that is missing or has another shape, before anything is built. */
 export function checkTensorShapes(weights: WeightSource, specs: TensorSpec[]): void {
   for (const { name, shape } of specs) {
-    if (!weights.has(name)) throw new InternVLError('BAD_CHECKPOINT', `${name}: missing from the checkpoint`);
+    const stored = weights.checkpointName?.(name) ?? name;
+    if (!weights.has(name))
+      throw new InternVLError('BAD_CHECKPOINT', `${stored}: missing from the checkpoint`);
     const actual = weights.shape(name);
     if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
       throw new InternVLError(
         'BAD_CHECKPOINT',
-        `${name}: expected [${shape.join(',')}], got [${actual.join(',')}]`,
+        `${stored}: expected [${shape.join(',')}], got [${actual.join(',')}]`,
       );
     }
   }

@@ -160,15 +160,24 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Runs `body` with value names prefixed by `scope`. */
+  /** Runs `body` (until its promise settles, when it returns one) with value names prefixed by `scope`. */
   within<T>(scope: string, body: () => T): T {
     const saved = this.scope;
     this.scope = saved ? `${saved}/${scope}` : scope;
+    let result: T;
     try {
-      return body();
-    } finally {
+      result = body();
+    } catch (error) {
       this.scope = saved;
+      throw error;
     }
+    if (result instanceof Promise) {
+      return result.finally(() => {
+        this.scope = saved;
+      }) as T;
+    }
+    this.scope = saved;
+    return result;
   }
 
   input(name: string, dtype: DType, shape: Dim[]): string {

@@ -7,7 +7,8 @@
 import { InternVLError } from '../errors.js';
 import type { RgbImage } from '../preprocess/image.js';
 import { frameLabels, IMAGE_PLACEHOLDER, imageLabels } from '../text/prompt.js';
-import type { ChatTurn } from '../text/templates.js';
+import type { ToolCall, ToolTurn } from '../text/tool-prompts.js';
+import { isToolCall } from './tool-calls.js';
 
 /** Marks where an image goes in a prompt (as LMDeploy's IMAGE_TOKEN does). */
 export const IMAGE_TOKEN = '<IMAGE_TOKEN>';
@@ -41,8 +42,14 @@ export type ContentPart =
   | { type: 'video_url'; video_url: string | { url: string; num_segments?: number } };
 
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant';
+  /** `tool`: a tool's answer to a call of the assistant's previous message. */
+  role: 'system' | 'user' | 'assistant' | 'tool';
+  /** An assistant message that only calls tools may have content ''. */
   content: string | ContentPart[];
+  /** The calls an assistant message made (OpenAI's shape). */
+  toolCalls?: ToolCall[];
+  /** The call a `tool` message answers (kept for the caller; the prompt formats do not show it). */
+  toolCallId?: string;
 }
 
 /** Everything `infer` / `stream` / `chat` accept for one request. */
@@ -63,8 +70,10 @@ export type Media = MediaImage | MediaVideo;
 
 /** A turn: its role and its pieces in order (text, and media where they appear). */
 export interface Turn {
-  role: 'system' | 'user' | 'assistant';
+  role: 'system' | 'user' | 'assistant' | 'tool';
   parts: (string | Media)[];
+  /** An assistant turn's tool calls. */
+  toolCalls?: ToolCall[];
 }
 
 function badInput(message: string): never {
@@ -117,20 +126,36 @@ function partFromContent(part: ContentPart, index: number, role: string): string
   }
 }
 
+function messageToolCalls(m: ChatMessage, i: number): { toolCalls?: ToolCall[] } {
+  if (m.toolCalls === undefined) return {};
+  if (m.role !== 'assistant') badInput(`messages[${i}].toolCalls: only assistant messages make tool calls`);
+  if (!Array.isArray(m.toolCalls) || !m.toolCalls.every(isToolCall)) {
+    badInput(
+      `messages[${i}].toolCalls must be a list of {id, type: 'function', function: {name, arguments}}`,
+    );
+  }
+  return m.toolCalls.length > 0 ? { toolCalls: m.toolCalls } : {};
+}
+
 /** Normalises one input into turns (the last one a user turn). */
 export function toTurns(input: Input): Turn[] {
   if (typeof input === 'string') return [{ role: 'user', parts: [input] }];
   if (isChatMessages(input)) {
     if (input.length === 0) badInput('messages must not be empty');
     const turns = input.map((m, i): Turn => {
-      if (m.role !== 'system' && m.role !== 'user' && m.role !== 'assistant') {
-        badInput(`messages[${i}].role must be system, user or assistant, got ${JSON.stringify(m.role)}`);
+      if (!['system', 'user', 'assistant', 'tool'].includes(m.role)) {
+        badInput(
+          `messages[${i}].role must be system, user, assistant or tool, got ${JSON.stringify(m.role)}`,
+        );
       }
-      if (typeof m.content === 'string') return { role: m.role, parts: [m.content] };
+      const toolCalls = messageToolCalls(m, i);
+      if (typeof m.content === 'string') return { role: m.role, parts: [m.content], ...toolCalls };
       if (!Array.isArray(m.content)) badInput(`messages[${i}].content must be a string or a list of parts`);
-      return { role: m.role, parts: m.content.map((p, j) => partFromContent(p, j, `messages[${i}]`)) };
+      const parts = m.content.map((p, j) => partFromContent(p, j, `messages[${i}]`));
+      return { role: m.role, parts, ...toolCalls };
     });
-    if (turns[turns.length - 1].role !== 'user') badInput('the last message must be from the user');
+    const last = turns[turns.length - 1].role;
+    if (last !== 'user' && last !== 'tool') badInput('the last message must be from the user or a tool');
     return turns;
   }
   if (!input || typeof input !== 'object' || typeof input.prompt !== 'string') {
@@ -191,16 +216,22 @@ export function renderUserTurn(
   return { text: prefix + text, media };
 }
 
-/** Turns for the template: text with `<image>` placeholders; media of all turns in prompt order. */
+/**
+ * Turns for the template: text with `<image>` placeholders, tool calls and tool answers as they are
+ * (the tool format writes them); media of all turns in prompt order.
+ */
 export function renderTurns(
   turns: Turn[],
   numFrames: (video: MediaVideo) => number,
-): { chatTurns: ChatTurn[]; media: Media[] } {
+): { chatTurns: ToolTurn[]; media: Media[] } {
   const media: Media[] = [];
-  const chatTurns = turns.map((turn): ChatTurn => {
+  const chatTurns = turns.map((turn): ToolTurn => {
     if (turn.role !== 'user') {
       if (turn.parts.some((p) => typeof p !== 'string')) badInput(`${turn.role} messages can only hold text`);
-      return { role: turn.role, content: turn.parts.join('') };
+      const content = turn.parts.join('');
+      return turn.toolCalls
+        ? { role: turn.role, content, toolCalls: turn.toolCalls }
+        : { role: turn.role, content };
     }
     const rendered = renderUserTurn(turn, numFrames);
     media.push(...rendered.media);

@@ -1,6 +1,6 @@
 import type { GenerationConfigFile } from '../config/generation-config.js';
 import {
-  type GenerationConfigInput,
+  type GenerationConfigInput as EngineGenerationConfigInput,
   parseGenerationConfigInput,
   type ResolvedGenerationConfig,
 } from '../engine/generation-config.js';
@@ -8,8 +8,15 @@ import type { ResponseFormat } from '../engine/grammar-types.js';
 import { InternVLError } from '../errors.js';
 import type { Template } from '../text/templates.js';
 import type { Tokenizer } from '../text/types.js';
+import { type ToolOptions, withoutToolOptions } from './tool-calls.js';
 
 export * from '../engine/generation-config.js';
+
+/**
+ * What pipeline callers may pass: the engine's fields, and the tool options (`tools`, `toolChoice`,
+ * `parallelToolCalls`; pipeline/tool-calls.ts), which shape the prompt and the output grammar.
+ */
+export type GenerationConfigInput = EngineGenerationConfigInput & ToolOptions;
 
 /** Default `maxNewTokens` when neither the user nor generation_config.json gives one (LMDeploy's). */
 export const DEFAULT_MAX_NEW_TOKENS = 512;
@@ -47,7 +54,7 @@ export function resolveGenerationConfig(
   user: GenerationConfigInput | undefined,
   options: ResolveGenerationOptions,
 ): ResolvedGenerationConfig {
-  const given = parseGenerationConfigInput(user);
+  const given = parseGenerationConfigInput(withoutToolOptions(user));
   const { fileConfig, template, tokenizer } = options;
   const templateEos = tokenizer.tokenToId(template.eosToken);
   if (templateEos === undefined) {

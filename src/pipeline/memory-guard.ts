@@ -1,8 +1,9 @@
 /** The memory check `pipeline()` runs before loading a model (engine/memory-check.ts). */
-import { loadModelConfig } from '../config/model-config.js';
+
 import type { EngineOptions } from '../engine/core.js';
 import { checkMemory, graphsCached, type MemoryCheck, memoryPrecision } from '../engine/memory-check.js';
 import { Checkpoint } from '../io/safetensors.js';
+import { loadModelConfig } from '../models/model-config.js';
 
 /**
  * The estimate for loading the model folder `dir` with these engine options; throws OUT_OF_MEMORY

@@ -1,9 +1,3 @@
-/**
- * The LMDeploy-style API: `pipeline()` loads a checkpoint; `infer` answers one input or a batch,
- * `stream` yields the answer as it is generated, `chat` keeps a multi-turn session whose KV cache and
- * image features are reused between turns.
- */
-import { randomUUID } from 'node:crypto';
 import { type GenerationConfigFile, loadGenerationConfig } from '../config/generation-config.js';
 import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import type { EngineOptions } from '../engine/core.js';
@@ -11,43 +5,41 @@ import type { GenerateRequest, ImageRef } from '../engine/generate.js';
 import type { ResponseFormat } from '../engine/grammar-types.js';
 import type { MemoryCheck } from '../engine/memory-check.js';
 import { InternVLModel } from '../engine/model.js';
-import { type SampledToken, samplingParams } from '../engine/sampler.js';
-import { WorkerClient } from '../engine/worker-rpc.js';
+import { samplingParams } from '../engine/sampler.js';
 import { InternVLError } from '../errors.js';
 import { type ResolveModelOptions, resolveModel } from '../io/hub.js';
-import { loadImage } from '../io/image.js';
 import type { TaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
-import { loadVideo } from '../io/video.js';
-import type { RgbImage } from '../preprocess/image.js';
+import { decoderArchitecture } from '../models/registry.js';
 import { expandImagePlaceholders } from '../text/prompt.js';
-import { StreamDecoder } from '../text/stream-decoder.js';
 import { getTemplate, renderConversation, type Template } from '../text/templates.js';
+import { TOOL_FORMATS, type ToolFormat } from '../text/tool-prompts.js';
 import type { Tokenizer } from '../text/types.js';
-import {
-  type ChatMessage,
-  type ContentPart,
-  type ImageLike,
-  type Input,
-  isBatch,
-  type Media,
-  type MediaVideo,
-  renderTurns,
-  type Turn,
-  toTurns,
-} from './conversation.js';
+import { ChunkQueue } from './chunk-queue.js';
+import { type Input, isBatch, type Media, renderTurns, type Turn, toTurns } from './conversation.js';
 import {
   type GenerationConfigInput,
   parseGenerationConfigInput,
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from './generation-config.js';
-import type { ImageTiling } from './media-prep.js';
+import { MediaPreparer, type PreparedMedia } from './media-loader.js';
 import { checkMemoryBeforeLoad } from './memory-guard.js';
 import { OffThreadTokenizer } from './off-thread-tokenizer.js';
 import { longestTokenChars, PromptBounds } from './prompt-bounds.js';
-import { StopStringMatcher } from './stop.js';
-import { RequestClock, type Timings } from './timings.js';
+import { type Response, type RunOptions, Session, type StreamChunk } from './responses.js';
+import { generateResponse, type PreparedRequest, type ResponseDeps } from './run-request.js';
+import { compileToolFormat, parseToolOptions, type ToolOptions, toolCallFormat } from './tool-calls.js';
+
+export {
+  type FinishReason,
+  type Response,
+  type RunOptions,
+  Session,
+  type StreamChunk,
+  type TokenLogprobInfo,
+  type Usage,
+} from './responses.js';
 
 export const DEFAULT_MODEL = 'OpenGVLab/InternVL2_5-1B';
 export const DEFAULT_SESSION_LEN = 8192;
@@ -95,153 +87,8 @@ export interface PipelineOptions {
   onMemoryCheck?: (check: MemoryCheck) => void;
 }
 
-export interface TokenLogprobInfo {
-  id: number;
-  token: string;
-  logprob: number;
-  topLogprobs?: { id: number; token: string; logprob: number }[];
-}
-
-export type FinishReason = 'stop' | 'length' | 'abort';
-
-export interface Usage {
-  promptTokens: number;
-  completionTokens: number;
-  /** Prompt tokens that stand for image tiles (`<IMG_CONTEXT>`). */
-  imageTokens: number;
-  /** Prompt tokens whose KV cache was reused (a chat session's earlier turns, or the prefix cache). */
-  cachedTokens: number;
-}
-
-export interface Response {
-  text: string;
-  finishReason: FinishReason;
-  /** Generated ids, without a final end-of-turn id. */
-  tokenIds: number[];
-  usage: Usage;
-  logprobs?: TokenLogprobInfo[];
-  /** What the engine did not have to recompute: prompt tokens reused from the session's KV cache, and tiles encoded for this request. */
-  cache: { reusedPromptTokens: number; encodedTiles: number };
-  /** Time to first token, ViT seconds, prefill and decode speed of this request (timings.ts); absent when no token came. */
-  timings?: Timings;
-}
-
-/** One streamed piece: new text; the last piece also carries finishReason and usage. */
-export interface StreamChunk {
-  text: string;
-  tokenIds: number[];
-  finishReason?: FinishReason;
-  usage?: Usage;
-  logprobs?: TokenLogprobInfo[];
-}
-
-export interface RunOptions {
-  signal?: AbortSignal;
-}
-
-/** A multi-turn conversation; pass it back to `chat` for the next turn. */
-export class Session {
-  readonly id = randomUUID();
-  /** The turns so far (user and assistant), media included. */
-  readonly turns: Turn[] = [];
-  response: Response | undefined;
-
-  /** The conversation as chat messages (images as `image` parts). */
-  get history(): ChatMessage[] {
-    return this.turns.map((t) => ({
-      role: t.role,
-      content:
-        t.parts.length === 1 && typeof t.parts[0] === 'string'
-          ? t.parts[0]
-          : t.parts.map(
-              (p): ContentPart =>
-                typeof p === 'string'
-                  ? { type: 'text', text: p }
-                  : p.kind === 'image'
-                    ? { type: 'image', image: p.source, maxTiles: p.maxTiles }
-                    : {
-                        type: 'video_url',
-                        video_url: { url: p.video.path, num_segments: p.video.numSegments },
-                      },
-            ),
-    }));
-  }
-}
-
-interface PreparedMedia {
-  /** Placeholders this media fills, each an image of `tiles` tiles. */
-  refs: ImageRef[];
-}
-
-interface PreparedRequest {
-  request: GenerateRequest;
-  config: ResolvedGenerationConfig;
-  imageTokens: number;
-}
-
-function rgbLike(x: ImageLike): x is RgbImage {
-  return typeof x === 'object' && !(x instanceof URL) && !(x instanceof Uint8Array) && 'data' in x;
-}
-
-/** Buffers that belong wholly to these images, so they can move to a worker without copying. */
-function ownedBuffers(images: RgbImage[]): ArrayBuffer[] {
-  return images
-    .map((i) => i.data)
-    .filter(
-      (d) => d.buffer instanceof ArrayBuffer && d.byteOffset === 0 && d.byteLength === d.buffer.byteLength,
-    )
-    .map((d) => d.buffer as ArrayBuffer);
-}
-
-/** An async queue bridging token callbacks to an async iterator. */
-class ChunkQueue<T> implements AsyncIterable<T> {
-  private items: T[] = [];
-  private waiting: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | undefined;
-  private done = false;
-  private error: unknown;
-
-  push(item: T): void {
-    const w = this.waiting;
-    this.waiting = undefined;
-    if (w) w.resolve({ value: item, done: false });
-    else this.items.push(item);
-  }
-
-  end(error?: unknown): void {
-    this.done = true;
-    this.error = error;
-    const w = this.waiting;
-    this.waiting = undefined;
-    if (w && error !== undefined) w.reject(error);
-    else if (w) w.resolve({ value: undefined, done: true });
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<T> {
-    return {
-      next: () => {
-        if (this.items.length > 0) return Promise.resolve({ value: this.items.shift()!, done: false });
-        if (this.done) {
-          return this.error !== undefined
-            ? Promise.reject(this.error)
-            : Promise.resolve({ value: undefined, done: true });
-        }
-        return new Promise((resolve, reject) => {
-          this.waiting = { resolve, reject };
-        });
-      },
-    };
-  }
-}
-
-// Under tsx (tests, development) this module is a .ts file and so is the worker beside it.
-const mediaWorkerUrl = new URL(
-  import.meta.url.endsWith('.ts') ? './media-worker.ts' : './media-worker.js',
-  import.meta.url,
-);
-
 export class Pipeline {
-  readonly #prepared = new WeakMap<Media, Promise<PreparedMedia>>();
-  #media: WorkerClient | undefined;
+  readonly #media: MediaPreparer;
   /** Refuses prompt text that cannot fit before it is tokenized. */
   readonly bounds: PromptBounds;
   readonly #encoder: OffThreadTokenizer;
@@ -255,6 +102,7 @@ export class Pipeline {
     readonly sessionLen: number,
   ) {
     this.bounds = new PromptBounds(sessionLen, longestTokenChars(tokenizer));
+    this.#media = new MediaPreparer(model.config, options);
     this.#encoder = new OffThreadTokenizer(tokenizer, model.dir);
   }
 
@@ -362,7 +210,9 @@ export class Pipeline {
       options.onChunk,
       session.id,
     );
-    session.turns.splice(0, session.turns.length, ...turns, { role: 'assistant', parts: [response.text] });
+    const answer: Turn = { role: 'assistant', parts: [response.text] };
+    if (response.toolCalls) answer.toolCalls = response.toolCalls;
+    session.turns.splice(0, session.turns.length, ...turns, answer);
     session.response = response;
     return session;
   }
@@ -376,85 +226,33 @@ export class Pipeline {
     return this.model.compileGrammar(parsed);
   }
 
+  /** The tool format of this model's LLM (text/tool-prompts.ts). */
+  get toolFormat(): ToolFormat {
+    return TOOL_FORMATS[decoderArchitecture(this.config.llm_config.model_type).toolFormat];
+  }
+
+  /**
+   * Checks the tool options and compiles their grammar (cached), e.g. to report a bad parameters
+   * schema early: a ToolInputError names the option or the tool.
+   */
+  async compileTools(options: ToolOptions): Promise<void> {
+    const tools = parseToolOptions(options);
+    if (tools) await compileToolFormat(this.toolFormat, tools, (f) => this.model.compileGrammar(f));
+  }
+
   /** Frees a chat session's KV cache in the engine. */
   async endSession(session: Session): Promise<void> {
     await this.model.releaseSession(session.id);
   }
 
+  #responseDeps(): ResponseDeps {
+    return { model: this.model, tokenizer: this.tokenizer, onProgress: this.options.onProgress };
+  }
+
   async close(): Promise<void> {
-    await this.#media?.terminate();
-    this.#media = undefined;
+    await this.#media.close();
     await this.#encoder.close();
     await this.model.close();
-  }
-
-  #maxTilesFor(media: Media, imagesInTurn: number): number {
-    const base =
-      (media.kind === 'image' ? media.maxTiles : undefined) ??
-      this.options.maxTiles ??
-      this.config.max_dynamic_patch;
-    if (!Number.isInteger(base) || base < 1) {
-      throw new InternVLError('BAD_INPUT', `the tile budget must be a positive integer, got ${base}`);
-    }
-    return this.options.splitTileBudget ? Math.max(1, Math.floor(base / imagesInTurn)) : base;
-  }
-
-  /** The media worker, started on first use. */
-  #mediaWorker(): WorkerClient {
-    // A media worker that died (a decoder crash on some file) is replaced for the next request.
-    if (!this.#media || this.#media.exited) this.#media = new WorkerClient(mediaWorkerUrl, {}, 'media');
-    return this.#media;
-  }
-
-  async #prepareImage(media: Media & { kind: 'image' }, maxTiles: number): Promise<PreparedMedia> {
-    const given = rgbLike(media.source);
-    const image = given
-      ? (media.source as RgbImage)
-      : await loadImage(media.source as string | URL | Uint8Array);
-    const dynamic = this.config.dynamic_image_size;
-    const tiling: ImageTiling = {
-      minTiles: dynamic ? this.config.min_dynamic_patch : 1,
-      maxTiles: dynamic ? maxTiles : 1,
-      useThumbnail: this.config.use_thumbnail,
-      tileSize: this.#tileSize(),
-    };
-    // A decoded image of our own moves to the worker; a caller's pixels are copied.
-    const transfer = given ? [] : ownedBuffers([image]);
-    const ref = await this.#mediaWorker().call<ImageRef>('prepareImage', [image, tiling], { transfer });
-    return { refs: [ref] };
-  }
-
-  async #prepareVideo(media: MediaVideo): Promise<PreparedMedia> {
-    const video = await loadVideo(media.video.path, {
-      numSegments: media.video.numSegments ?? 8,
-      bound: media.video.bound,
-    });
-    const transfer = ownedBuffers(video.frames);
-    const refs = await this.#mediaWorker().call<ImageRef[]>(
-      'prepareFrames',
-      [video.frames, this.#tileSize()],
-      {
-        transfer,
-      },
-    );
-    return { refs };
-  }
-
-  #tileSize(): number {
-    return this.config.force_image_size ?? this.config.vision_config.image_size;
-  }
-
-  #prepare(media: Media, imagesInTurn: number): Promise<PreparedMedia> {
-    let prepared = this.#prepared.get(media);
-    if (!prepared) {
-      prepared =
-        media.kind === 'image'
-          ? this.#prepareImage(media, this.#maxTilesFor(media, imagesInTurn))
-          : this.#prepareVideo(media);
-      this.#prepared.set(media, prepared);
-      prepared.catch(() => this.#prepared.delete(media));
-    }
-    return prepared;
   }
 
   async #prepareRequest(
@@ -463,6 +261,22 @@ export class Pipeline {
     sessionId?: string,
   ): Promise<PreparedRequest> {
     const config = this.#resolveConfig(gen);
+    const tools = gen && parseToolOptions(gen);
+    const toolFormat = this.toolFormat;
+    const toolGrammar = tools && toolCallFormat(toolFormat, tools);
+    if (toolGrammar) {
+      if (config.responseFormat) {
+        throw new InternVLError(
+          'BAD_INPUT',
+          'responseFormat and tools (unless toolChoice is none) exclude each other',
+        );
+      }
+      // Compiled here (cached) so that a schema XGrammar cannot read is an error naming its tool.
+      await compileToolFormat(toolFormat, tools, (f) => this.model.compileGrammar(f));
+      config.responseFormat = toolGrammar;
+      // Tool-call markers may be special tokens (InternLM2's): they stay in the text to be read.
+      config.skipSpecialTokens = false;
+    }
     this.#checkTurnTexts(turns, config.maxNewTokens);
     // Media are decoded and tiled first: a video's frame count and each image's tiles shape the prompt.
     const prepared = new Map<Media, PreparedMedia>();
@@ -470,7 +284,7 @@ export class Pipeline {
       turns.map((turn) => {
         const media = turn.parts.filter((p): p is Media => typeof p !== 'string');
         const images = media.filter((m) => m.kind === 'image').length;
-        return Promise.all(media.map(async (m) => prepared.set(m, await this.#prepare(m, images))));
+        return Promise.all(media.map(async (m) => prepared.set(m, await this.#media.prepare(m, images))));
       }),
     );
     const systemTurn = turns[0]?.role === 'system' ? turns[0] : undefined;
@@ -478,8 +292,15 @@ export class Pipeline {
       systemTurn ? turns.slice(1) : turns,
       (video) => prepared.get(video)!.refs.length,
     );
-    const systemMessage = systemTurn ? systemTurn.parts.join('') : undefined;
-    const prompt = renderConversation(this.template, chatTurns, { systemMessage, openAssistant: true });
+    const rendered = toolFormat.render(
+      chatTurns,
+      systemTurn ? systemTurn.parts.join('') : this.template.systemMessage,
+      tools && tools.choice !== 'none' ? tools.tools : [],
+    );
+    const prompt = renderConversation(this.template, rendered.turns, {
+      systemMessage: rendered.systemMessage,
+      openAssistant: true,
+    });
     this.bounds.checkLength(prompt.length, 'the prompt', config.maxNewTokens);
     const images = media.flatMap((m) => prepared.get(m)!.refs);
     const tokensPerTile = numImageTokens(this.config);
@@ -492,7 +313,7 @@ export class Pipeline {
     const imageTokens = images.reduce((n, r) => n + r.numTiles * tokensPerTile, 0);
     this.#checkContext(inputIds.length, imageTokens, config.maxNewTokens);
     const request = this.#request(inputIds, images, config, sessionId);
-    return { request, config, imageTokens };
+    return { request, config, imageTokens, ...(toolGrammar ? { toolFormat } : {}) };
   }
 
   /** Each turn's text must fit (characters, words) before media are fetched or anything is tokenized. */
@@ -509,16 +330,6 @@ export class Pipeline {
     });
   }
 
-  #logprobInfo(token: SampledToken): TokenLogprobInfo {
-    const text = (id: number) => this.tokenizer.decode([id], { skipSpecialTokens: false });
-    return {
-      id: token.id,
-      token: text(token.id),
-      logprob: token.logprob ?? 0,
-      topLogprobs: token.topLogprobs?.map((t) => ({ id: t.id, token: text(t.id), logprob: t.logprob })),
-    };
-  }
-
   async #run(
     turns: Turn[],
     gen: GenerationConfigInput | undefined,
@@ -530,7 +341,7 @@ export class Pipeline {
       throw new InternVLError('ABORTED', 'the request was aborted before it started');
     }
     const prepared = await this.#prepareRequest(turns, gen, sessionId);
-    return this.#generate(prepared, options.signal, onChunk);
+    return generateResponse(this.#responseDeps(), prepared, options.signal, onChunk);
   }
 
   /**
@@ -560,7 +371,12 @@ export class Pipeline {
       throw new InternVLError('ABORTED', 'the request was aborted before it started');
     }
     const request = this.#request(inputIds, [], config);
-    return this.#generate({ request, config, imageTokens: 0 }, options.signal, options.onChunk);
+    return generateResponse(
+      this.#responseDeps(),
+      { request, config, imageTokens: 0 },
+      options.signal,
+      options.onChunk,
+    );
   }
 
   #resolveConfig(gen: GenerationConfigInput | undefined): ResolvedGenerationConfig {
@@ -597,75 +413,6 @@ export class Pipeline {
       endTokenIds: config.endTokenIds,
       ...(config.responseFormat ? { responseFormat: config.responseFormat } : {}),
     };
-  }
-
-  /** Runs a prepared request in the engine, turning its tokens into text (stop strings, streaming). */
-  async #generate(
-    { request, config, imageTokens }: PreparedRequest,
-    userSignal: AbortSignal | undefined,
-    onChunk?: (chunk: StreamChunk) => void,
-  ): Promise<Response> {
-    const decoder = new StreamDecoder(this.tokenizer, { skipSpecialTokens: config.skipSpecialTokens });
-    const stops = new StopStringMatcher(config.stop);
-    const end = new Set(config.endTokenIds);
-    const stopped = new AbortController();
-    const signal = userSignal ? AbortSignal.any([userSignal, stopped.signal]) : stopped.signal;
-    const tokenIds: number[] = [];
-    const logprobs: TokenLogprobInfo[] = [];
-    let text = '';
-    let generated = 0;
-    let flushed = false;
-    const emit = (piece: string, ids: number[], info: TokenLogprobInfo[]) => {
-      text += piece;
-      if (onChunk && (piece || ids.length)) {
-        onChunk({ text: piece, tokenIds: ids, ...(config.logprobs ? { logprobs: info } : {}) });
-      }
-    };
-    const clock = new RequestClock();
-    const onToken = (token: SampledToken) => {
-      clock.token();
-      if (stops.stopped) return;
-      generated++;
-      const info = config.logprobs ? [this.#logprobInfo(token)] : [];
-      logprobs.push(...info);
-      if (end.has(token.id)) {
-        flushed = true;
-        emit(stops.push(decoder.flush()).emit + stops.flush(), [], info);
-        return;
-      }
-      tokenIds.push(token.id);
-      const { emit: piece, stopped: hit } = stops.push(decoder.push(token.id));
-      emit(piece, [token.id], info);
-      if (hit) stopped.abort();
-    };
-    const progress = this.options.onProgress;
-    const onEncode = (done: number, total: number) => {
-      clock.encoded();
-      progress?.({ label: 'encoding tiles', done, total });
-    };
-    const onPrefill =
-      progress && ((done: number, total: number) => progress({ label: 'prefill', done, total }));
-    const result = await this.model.generate(request, { onToken, onEncode, onPrefill, signal });
-    let finishReason: FinishReason = result.finishReason;
-    if (stops.stopped) finishReason = 'stop';
-    // Also after a 'stop' without an end token: a response format whose text is complete.
-    else if (!flushed) emit(stops.push(decoder.flush()).emit + stops.flush(), [], []);
-    const response: Response = {
-      text,
-      finishReason,
-      tokenIds,
-      usage: {
-        promptTokens: request.inputIds.length,
-        completionTokens: generated,
-        imageTokens,
-        cachedTokens: result.stats.reusedTokens,
-      },
-      ...(config.logprobs ? { logprobs } : {}),
-      cache: { reusedPromptTokens: result.stats.reusedTokens, encodedTiles: result.stats.encodedTiles },
-    };
-    const timings = clock.timings(request.inputIds.length - result.stats.reusedTokens);
-    if (timings) response.timings = timings;
-    return response;
   }
 }
 

@@ -2,7 +2,9 @@
  * The chat page `internvl serve` shows at `/`: one static HTML document with its script inline, talking
  * to the server's own OpenAI API (/v1/models, streamed /v1/chat/completions). Image upload or paste,
  * multi-turn history kept in the page, a stop button (aborts the request, which stops generation on
- * the server) and a tile-budget setting (image_url.max_dynamic_patch).
+ * the server) and a tile-budget setting (image_url.max_dynamic_patch). Until the first token arrives
+ * the answer shows "working…" with the seconds waited (reading an image can take a while on a CPU);
+ * an answer with no visible text says so and why it ended.
  */
 import type { ServerResponse } from 'node:http';
 
@@ -26,6 +28,8 @@ export const CHAT_PAGE_HTML = `<!doctype html>
   .user { background: #dcebff; margin-left: 15%; }
   .assistant { background: #fff; border: 1px solid #dde3ea; margin-right: 15%; }
   .error { background: #ffe4e4; }
+  .pending .text, .empty-answer .text { color: #6b7583; font-style: italic; }
+  main:empty::before { content: 'Ask a question below, and attach or paste an image to ask about it. Answers stream here as they are generated; the first one waits for the model to read the image.'; display: block; margin-top: 3rem; text-align: center; color: #6b7583; }
   .msg img { display: block; max-width: 14rem; max-height: 10rem; margin-bottom: .4rem; border-radius: 6px; }
   footer { position: fixed; bottom: 0; left: 0; right: 0; background: #fff; border-top: 1px solid #dde3ea; padding: .6rem 1rem; }
   footer .row { max-width: 50rem; margin: 0 auto; display: flex; gap: .5rem; align-items: flex-end; }
@@ -174,9 +178,15 @@ async function sendMessage() {
   $('image').value = '';
   input.value = '';
 
-  const out = addMessage('assistant', '');
+  const out = addMessage('assistant', 'working…');
   const bubble = out.parentElement;
   bubble.dataset.done = 'false';
+  bubble.classList.add('pending');
+  const started = performance.now();
+  const waiting = setInterval(() => {
+    out.textContent = 'working… ' + Math.round((performance.now() - started) / 1000) + ' s';
+  }, 1000);
+  let finishReason = null;
   running = new AbortController();
   send.disabled = true;
   stop.disabled = false;
@@ -212,21 +222,36 @@ async function sendMessage() {
         if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
         const data = JSON.parse(event.slice(6));
         if (data.error) throw new Error(data.error.message);
-        const delta = data.choices?.[0]?.delta?.content ?? '';
+        const choice = data.choices?.[0];
+        if (choice?.finish_reason) finishReason = choice.finish_reason;
+        const delta = choice?.delta?.content ?? '';
+        if (!delta) continue;
+        if (!answer) {
+          clearInterval(waiting);
+          bubble.classList.remove('pending');
+        }
         answer += delta;
         out.textContent = answer;
       }
     }
     bubble.dataset.finish = 'stop';
+    if (!answer.trim()) {
+      bubble.classList.add('empty-answer');
+      out.textContent = '(no visible text: the model ended its answer' +
+        (finishReason === 'length' ? ' at the max-tokens limit' : '') + ' without printable characters)';
+    }
   } catch (err) {
     if (err.name === 'AbortError') {
       bubble.dataset.finish = 'abort';
+      if (!answer) out.textContent = '(stopped)';
     } else {
       bubble.classList.add('error');
       out.textContent = answer + (answer ? '\\n' : '') + 'Error: ' + err.message;
       bubble.dataset.finish = 'error';
     }
   } finally {
+    clearInterval(waiting);
+    bubble.classList.remove('pending');
     history.push({ role: 'assistant', content: answer });
     bubble.dataset.done = 'true';
     running = null;

@@ -4,14 +4,13 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { InternVLError } from '../errors.js';
-import type { ChatMessage } from '../pipeline/conversation.js';
-import type { GenerationConfigInput } from '../pipeline/generation-config.js';
-import type { FinishReason, Pipeline, StreamChunk, TokenLogprobInfo, Usage } from '../pipeline/pipeline.js';
+import type { StreamChunk, TokenLogprobInfo } from '../pipeline/pipeline.js';
+import type { BackendResult } from './backend.js';
 import { HttpError } from './errors.js';
 import { SSE_HEADERS, sendJson, sseData } from './http.js';
 import type { ServerMetrics, SlotLimiter } from './metrics.js';
 import { chatLogprobs, completionLogprobs, sumUsage } from './openai-responses.js';
+import { ToolCallAccumulator, toolCallDeltas } from './tool-calls.js';
 
 export interface GenerationContext {
   readonly modelName: string;
@@ -19,10 +18,7 @@ export interface GenerationContext {
   readonly limiter: SlotLimiter;
 }
 
-export interface ChoiceResult {
-  finishReason: FinishReason;
-  usage: Usage;
-}
+export type ChoiceResult = BackendResult;
 
 /** One generation of a request: `run` streams its chunks and resolves with how it ended. */
 export interface Choice {
@@ -38,24 +34,6 @@ export interface GenerationReply {
   /** Choices per prompt (n): usage counts each prompt once. */
   n: number;
   prompts: number;
-}
-
-/** One chat choice: the pipeline's stream, its last chunk giving how it ended. */
-export async function collectChat(
-  pipe: Pipeline,
-  messages: ChatMessage[],
-  gen: GenerationConfigInput,
-  signal: AbortSignal,
-  onChunk: (chunk: StreamChunk) => void,
-): Promise<ChoiceResult> {
-  let last: StreamChunk | undefined;
-  for await (const chunk of pipe.stream(messages, gen, { signal })) {
-    if (chunk.finishReason) last = chunk;
-    else onChunk(chunk);
-  }
-  if (!last?.finishReason || !last.usage)
-    throw new InternVLError('INTERNAL', 'the stream ended without its final chunk');
-  return { finishReason: last.finishReason, usage: last.usage };
 }
 
 /** Logprobs of the chunk's generated tokens (an end-of-turn token's entry is not part of the text). */
@@ -80,6 +58,7 @@ export async function writeGeneration(
   const failed = new AbortController();
   const signal = AbortSignal.any([gone, failed.signal]);
   const texts = choices.map(() => '');
+  const toolCalls = choices.map(() => new ToolCallAccumulator());
   const logprobs: TokenLogprobInfo[][] = choices.map(() => []);
   let opened = false;
   const open = () => {
@@ -107,17 +86,21 @@ export async function writeGeneration(
     const kept = tokenLogprobs(chunk);
     const offset = texts[choice].length;
     texts[choice] += chunk.text;
+    if (chunk.toolCalls) toolCalls[choice].add(chunk.toolCalls);
     if (kept) logprobs[choice].push(...kept);
-    if (!reply.stream || res.destroyed || (!chunk.text && !kept?.length)) return;
+    if (!reply.stream || res.destroyed || (!chunk.text && !kept?.length && !chunk.toolCalls)) return;
     open();
     const choiceLogprobs = kept
       ? reply.kind === 'chat'
         ? chatLogprobs(kept)
         : completionLogprobs(kept, offset)
       : null;
+    const delta = chunk.toolCalls
+      ? { ...(chunk.text ? { content: chunk.text } : {}), tool_calls: toolCallDeltas(chunk.toolCalls) }
+      : { content: chunk.text };
     const payload =
       reply.kind === 'chat'
-        ? { index: choice, delta: { content: chunk.text }, logprobs: choiceLogprobs, finish_reason: null }
+        ? { index: choice, delta, logprobs: choiceLogprobs, finish_reason: null }
         : { index: choice, text: chunk.text, logprobs: choiceLogprobs, finish_reason: null };
     sseData(res, { ...base, choices: [payload], ...usageField });
   };
@@ -165,7 +148,7 @@ export async function writeGeneration(
       reply.kind === 'chat'
         ? {
             index: c.index,
-            message: { role: 'assistant', content: texts[i] },
+            message: chatMessage(texts[i], toolCalls[i]),
             logprobs: reply.logprobs ? chatLogprobs(logprobs[i]) : null,
             finish_reason: finishReasons[i],
           }
@@ -178,6 +161,12 @@ export async function writeGeneration(
     ),
     usage,
   });
+}
+
+/** The reply's message: with tool calls, content is null unless there was text beside them. */
+function chatMessage(text: string, tools: ToolCallAccumulator) {
+  if (tools.calls.length === 0) return { role: 'assistant', content: text };
+  return { role: 'assistant', content: text || null, tool_calls: tools.calls };
 }
 
 async function runInSlot(

@@ -19,6 +19,13 @@ import type { GenerationConfigInput } from '../pipeline/generation-config.js';
 import { HttpError } from './errors.js';
 import { type LocalVideo, loadRequestImage, type MediaPolicy, materializeVideo } from './media.js';
 import { responseFormat, responseFormatSchema } from './response-format.js';
+import {
+  checkToolFields,
+  messageToolCalls,
+  messageToolFields,
+  toolOptions,
+  toolRequestFields,
+} from './tool-calls.js';
 
 /** LMDeploy's reading of OpenAI's `detail` as a tile budget (`_preprocess_v1_5`). */
 export const DETAIL_TILES: Readonly<Record<string, number>> = { low: 6, medium: 12, high: 24 };
@@ -78,41 +85,40 @@ const contentPart = z.discriminatedUnion('type', [textPart, imagePart, videoPart
 type RequestContentPart = z.infer<typeof contentPart>;
 
 const message = z.object({
-  role: z.enum(['system', 'developer', 'user', 'assistant']),
-  content: z.union(
-    [
-      z.string(),
-      z
-        .array(contentPart)
-        .max(MAX_CONTENT_PARTS, { error: `at most ${MAX_CONTENT_PARTS} content parts per message` }),
-    ],
-    {
-      error: 'content must be a string or a list of content parts',
-    },
-  ),
+  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  /** null only in an assistant message with tool_calls (checked with the request). */
+  content: z
+    .union(
+      [
+        z.string(),
+        z
+          .array(contentPart)
+          .max(MAX_CONTENT_PARTS, { error: `at most ${MAX_CONTENT_PARTS} content parts per message` }),
+      ],
+      {
+        error: 'content must be a string or a list of content parts',
+      },
+    )
+    .nullish(),
   name: nullish(z.string()),
+  ...messageToolFields,
 });
 
-export const chatCompletionRequestSchema = z.object({
-  ...samplingFields,
-  messages: z
-    .array(message)
-    .min(1, { error: 'messages must not be empty' })
-    .max(MAX_MESSAGES, { error: `at most ${MAX_MESSAGES} messages per request` }),
-  max_tokens: nullish(z.number().int().min(1)),
-  max_completion_tokens: nullish(z.number().int().min(1)),
-  logprobs: nullish(z.boolean()),
-  top_logprobs: nullish(z.number().int().min(0).max(20)),
-  tools: nullish(
-    z.array(z.unknown()).max(0, { error: 'tools are not supported by this server (no tool calling)' }),
-  ),
-  tool_choice: nullish(
-    z.enum(['none', 'auto'], {
-      error: "tool_choice is not supported by this server beyond 'none' and 'auto' (no tool calling)",
-    }),
-  ),
-  response_format: nullish(responseFormatSchema),
-});
+export const chatCompletionRequestSchema = z
+  .object({
+    ...samplingFields,
+    messages: z
+      .array(message)
+      .min(1, { error: 'messages must not be empty' })
+      .max(MAX_MESSAGES, { error: `at most ${MAX_MESSAGES} messages per request` }),
+    max_tokens: nullish(z.number().int().min(1)),
+    max_completion_tokens: nullish(z.number().int().min(1)),
+    logprobs: nullish(z.boolean()),
+    top_logprobs: nullish(z.number().int().min(0).max(20)),
+    ...toolRequestFields,
+    response_format: nullish(responseFormatSchema),
+  })
+  .superRefine(checkToolFields);
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequestSchema>;
 
 export const completionRequestSchema = z.object({
@@ -249,7 +255,7 @@ export function chatGeneration(req: ChatCompletionRequest): GenerationConfigInpu
   if (req.top_logprobs && !req.logprobs) {
     throw new HttpError(400, 'top_logprobs needs logprobs: true', { param: 'top_logprobs' });
   }
-  const gen = baseGeneration(req, req.max_completion_tokens ?? req.max_tokens);
+  const gen = { ...baseGeneration(req, req.max_completion_tokens ?? req.max_tokens), ...toolOptions(req) };
   const format = responseFormat(req);
   if (format) gen.responseFormat = format;
   if (req.logprobs) {
@@ -327,7 +333,7 @@ export async function prepareMessages(
   signal: AbortSignal,
 ): Promise<PreparedMessages> {
   const images = req.messages.flatMap((m) =>
-    typeof m.content === 'string' ? [] : m.content.filter((p) => p.type === 'image_url'),
+    Array.isArray(m.content) ? m.content.filter((p) => p.type === 'image_url') : [],
   ).length;
   if (images > limits.maxImages) {
     throw new HttpError(
@@ -383,7 +389,9 @@ export async function prepareMessages(
     const messages = await Promise.all(
       req.messages.map(async (m, i): Promise<ChatMessage> => {
         const role = m.role === 'developer' ? 'system' : m.role;
-        if (typeof m.content === 'string') return { role, content: m.content };
+        const tools = messageToolCalls(m);
+        if (m.content == null || typeof m.content === 'string')
+          return { role, content: m.content ?? '', ...tools };
         const content = await Promise.all(
           m.content.map((p, j) =>
             convertPart(p, `messages[${i}].content[${j}]`).catch((err: unknown) => {
@@ -392,7 +400,7 @@ export async function prepareMessages(
             }),
           ),
         );
-        return { role, content };
+        return { role, content, ...tools };
       }),
     );
     return { messages, release, hidePaths };

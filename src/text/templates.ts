@@ -116,6 +116,11 @@ export function renderSystemPrompt(
 export interface ChatTurn {
   role: 'system' | 'user' | 'assistant';
   content: string;
+  /**
+   * Opens the turn in place of the template's role string, for turns the template has no role for
+   * (InternLM2's `<|im_start|>environment name=<|plugin|>\n`); such a turn may be a later system turn.
+   */
+  header?: string;
 }
 
 export interface RenderOptions {
@@ -140,6 +145,10 @@ export function renderConversation(
     const turn = turns[i];
     if (turn === null || typeof turn !== 'object' || typeof turn.content !== 'string') {
       throw new InternVLError('BAD_PROMPT', `chat turn ${i} must be an object with a string 'content'`);
+    }
+    if (turn.header !== undefined) {
+      parts.push(turn.header + turn.content + template.sep);
+      continue;
     }
     if (turn.role === 'system') {
       if (i !== 0) {

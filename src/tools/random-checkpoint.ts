@@ -1,5 +1,5 @@
 /**
- * Random-weight InternVL 2.5 checkpoints at the real shapes (config.json, tensor names, special-token
+ * Random-weight InternVL 2.5 / 3 / 3.5 checkpoints at the real shapes (random-shapes.ts) (config.json, tensor names, special-token
  * ids), so loading, conversion, benchmarks and load tests run without downloading weights. The
  * tokenizer (random-tokenizer.ts) has the real vocabulary size and special-token ids, and every id
  * decodes to visible text; the weights are bf16 drawn from a seeded generator, so a seed always gives
@@ -9,174 +9,17 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { type ModelConfig, parseModelConfig } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import { writeSafetensorsStreaming } from '../io/safetensors.js';
 import { internVitDimsFromConfig, internVitTensorSpecs } from '../models/internvit.js';
+import { parseModelConfig } from '../models/model-config.js';
 import { projectorTensorSpecs } from '../models/projector.js';
 import { decoderDimsFromConfig, decoderTensorSpecs } from '../models/registry.js';
-import { type TokenizerLayout, tokenizerFiles, tokenizerLayout } from './random-tokenizer.js';
+import { RANDOM_SHAPES, randomConfigJson } from './random-shapes.js';
+import { tokenizerFiles, tokenizerLayout } from './random-tokenizer.js';
 
-interface LlmShape {
-  arch: 'qwen2' | 'internlm2';
-  hidden: number;
-  layers: number;
-  heads: number;
-  kvHeads: number;
-  intermediate: number;
-  vocab: number;
-  rmsEps: number;
-  /** rope_theta (default 1e6) and the dynamic rope_scaling factor (default 2). */
-  ropeTheta?: number;
-  ropeFactor?: number;
-}
-
-interface VitShape {
-  hidden: number;
-  layers: number;
-  heads: number;
-  intermediate: number;
-  style: '300M' | '6B';
-}
-
-const VIT_300M: VitShape = { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, style: '300M' };
-/** InternViT-6B-448px-V2_5: the 48-layer InternViT-6B truncated to 45 layers. */
-const VIT_6B: VitShape = { hidden: 3200, layers: 45, heads: 25, intermediate: 12800, style: '6B' };
-const QWEN = { arch: 'qwen2', vocab: 151674, rmsEps: 1e-6 } as const;
-const INTERNLM = { arch: 'internlm2', vocab: 92553, rmsEps: 1e-5 } as const;
-
-/**
- * The published InternVL 2.5 shapes (spec §1.3–1.4). The LLM dims of 26B, 38B and 78B are those of
- * internlm2_5-20b-chat, Qwen2.5-32B-Instruct and Qwen2.5-72B-Instruct (the spec's table; the parameter
- * counts match the published checkpoints'). Not confirmed from the published configs (the spec marks
- * them "verify"): rope_theta 5e7 for 26B (internlm2_5-20b's value as recalled, not read from its
- * config) and rms eps 1e-6 for 38B/78B; random weights do not depend on them.
- */
-export const RANDOM_SHAPES: Record<string, { vit: VitShape; llm: LlmShape }> = {
-  'InternVL2_5-1B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 896, layers: 24, heads: 14, kvHeads: 2, intermediate: 4864 },
-  },
-  'InternVL2_5-2B': {
-    vit: VIT_300M,
-    llm: { ...INTERNLM, hidden: 2048, layers: 24, heads: 16, kvHeads: 8, intermediate: 8192 },
-  },
-  'InternVL2_5-4B': {
-    vit: VIT_300M,
-    llm: { ...QWEN, hidden: 2048, layers: 36, heads: 16, kvHeads: 2, intermediate: 11008 },
-  },
-  'InternVL2_5-8B': {
-    vit: VIT_300M,
-    llm: { ...INTERNLM, hidden: 4096, layers: 32, heads: 32, kvHeads: 8, intermediate: 14336 },
-  },
-  'InternVL2_5-26B': {
-    vit: VIT_6B,
-    llm: {
-      ...INTERNLM,
-      hidden: 6144,
-      layers: 48,
-      heads: 48,
-      kvHeads: 8,
-      intermediate: 16384,
-      ropeTheta: 50000000,
-    },
-  },
-  'InternVL2_5-38B': {
-    vit: VIT_6B,
-    llm: { ...QWEN, hidden: 5120, layers: 64, heads: 40, kvHeads: 8, intermediate: 27648 },
-  },
-  'InternVL2_5-78B': {
-    vit: VIT_6B,
-    llm: { ...QWEN, hidden: 8192, layers: 80, heads: 64, kvHeads: 8, intermediate: 29568 },
-  },
-};
-
-function configJson(vit: VitShape, llm: LlmShape, specials: TokenizerLayout): Record<string, unknown> {
-  const llmConfig =
-    llm.arch === 'qwen2'
-      ? {
-          architectures: ['Qwen2ForCausalLM'],
-          model_type: 'qwen2',
-          hidden_size: llm.hidden,
-          intermediate_size: llm.intermediate,
-          num_hidden_layers: llm.layers,
-          num_attention_heads: llm.heads,
-          num_key_value_heads: llm.kvHeads,
-          max_position_embeddings: 32768,
-          rms_norm_eps: llm.rmsEps,
-          rope_theta: llm.ropeTheta ?? 1000000.0,
-          rope_scaling: { factor: llm.ropeFactor ?? 2.0, rope_type: 'dynamic', type: 'dynamic' },
-          sliding_window: 32768,
-          use_sliding_window: false,
-          hidden_act: 'silu',
-          vocab_size: llm.vocab,
-          tie_word_embeddings: false,
-          bos_token_id: specials.pad,
-          eos_token_id: specials.eos,
-          torch_dtype: 'bfloat16',
-        }
-      : {
-          architectures: ['InternLM2ForCausalLM'],
-          model_type: 'internlm2',
-          hidden_size: llm.hidden,
-          intermediate_size: llm.intermediate,
-          num_hidden_layers: llm.layers,
-          num_attention_heads: llm.heads,
-          num_key_value_heads: llm.kvHeads,
-          max_position_embeddings: 32768,
-          rms_norm_eps: llm.rmsEps,
-          rope_theta: llm.ropeTheta ?? 1000000,
-          rope_scaling: { type: 'dynamic', factor: llm.ropeFactor ?? 2.0 },
-          bias: false,
-          hidden_act: 'silu',
-          vocab_size: llm.vocab,
-          tie_word_embeddings: false,
-          bos_token_id: specials.bos,
-          eos_token_id: specials.eos,
-          pad_token_id: specials.pad,
-          torch_dtype: 'bfloat16',
-        };
-  return {
-    architectures: ['InternVLChatModel'],
-    model_type: 'internvl_chat',
-    template: 'internvl2_5',
-    downsample_ratio: 0.5,
-    ps_version: 'v2',
-    select_layer: -1,
-    force_image_size: 448,
-    dynamic_image_size: true,
-    use_thumbnail: true,
-    min_dynamic_patch: 1,
-    max_dynamic_patch: 12,
-    pad2square: false,
-    use_backbone_lora: 0,
-    use_llm_lora: 0,
-    tie_word_embeddings: false,
-    hidden_size: llm.hidden,
-    torch_dtype: 'bfloat16',
-    vision_config: {
-      architectures: ['InternVisionModel'],
-      model_type: 'intern_vit_6b',
-      hidden_size: vit.hidden,
-      num_hidden_layers: vit.layers,
-      num_attention_heads: vit.heads,
-      intermediate_size: vit.intermediate,
-      image_size: 448,
-      patch_size: 14,
-      num_channels: 3,
-      qkv_bias: vit.style === '300M',
-      qk_normalization: vit.style === '6B',
-      norm_type: vit.style === '300M' ? 'layer_norm' : 'rms_norm',
-      layer_norm_eps: 1e-6,
-      hidden_act: 'gelu',
-      drop_path_rate: 0.0,
-      initializer_factor: vit.style === '300M' ? 1.0 : 0.1,
-      initializer_range: 0.02,
-      torch_dtype: 'bfloat16',
-    },
-    llm_config: llmConfig,
-  };
-}
+export { RANDOM_SHAPES } from './random-shapes.js';
 
 /** How a tensor's random values are drawn: uniform around `center` with half-width `spread`. */
 interface RandomTensor {
@@ -341,7 +184,7 @@ export async function createRandomCheckpoint(options: CreateRandomOptions): Prom
   await mkdir(options.out, { recursive: true });
   await removeOldWeights(options.out);
   const json = (value: unknown) => `${JSON.stringify(value, null, 2)}\n`;
-  const config = configJson(vit, llm, layout);
+  const config = randomConfigJson(vit, llm, layout);
   await writeFile(path.join(options.out, 'config.json'), json(config));
   await writeFile(
     path.join(options.out, 'generation_config.json'),

@@ -65,16 +65,23 @@ const QWEN_ADDED = [
   '<|file_sep|>',
 ];
 
-/** The real token layout of the LLM family (Qwen2.5: 151674 ids; InternLM2.5: 92553 ids). */
-export function tokenizerLayout(arch: 'qwen2' | 'internlm2', vocab: number): TokenizerLayout {
-  if (arch === 'qwen2') {
+/** Qwen3's four tokens after Qwen2.5's (151665–151668), before InternVL3.5's own. */
+const QWEN3_ADDED = ['<tool_response>', '</tool_response>', '<think>', '</think>'];
+
+/**
+ * The real token layout of the LLM family (Qwen2.5: 151674 ids; InternLM2.5: 92553 ids; Qwen3: Qwen2.5's
+ * added tokens, then <tool_response>, </tool_response>, <think>, </think>, then InternVL's, in 151936 ids).
+ */
+export function tokenizerLayout(arch: 'qwen2' | 'qwen3' | 'internlm2', vocab: number): TokenizerLayout {
+  if (arch !== 'internlm2') {
     const base = 151643;
-    const internvl = base + QWEN_ADDED.length;
+    const added = arch === 'qwen3' ? [...QWEN_ADDED, ...QWEN3_ADDED] : QWEN_ADDED;
+    const internvl = base + added.length;
     return {
       byteBase: 0,
       vocab,
       tokens: [
-        ...QWEN_ADDED.map((content, i) => ({ content, id: base + i, special: i < 14 })),
+        ...added.map((content, i) => ({ content, id: base + i, special: i < 14 })),
         ...INTERNVL_TOKENS.map((t, i) => special(t, internvl + i)),
       ],
       eos: 151645,

@@ -4,19 +4,20 @@
  * AdamW in JS, checkpoints in the HF format (bf16 safetensors + the source folder's config and
  * tokenizer files) plus optimiser state for resuming.
  */
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { loadModelConfig, type ModelConfig } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import { llmQuantization } from '../config/quantization-config.js';
 import { createSession } from '../engine/session.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
+import { loadModelConfig } from '../models/model-config.js';
 import { appendBackward, GRAD_PREFIX } from './autodiff.js';
 import { type PreparedBatch, prepareBatch, type TrainBatch } from './batch.js';
-import { checksumFiles, verifyCheckpointFiles } from './checkpoint-integrity.js';
-import { BATCH_INPUTS, buildTrainingGraph, loraParameterNames, type NoiseInput } from './model-graph.js';
+import { verifyCheckpointFiles } from './checkpoint-integrity.js';
+import { buildTrainingGraph } from './model-graph.js';
 import {
   type AdamState,
   adamwUpdate,
@@ -26,38 +27,27 @@ import {
   type ResolvedOptimizer,
   resolveOptimizer,
 } from './optimizer.js';
-import { dropPathRates, keepMask, keyedRandom, uniform } from './random.js';
+import { BATCH_INPUTS, loraParameterNames, type NoiseInput } from './param-graph.js';
+import { dropPathRates, keepMask, keyedRandom } from './random.js';
+import {
+  excludedFromWeightDecay,
+  type LoraSetup,
+  type Parameter,
+  setUpLora,
+  type TrainableSetOptions,
+  type TrainingStage,
+  trainableParameters,
+} from './trainable.js';
+import {
+  loadTrainerState,
+  readSideFiles,
+  STATE_FILE,
+  saveTrainerState,
+  type TrainerStateParts,
+} from './trainer-state.js';
 
 export type { TrainBatch } from './batch.js';
-export type TrainingStage = 1 | 1.5 | 2;
-
-/** The official freeze flags; a stage sets their defaults, explicit values override. */
-export interface FreezeOptions {
-  freezeLlm?: boolean;
-  freezeBackbone?: boolean;
-  freezeMlp?: boolean;
-  /** k ≠ 0: ViT encoder layers[k:] are trainable even with a frozen backbone (negative k: the last |k|). */
-  unfreezeVitLayers?: number;
-  unfreezeLmHead?: boolean;
-}
-
-/** LoRA adapters of rank r and alpha 2r, like the official `use_llm_lora r` / `use_backbone_lora r`. */
-export interface LoraOptions {
-  rank: number;
-  /** Dropout on the adapter input (official scripts: 0.05); default 0. */
-  dropout?: number;
-}
-
-export interface TrainableSetOptions extends FreezeOptions {
-  /** With LoRA the whole LLM base is frozen (PEFT's get_peft_model); only the adapters train there. */
-  llmLora?: LoraOptions;
-  /**
-   * LoRA on InternViT's attn.qkv, attn.proj, mlp.fc1 and mlp.fc2 (`use_backbone_lora r`); the whole ViT
-   * base is then frozen and only its adapters train.
-   */
-  vitLora?: LoraOptions;
-}
-
+export type { TrainingStage } from './trainable.js';
 export interface TrainerOptions extends TrainableSetOptions {
   /** Checkpoint folder (config.json, model.safetensors, tokenizer files). */
   model: string;
@@ -81,12 +71,6 @@ export interface StepResult {
   step: number;
 }
 
-interface Parameter {
-  shape: number[];
-  dtype: string;
-  data: Float32Array;
-}
-
 interface CompiledGraph {
   session: ort.InferenceSession;
   params: string[];
@@ -94,84 +78,7 @@ interface CompiledGraph {
   noise: NoiseInput[];
 }
 
-interface LoraSetup {
-  rank: number;
-  scale: number;
-  dropout: number;
-  /** Adapted checkpoint weights, in checkpoint order. */
-  targets: string[];
-}
-
-const STATE_FILE = 'trainer_state.json';
-const OPTIMIZER_FILE = 'optimizer_state.safetensors';
 const SESSION_CACHE = 4;
-
-export function isVisionParameter(name: string): boolean {
-  return name.startsWith('vision_model.');
-}
-export function isProjectorParameter(name: string): boolean {
-  return name.startsWith('mlp1.');
-}
-export function isLmHeadParameter(name: string): boolean {
-  return name === 'language_model.lm_head.weight' || name === 'language_model.output.weight';
-}
-
-const LORA_TARGET =
-  /^language_model\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|attention\.(wqkv|wo)|feed_forward\.w[123])\.weight$/;
-
-/** LLM Linear weights that `use_llm_lora` adapts (Qwen2 q/k/v/o/gate/up/down, InternLM2 wqkv/wo/w1/w2/w3). */
-export function isLoraTarget(name: string): boolean {
-  return LORA_TARGET.test(name);
-}
-
-const VIT_LORA_TARGET = /^vision_model\.encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.fc[12])\.weight$/;
-
-/** InternViT Linear weights that `use_backbone_lora` adapts (the official wrap_backbone_lora targets). */
-export function isVitLoraTarget(name: string): boolean {
-  return VIT_LORA_TARGET.test(name);
-}
-
-/**
- * Parameters the HF Trainer puts in its no-decay group: biases, and the weights of normalisation
- * layers (get_decay_parameter_names excludes nn.LayerNorm parameters and names containing "bias";
- * the RMSNorm weights follow newer transformers releases, which also exclude norm layers by name).
- * `mlp1.0` is the projector's LayerNorm.
- */
-export function excludedFromWeightDecay(name: string): boolean {
-  if (name.includes('bias')) return true;
-  if (name.startsWith('mlp1.0.')) return true;
-  return /(^|\.)[^.]*norm[^.]*\.weight$/i.test(name);
-}
-
-/** The checkpoint names that train under a stage and freeze flags (internvl_chat_finetune.py semantics). */
-export function trainableParameters(
-  names: readonly string[],
-  config: ModelConfig,
-  stage: TrainingStage,
-  flags: TrainableSetOptions = {},
-): string[] {
-  if (stage !== 1 && stage !== 1.5 && stage !== 2) {
-    throw new InternVLError('BAD_INPUT', `stage must be 1, 1.5 or 2, got ${JSON.stringify(stage)}`);
-  }
-  const lora = flags.llmLora !== undefined;
-  const freezeLlm = lora || (flags.freezeLlm ?? stage !== 2);
-  const freezeBackbone = flags.vitLora !== undefined || (flags.freezeBackbone ?? stage === 1);
-  const freezeMlp = flags.freezeMlp ?? false;
-  const layers = config.vision_config.num_hidden_layers;
-  const k = flags.unfreezeVitLayers ?? 0;
-  const firstUnfrozen = k === 0 ? layers : k < 0 ? Math.max(0, layers + k) : k;
-  const vitLayer = (name: string) => /^vision_model\.encoder\.layers\.(\d+)\./.exec(name);
-  return names.filter((name) => {
-    if (isVisionParameter(name)) {
-      if (!freezeBackbone) return true;
-      const m = vitLayer(name);
-      return m !== null && Number(m[1]) >= firstUnfrozen;
-    }
-    if (isProjectorParameter(name)) return !freezeMlp;
-    if (isLmHeadParameter(name) && flags.unfreezeLmHead && !lora) return true;
-    return !freezeLlm;
-  });
-}
 
 export class Trainer {
   #closed = false;
@@ -209,6 +116,12 @@ export class Trainer {
       throw new InternVLError(
         'UNSUPPORTED',
         `${dir}: a 4-bit (${quantization.method}) checkpoint cannot be trained; train its 16-bit original instead`,
+      );
+    }
+    if (config.checkpoint_layout === 'transformers') {
+      throw new InternVLError(
+        'UNSUPPORTED',
+        `${dir}: a transformers-layout (InternVLForConditionalGeneration) checkpoint cannot be trained yet; train the original InternVLChatModel checkpoint`,
       );
     }
     const optimizer = resolveOptimizer(options.optimizer);
@@ -262,7 +175,11 @@ export class Trainer {
       dropPathRates(dropPathRate, config.vision_config.num_hidden_layers),
       await readSideFiles(dir),
     );
-    if (options.resume) await trainer.#loadState(dir);
+    if (options.resume) {
+      const { step, extra } = await loadTrainerState(dir, trainer.#stateParts());
+      trainer.#step = step;
+      trainer.#resumedExtra = extra;
+    }
     return trainer;
   }
 
@@ -379,7 +296,7 @@ export class Trainer {
           : { dtype: 'BF16', shape: p.shape, data: float32ToBf16(data) };
     }
     await writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt' });
-    await this.#saveState(out, extra);
+    await saveTrainerState(out, this.#step, this.#stateParts(), extra);
   }
 
   /** W + scale·B·A for every LoRA target (fp32, accumulated in float64 per element). */
@@ -471,7 +388,7 @@ export class Trainer {
   async #build(prepared: PreparedBatch, mode: 'loss' | 'logits'): Promise<CompiledGraph> {
     const shapes = new Map<string, number[]>();
     for (const [name, p] of this.params) shapes.set(name, p.shape);
-    const forward = buildTrainingGraph({
+    const forward = await buildTrainingGraph({
       config: this.config,
       paramShapes: shapes,
       seqLen: prepared.seqLen,
@@ -546,142 +463,15 @@ export class Trainer {
     );
   }
 
-  async #saveState(dir: string, extra: Record<string, unknown> | undefined): Promise<void> {
-    const tensors: Record<string, TensorToWrite> = {};
-    for (const name of this.trainable) {
-      const p = this.params.get(name)!;
-      tensors[`master.${name}`] = { dtype: 'F32', shape: p.shape, data: p.data };
-      const m = this.#moments.get(name);
-      if (m) {
-        tensors[`exp_avg.${name}`] = { dtype: 'F32', shape: p.shape, data: m.expAvg };
-        tensors[`exp_avg_sq.${name}`] = { dtype: 'F32', shape: p.shape, data: m.expAvgSq };
-      }
-    }
-    // model.safetensors holds the merged weights; resuming needs the frozen base of each LoRA target.
-    for (const name of this.lora.flatMap((l) => l.targets)) {
-      const p = this.params.get(name)!;
-      tensors[`lora_base.${name}`] =
-        p.dtype === 'BF16'
-          ? { dtype: 'BF16', shape: p.shape, data: float32ToBf16(p.data) }
-          : { dtype: 'F32', shape: p.shape, data: p.data };
-    }
-    await writeSafetensors(path.join(dir, OPTIMIZER_FILE), tensors);
-    const state = {
-      step: this.#step,
+  #stateParts(): TrainerStateParts {
+    return {
       stage: this.stage,
       seed: this.seed,
       trainable: this.trainable,
-      ...(extra ? { extra } : {}),
-      // Every file save wrote, so a resume can tell a damaged checkpoint from an intact one.
-      files: await checksumFiles(dir, [...this.sideFiles.keys(), 'model.safetensors', OPTIMIZER_FILE]),
+      params: this.params,
+      moments: this.#moments,
+      loraTargets: this.lora.flatMap((l) => l.targets),
+      sideFiles: [...this.sideFiles.keys()],
     };
-    const file = path.join(dir, STATE_FILE);
-    await writeFile(`${file}.tmp`, `${JSON.stringify(state, null, 1)}\n`);
-    await rename(`${file}.tmp`, file);
   }
-
-  async #loadState(dir: string): Promise<void> {
-    let state: { step?: unknown; trainable?: unknown; extra?: unknown };
-    try {
-      state = JSON.parse(await readFile(path.join(dir, STATE_FILE), 'utf8'));
-    } catch (err) {
-      throw new InternVLError('NOT_FOUND', `${dir}: no readable ${STATE_FILE} to resume from`, {
-        cause: err,
-      });
-    }
-    if (!Number.isInteger(state.step) || (state.step as number) < 0) {
-      throw new InternVLError(
-        'BAD_CHECKPOINT',
-        `${path.join(dir, STATE_FILE)}: "step" must be a non-negative integer`,
-      );
-    }
-    if (Array.isArray(state.trainable)) {
-      const saved = [...(state.trainable as string[])].sort();
-      const now = [...this.trainable].sort();
-      if (saved.length !== now.length || saved.some((n, i) => n !== now[i])) {
-        throw new InternVLError(
-          'BAD_INPUT',
-          `${path.join(dir, STATE_FILE)}: the checkpoint trained ${saved.length} tensors, this run would train ${now.length} (resume with the same stage, freeze and LoRA options)`,
-        );
-      }
-    }
-    const file = path.join(dir, OPTIMIZER_FILE);
-    const saved = await Checkpoint.open(file);
-    try {
-      for (const name of this.lora.flatMap((l) => l.targets)) {
-        if (!saved.has(`lora_base.${name}`)) {
-          throw new InternVLError('BAD_CHECKPOINT', `${file}: lora_base.${name} is missing`);
-        }
-        this.params.get(name)!.data.set(await saved.readFloat32(`lora_base.${name}`));
-      }
-      for (const name of this.trainable) {
-        const p = this.params.get(name)!;
-        if (saved.has(`master.${name}`)) p.data.set(await saved.readFloat32(`master.${name}`));
-        if (saved.has(`exp_avg.${name}`)) {
-          this.#moments.set(name, {
-            expAvg: Float32Array.from(await saved.readFloat32(`exp_avg.${name}`)),
-            expAvgSq: Float32Array.from(await saved.readFloat32(`exp_avg_sq.${name}`)),
-          });
-        }
-      }
-    } finally {
-      await saved.close();
-    }
-    this.#step = state.step as number;
-    if (state.extra && typeof state.extra === 'object')
-      this.#resumedExtra = state.extra as Record<string, unknown>;
-  }
-}
-
-/** Every file of a checkpoint folder but its weights and trainer state. */
-async function readSideFiles(dir: string): Promise<Map<string, Uint8Array>> {
-  const files = new Map<string, Uint8Array>();
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (!entry.isFile()) continue;
-    if (entry.name.endsWith('.safetensors') || entry.name === 'model.safetensors.index.json') continue;
-    if (entry.name === STATE_FILE || entry.name.endsWith('.tmp')) continue;
-    files.set(entry.name, await readFile(path.join(dir, entry.name)));
-  }
-  return files;
-}
-
-/**
- * Adds zero-initialised B and kaiming-uniform A (PEFT: kaiming_uniform_(a=√5), i.e. U(±1/√in)) for
- * every LoRA target of the checkpoint; A is seeded by the run seed and the weight name.
- */
-function setUpLora(
-  order: readonly string[],
-  params: Map<string, Parameter>,
-  options: LoraOptions,
-  seed: number,
-  option: 'llmLora' | 'vitLora',
-): LoraSetup {
-  const { rank } = options;
-  const dropout = options.dropout ?? 0;
-  if (!Number.isInteger(rank) || rank < 1) {
-    throw new InternVLError('BAD_INPUT', `${option}.rank must be a positive integer, got ${rank}`);
-  }
-  if (!(dropout >= 0 && dropout < 1)) {
-    throw new InternVLError('BAD_INPUT', `${option}.dropout must be in [0, 1), got ${dropout}`);
-  }
-  const targets = order.filter(option === 'llmLora' ? isLoraTarget : isVitLoraTarget);
-  if (targets.length === 0) {
-    throw new InternVLError(
-      'BAD_CHECKPOINT',
-      option === 'llmLora'
-        ? 'LoRA: the checkpoint has no Qwen2 or InternLM2 Linear layers to adapt'
-        : 'LoRA: the checkpoint has no InternViT attn.qkv / attn.proj / mlp.fc1 / mlp.fc2 layers to adapt',
-    );
-  }
-  for (const w of targets) {
-    const [out, inFeatures] = params.get(w)!.shape;
-    const names = loraParameterNames(w);
-    params.set(names.a, {
-      shape: [rank, inFeatures],
-      dtype: 'F32',
-      data: uniform(rank * inFeatures, 1 / Math.sqrt(inFeatures), keyedRandom(seed, 'lora_A', w)),
-    });
-    params.set(names.b, { shape: [out, rank], dtype: 'F32', data: new Float32Array(out * rank) });
-  }
-  return { rank, scale: (2 * rank) / rank, dropout, targets };
 }

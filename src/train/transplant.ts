@@ -4,7 +4,6 @@
  */
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadModelConfig, parseModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
 import {
   Checkpoint,
@@ -14,6 +13,7 @@ import {
   type TensorSpec,
   writeSafetensorsStreaming,
 } from '../io/safetensors.js';
+import { loadModelConfig, parseModelConfig } from '../models/model-config.js';
 import { keyedRandom, uniform } from './random.js';
 
 export interface TransplantOptions {

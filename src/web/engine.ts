@@ -6,15 +6,20 @@
  * Node-only; the browser bundle maps ../engine/ort.js to onnxruntime-web.
  */
 import { parseGenerationConfig } from '../config/generation-config.js';
-import { type ModelConfig, numImageTokens, parseModelConfig } from '../config/model-config.js';
+import { type ModelConfig, numImageTokens } from '../config/model-config.js';
 import { DecoderRunner, decoderDimsFromConfig } from '../engine/decoder.js';
 import { type FinishReason, type GenerateRequest, Generator } from '../engine/generate.js';
+import { GrammarEngine } from '../engine/grammar.js';
+import type { ResponseFormat } from '../engine/grammar-types.js';
+import { grammarVocab } from '../engine/grammar-vocab.js';
 import * as ort from '../engine/ort.js';
 import { GREEDY_SAMPLING, samplingParams } from '../engine/sampler.js';
 import { VisionEncoder, visionDimsFromConfig } from '../engine/vision.js';
 import { InternVLError } from '../errors.js';
+import { parseModelConfig } from '../models/model-config.js';
 import {
   type GenerationConfigInput,
+  parseGenerationConfigInput,
   type ResolvedGenerationConfig,
   resolveGenerationConfig,
 } from '../pipeline/generation-config.js';
@@ -26,26 +31,18 @@ import { StreamDecoder } from '../text/stream-decoder.js';
 import { getTemplate, type Template } from '../text/templates.js';
 import { createTokenizer } from '../text/tokenizer.js';
 import type { Tokenizer } from '../text/types.js';
-import { fetchBytes, fetchJsonNetworkFirst, openResponseCache, type ResponseCache } from './fetch-cache.js';
+import { fetchJsonNetworkFirst, openResponseCache } from './fetch-cache.js';
 import {
-  manifestFiles,
-  parseWebManifest,
-  WEB_MANIFEST_FILE,
-  type WebGraphEntry,
-  type WebManifest,
-} from './manifest.js';
+  createWebSession,
+  downloadAll,
+  embeddingTable,
+  joinUrl,
+  type LoadProgress,
+  type WebExecutionProvider,
+} from './load-files.js';
+import { parseWebManifest, WEB_MANIFEST_FILE, type WebGraphEntry, type WebManifest } from './manifest.js';
 
-export type WebExecutionProvider = 'wasm' | 'webgpu';
-
-export interface LoadProgress {
-  /** Bytes of all model files received (from the network or the cache). */
-  loaded: number;
-  total: number;
-  /** The file being read, relative to the model URL. */
-  file: string;
-  /** Bytes that came from the Cache API so far. */
-  fromCache: number;
-}
+export type { LoadProgress, WebExecutionProvider } from './load-files.js';
 
 export interface WebLoadOptions {
   /** Default 'wasm'. 'webgpu' needs navigator.gpu with an adapter (UNSUPPORTED otherwise). */
@@ -57,6 +54,12 @@ export interface WebLoadOptions {
   /** Cache API store for the model files; false: no caching. Default 'internvl-web-v1'. */
   cacheName?: string | false;
   onProgress?: (progress: LoadProgress) => void;
+  /**
+   * Where the page serves `@mlc-ai/web-xgrammar`'s `lib/index.js` (XGrammar, with its WebAssembly
+   * inlined), for generation with a `responseFormat`; fetched on the first such request. Without it
+   * such a request fails (UNSUPPORTED).
+   */
+  xgrammarUrl?: string;
 }
 
 export interface WebChatInput {
@@ -100,10 +103,6 @@ export async function webGpuAvailable(): Promise<boolean> {
   }
 }
 
-function joinUrl(base: string, file: string): string {
-  return new URL(file, base.endsWith('/') ? base : `${base}/`).href;
-}
-
 let sessionSeq = 0;
 
 export class WebInternVL {
@@ -112,6 +111,7 @@ export class WebInternVL {
   readonly #decoder: DecoderRunner;
   readonly #fileConfig: ReturnType<typeof parseGenerationConfig>;
   readonly #imgContextId: number;
+  readonly #grammar: GrammarEngine;
 
   private constructor(
     readonly manifest: WebManifest,
@@ -123,12 +123,15 @@ export class WebInternVL {
     decoder: DecoderRunner,
     fileConfig: ReturnType<typeof parseGenerationConfig>,
     imgContextId: number,
+    grammar: GrammarEngine,
   ) {
+    this.#grammar = grammar;
     this.#vision = vision;
     this.#decoder = decoder;
     this.#fileConfig = fileConfig;
     this.#imgContextId = imgContextId;
     this.#generator = new Generator({
+      grammar,
       decoder,
       imgContextId,
       tokensPerTile: numImageTokens(config),
@@ -181,8 +184,9 @@ export class WebInternVL {
     }
     const config = parseModelConfig(configJson, joinUrl(baseUrl, 'config.json'));
     const fileConfig = parseGenerationConfig(json('generation_config.json') ?? {}, 'generation_config.json');
+    const tokenizerJson = json('tokenizer.json') as Record<string, unknown> | undefined;
     const tokenizer = createTokenizer({
-      tokenizerJson: json('tokenizer.json'),
+      tokenizerJson,
       sentencePieceModel: files.get('tokenizer.model'),
       tokenizerConfig: json('tokenizer_config.json'),
       specialTokensMap: json('special_tokens_map.json'),
@@ -206,6 +210,19 @@ export class WebInternVL {
       },
       embeddingTable(files.get(manifest.embeddings.path) as Uint8Array, manifest),
     );
+    // Only what grammarVocab reads of tokenizer.json is kept (XGrammar loads on the first response format).
+    const vocabHints = tokenizerJson && {
+      decoder: tokenizerJson.decoder,
+      model: {
+        byte_fallback: (tokenizerJson.model as { byte_fallback?: unknown } | undefined)?.byte_fallback,
+      },
+      pre_tokenizer: tokenizerJson.pre_tokenizer,
+      normalizer: tokenizerJson.normalizer,
+    };
+    const grammar = new GrammarEngine(
+      async () => grammarVocab(tokenizer, vocabHints, decoder.dims.vocabSize),
+      { xgrammarSource: options.xgrammarUrl },
+    );
     files.clear();
     return new WebInternVL(
       manifest,
@@ -217,16 +234,34 @@ export class WebInternVL {
       decoder,
       fileConfig,
       imgContextId,
+      grammar,
     );
   }
 
   /** The resolved generation settings for `input` (defaults from generation_config.json). */
   generationConfig(input?: GenerationConfigInput): ResolvedGenerationConfig {
+    const tools = input?.tools;
+    if (tools && tools.length > 0 && input?.toolChoice !== 'none') {
+      throw new InternVLError(
+        'UNSUPPORTED',
+        'tools are not supported by the browser engine (its chat has no tool turns); use responseFormat, or pipeline() in Node',
+      );
+    }
     return resolveGenerationConfig(input, {
       fileConfig: this.#fileConfig,
       template: this.template,
       tokenizer: this.tokenizer,
     });
+  }
+
+  /**
+   * Checks and compiles a response format against the vocabulary (cached), so that a bad one is
+   * reported (InternVLError BAD_INPUT naming the problem) before generation; returns how long the
+   * compile took (0 when it was cached). The first call also loads XGrammar and the vocabulary.
+   */
+  compileResponseFormat(format: ResponseFormat): Promise<{ compileMs: number }> {
+    const parsed = parseGenerationConfigInput({ responseFormat: format }).responseFormat as ResponseFormat;
+    return this.#grammar.compileTimed(parsed);
   }
 
   /**
@@ -267,6 +302,7 @@ export class WebInternVL {
       },
       maxNewTokens: config.maxNewTokens,
       endTokenIds: config.endTokenIds,
+      ...(config.responseFormat ? { responseFormat: config.responseFormat } : {}),
     };
     const stream = new StreamDecoder(this.tokenizer, { skipSpecialTokens: config.skipSpecialTokens });
     const queue: WebChatChunk[] = [];
@@ -349,77 +385,4 @@ export class WebInternVL {
     await this.#vision.release();
     await this.#decoder.release();
   }
-}
-
-async function downloadAll(
-  baseUrl: string,
-  manifest: WebManifest,
-  cache: ResponseCache | undefined,
-  onProgress: WebLoadOptions['onProgress'],
-  into: Map<string, Uint8Array>,
-): Promise<void> {
-  const entries = manifestFiles(manifest);
-  const total = entries.reduce((n, f) => n + f.bytes, 0);
-  let finished = 0;
-  let fromCache = 0;
-  for (const entry of entries) {
-    let cached = false;
-    const bytes = await fetchBytes(joinUrl(baseUrl, entry.path), {
-      cache,
-      expectedBytes: entry.bytes,
-      onProgress: (p) => {
-        cached = p.fromCache;
-        onProgress?.({
-          loaded: finished + p.loaded,
-          total,
-          file: entry.path,
-          fromCache: fromCache + (p.fromCache ? p.loaded : 0),
-        });
-      },
-    });
-    into.set(entry.path, bytes);
-    finished += bytes.byteLength;
-    if (cached) fromCache += bytes.byteLength;
-  }
-}
-
-async function createWebSession(
-  files: Map<string, Uint8Array>,
-  graph: WebGraphEntry,
-  provider: WebExecutionProvider,
-): Promise<ort.InferenceSession> {
-  const model = files.get(graph.model.path) as Uint8Array;
-  const externalData = graph.externalData.map((e) => ({
-    path: e.name,
-    data: files.get(e.path) as Uint8Array,
-  }));
-  try {
-    return await ort.InferenceSession.create(model, {
-      executionProviders:
-        provider === 'webgpu' ? ['webgpu', ort.CPU_EXECUTION_PROVIDER] : [ort.CPU_EXECUTION_PROVIDER],
-      graphOptimizationLevel: 'all',
-      externalData,
-    });
-  } catch (err) {
-    throw new InternVLError(
-      'INTERNAL',
-      `onnxruntime-web (${provider}) could not open ${graph.model.path}: ${(err as Error).message}`,
-      { cause: err },
-    );
-  }
-}
-
-/** The token-embedding table from its raw little-endian bytes (bf16 bit patterns or float32). */
-function embeddingTable(bytes: Uint8Array, manifest: WebManifest): Float32Array | Uint16Array {
-  const { dtype, shape, path } = manifest.embeddings;
-  const count = shape[0] * shape[1];
-  const width = dtype === 'bf16' ? 2 : 4;
-  if (bytes.byteLength !== count * width) {
-    throw new InternVLError(
-      'BAD_CHECKPOINT',
-      `${path}: ${bytes.byteLength} bytes, [${shape}] ${dtype} needs ${count * width}`,
-    );
-  }
-  const copy = bytes.slice().buffer;
-  return dtype === 'bf16' ? new Uint16Array(copy) : new Float32Array(copy);
 }
