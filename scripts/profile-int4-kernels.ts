@@ -5,8 +5,9 @@
  * --separate: q/k/v and gate/up as separate linears instead of fused.
  */
 import * as ort from 'onnxruntime-node';
-import { GraphBuilder, modelToBytes } from '../src/onnx/graph.js';
+import { GraphBuilder } from '../src/onnx/graph.js';
 import { quantizedMatMul } from '../src/onnx/quantize.js';
+import { modelToBytes } from '../src/onnx/serialize.js';
 
 const separate = process.argv.includes('--separate');
 const lmHead = !process.argv.includes('--no-lm-head');

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
-import { GraphBuilder, MS_DOMAIN, modelToBytes, serializeModel } from '../src/onnx/graph.js';
+import { GraphBuilder, MS_DOMAIN } from '../src/onnx/graph.js';
+import { modelToBytes, serializeModel } from '../src/onnx/serialize.js';
 
 function linearGraph() {
   const g = new GraphBuilder('linear');

@@ -1,7 +1,8 @@
 /** One quantised linear layer run alone in ORT, and the inputs the quantisation tests feed it. */
 import * as ort from 'onnxruntime-node';
-import { GraphBuilder, modelToBytes } from '../src/onnx/graph.js';
+import { GraphBuilder } from '../src/onnx/graph.js';
 import { type LinearQuant, quantizedMatMul } from '../src/onnx/quantize.js';
+import { modelToBytes } from '../src/onnx/serialize.js';
 
 /** Deterministic values uniform in [−scale, scale). */
 export function randomMatrix(length: number, seed: number, scale = 1): Float32Array {

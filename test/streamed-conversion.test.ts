@@ -9,14 +9,8 @@ import { buildGraphDir } from '../src/engine/graph-cache.js';
 import { planEngineGraphs, resolvePrecision } from '../src/engine/graph-plan.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import { loadModelConfig } from '../src/models/model-config.js';
-import {
-  type Graph,
-  GraphBuilder,
-  initializerBytes,
-  modelToBytes,
-  serializeModel,
-} from '../src/onnx/graph.js';
-import { isExternalCandidate } from '../src/onnx/serialize.js';
+import { type Graph, GraphBuilder, initializerBytes, isExternalCandidate } from '../src/onnx/graph.js';
+import { modelToBytes, serializeModel } from '../src/onnx/serialize.js';
 import { GOLDEN_MODELS, goldenModelDir } from './helpers.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'ivl-stream-'));

@@ -31,7 +31,8 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type Graph, serializeModel } from '../onnx/graph.js';
+import type { Graph } from '../onnx/graph.js';
+import { serializeModel } from '../onnx/serialize.js';
 import { collectGarbage } from './collect-garbage.js';
 import { ExternalDataFile, withWeightSink } from './external-data.js';
 import { type GraphSource, writeGraphSource } from './graph-source.js';

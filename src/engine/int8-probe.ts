@@ -4,8 +4,9 @@
  * (255 · 127 · 2 = 64770), compared with the integer product. This sees what the CPU flags cannot:
  * an emulator, or a hypervisor that reports one CPU and runs another.
  */
-import { GraphBuilder, modelToBytes } from '../onnx/graph.js';
+import { GraphBuilder } from '../onnx/graph.js';
 import { checkInt8Kernel, type Int8Kernel, quantizedMatMul } from '../onnx/quantize.js';
+import { modelToBytes } from '../onnx/serialize.js';
 import { type CpuInfo, cpuInfo, int8KernelFromEnv } from './cpu.js';
 import * as ort from './ort.js';
 

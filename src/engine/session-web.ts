@@ -4,7 +4,8 @@
  * cache in a browser; downloaded graphs are cached by the web loader (src/web/fetch-cache.ts).
  */
 import { InternVLError } from '../errors.js';
-import { type Graph, modelToBytes } from '../onnx/graph.js';
+import type { Graph } from '../onnx/graph.js';
+import { modelToBytes } from '../onnx/serialize.js';
 import * as ort from './ort.js';
 
 export type WebExecutionProvider = 'wasm' | 'webgpu';

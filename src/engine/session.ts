@@ -1,6 +1,7 @@
 import os from 'node:os';
 import { InternVLError } from '../errors.js';
-import { type Graph, modelToBytes } from '../onnx/graph.js';
+import type { Graph } from '../onnx/graph.js';
+import { modelToBytes } from '../onnx/serialize.js';
 import { cachedGraph, type GraphSource, warnOnStderr } from './graph-cache.js';
 import * as ort from './ort.js';
 

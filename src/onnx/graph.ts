@@ -11,15 +11,21 @@ import { DTYPE_BYTES, type DType, OnnxDataType } from './proto.js';
 
 export type { DType } from './proto.js';
 
-import { isExternalCandidate } from './serialize.js';
+/** Initializers of at least this many bytes go to external data (when a model has it). */
+export const EXTERNAL_MIN_BYTES = 1024;
 
-export {
-  EXTERNAL_MIN_BYTES,
-  modelToBytes,
-  type SerializedModel,
-  type SerializeOptions,
-  serializeModel,
-} from './serialize.js';
+/**
+ * Whether an initializer goes to external data: large enough and not an integer tensor (shape
+ * inference must read shape and index constants, so int64/int32 stay inline).
+ */
+export function isExternalCandidate(
+  dtype: DType,
+  byteLength: number,
+  minBytes = EXTERNAL_MIN_BYTES,
+): boolean {
+  return byteLength >= minBytes && dtype !== 'int64' && dtype !== 'int32';
+}
+
 export type Dim = number | string;
 
 export interface ValueInfo {

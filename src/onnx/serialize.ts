@@ -3,32 +3,19 @@
  * chunks with the weights in an external data file (the graph cache). Initializers a builder already
  * wrote to its WeightSink are referenced where they went; the graph holds no bytes of them.
  */
-import type {
-  AttributeValue,
-  Dim,
-  ExternalInitializer,
-  Graph,
-  OnnxNode,
-  TensorValue,
-  ValueInfo,
-  WeightSink,
+import {
+  type AttributeValue,
+  type Dim,
+  EXTERNAL_MIN_BYTES,
+  type ExternalInitializer,
+  type Graph,
+  isExternalCandidate,
+  type OnnxNode,
+  type TensorValue,
+  type ValueInfo,
+  type WeightSink,
 } from './graph.js';
-import { type DType, OnnxDataType, ProtoWriter } from './proto.js';
-
-/** Initializers of at least this many bytes go to external data (when a model has it). */
-export const EXTERNAL_MIN_BYTES = 1024;
-
-/**
- * Whether an initializer goes to external data: large enough and not an integer tensor (shape
- * inference must read shape and index constants, so int64/int32 stay inline).
- */
-export function isExternalCandidate(
-  dtype: DType,
-  byteLength: number,
-  minBytes = EXTERNAL_MIN_BYTES,
-): boolean {
-  return byteLength >= minBytes && dtype !== 'int64' && dtype !== 'int32';
-}
+import { OnnxDataType, ProtoWriter } from './proto.js';
 
 function encodeDims(w: ProtoWriter, field: number, shape: Dim[]): void {
   const shapeMsg = new ProtoWriter();
