@@ -312,7 +312,11 @@ function parseGgufHeader(bytes: Uint8Array, file: string): GgufInfo {
   const str = () => {
     const n = u64();
     const start = take(n);
-    return decoder.decode(bytes.subarray(start, start + n));
+    try {
+      return decoder.decode(bytes.subarray(start, start + n));
+    } catch {
+      throw new InternVLError('BAD_CHECKPOINT', `${file}: GGUF string at byte ${start} is not UTF-8`);
+    }
   };
   const scalar = (type: number): unknown => {
     switch (type) {
