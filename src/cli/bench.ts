@@ -54,7 +54,7 @@ Examples:
 `;
 
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
-const median = (xs: number[]) => {
+export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
@@ -253,40 +253,73 @@ interface DecoderTimes {
   decode1500?: number;
 }
 
+/** Prefill tok/s of an `n`-token prompt into a new sequence (median of `reps` after a warm-up). */
+export async function measurePrefill(decoder: DecoderRunner, n: number, reps: number): Promise<number> {
+  const ids = evalTokenIds(n, Math.min(decoder.dims.vocabSize, 150000), n);
+  const embeds = decoder.embed(ids);
+  const t = await timeRuns(reps, () => decoder.forward(decoder.newSequence(), embeds, n));
+  return n / t;
+}
+
+/**
+ * Decode tok/s after a `past`-token prompt, through the engine's own greedy path (the sequence in
+ * the decode batch, argmax inside the graph): `steps` timed steps after one untimed, median of `reps`.
+ */
+export async function measureDecode(
+  decoder: DecoderRunner,
+  past: number,
+  steps: number,
+  reps: number,
+): Promise<number> {
+  const vocab = Math.min(decoder.dims.vocabSize, 150000);
+  const rates: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const seq = decoder.newSequence();
+    let next = await decoder.forwardArgmax(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
+    decoder.joinBatch(seq);
+    [next] = await decoder.decodeBatchArgmax([next]);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) [next] = await decoder.decodeBatchArgmax([next]);
+    rates.push(steps / seconds(t0));
+    decoder.leaveBatch(seq, { keepCache: false });
+  }
+  return median(rates);
+}
+
 async function benchDecoder(
   decoder: DecoderRunner,
   reps: number,
   withDecode: boolean,
   decodeSteps: number,
 ): Promise<DecoderTimes> {
-  const vocab = Math.min(decoder.dims.vocabSize, 150000);
-  const prefill = async (n: number) => {
-    const ids = evalTokenIds(n, vocab, n);
-    const embeds = decoder.embed(ids);
-    const t = await timeRuns(reps, () => decoder.forward(decoder.newSequence(), embeds, n));
-    return n / t;
+  const out: DecoderTimes = {
+    prefill300: await measurePrefill(decoder, 300, reps),
+    prefill1800: await measurePrefill(decoder, 1800, reps),
   };
-  const decode = async (past: number) => {
-    const rates: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      // The engine's own greedy path: the sequence in the decode batch, argmax inside the graph.
-      const seq = decoder.newSequence();
-      let next = await decoder.forwardArgmax(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
-      decoder.joinBatch(seq);
-      [next] = await decoder.decodeBatchArgmax([next]);
-      const t0 = performance.now();
-      for (let i = 0; i < decodeSteps; i++) [next] = await decoder.decodeBatchArgmax([next]);
-      rates.push(decodeSteps / seconds(t0));
-      decoder.leaveBatch(seq, { keepCache: false });
-    }
-    return median(rates);
-  };
-  const out: DecoderTimes = { prefill300: await prefill(300), prefill1800: await prefill(1800) };
   if (withDecode) {
-    out.decode300 = await decode(300);
-    out.decode1500 = await decode(1500);
+    out.decode300 = await measureDecode(decoder, 300, decodeSteps, reps);
+    out.decode1500 = await measureDecode(decoder, 1500, decodeSteps, reps);
   }
   return out;
+}
+
+/** A DecoderRunner of the checkpoint at `llmDtype` (and `prefillDtype` for long chunks), graphs cached. */
+export function openBenchDecoder(
+  checkpoint: Checkpoint,
+  weights: ReturnType<typeof checkpointWeights>,
+  dims: DecoderDims,
+  precision: ResolvedPrecision,
+  threads: number,
+): Promise<DecoderRunner> {
+  const cacheDir = defaultGraphCacheDir();
+  const key = (dtype: WeightDtype) =>
+    engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(precision, dtype));
+  return DecoderRunner.create(dims, weights, {
+    threads,
+    ...precision,
+    cache: { dir: cacheDir, key: key(precision.llmDtype) },
+    prefillCache: { dir: cacheDir, key: key(precision.prefillDtype) },
+  });
 }
 
 export interface BenchOptions {
@@ -299,7 +332,7 @@ export interface BenchOptions {
 }
 
 /** `model`, or the random checkpoint of `shape` under the cache folder (created on first use). */
-async function benchModel(
+export async function benchModel(
   shape: string,
   model: string | undefined,
   log: (line: string) => void,
@@ -371,16 +404,13 @@ export async function runBench(options: BenchOptions): Promise<Record<string, un
     const dims = decoderDimsFromConfig(config);
     const llm = async (llmDtype: WeightDtype, prefillDtype: WeightDtype, withDecode: boolean) => {
       log(`LLM ${llmDtype}${prefillDtype !== llmDtype ? ` (prefill ${prefillDtype})` : ''}`);
-      const p = { ...precision, llmDtype, prefillDtype };
-      const decoder = await DecoderRunner.create(dims, weights, {
+      const decoder = await openBenchDecoder(
+        checkpoint,
+        weights,
+        dims,
+        { ...precision, llmDtype, prefillDtype },
         threads,
-        ...p,
-        cache: { dir: cacheDir, key: engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(p, llmDtype)) },
-        prefillCache: {
-          dir: cacheDir,
-          key: engineGraphKey(checkpoint, 'decoder', dims, llmCacheTag(p, prefillDtype)),
-        },
-      });
+      );
       try {
         return await benchDecoder(decoder, reps, withDecode, 32);
       } finally {
