@@ -91,7 +91,13 @@ for (const alignment of [32, 64]) {
       'x.tokens': gguf.array('string', ['a', 'ü', '']),
       'x.types': gguf.array('int32', [1, 3, -1]),
       'x.empty': gguf.array('string', []),
-    };
+      'x.u64': { type: 'uint64', value: 2n ** 40n + 3n },
+      'x.i64': { type: 'int64', value: -7n },
+      'x.i8': { type: 'int8', value: -3 },
+      'x.u16': { type: 'uint16', value: 65535 },
+      'x.f64': { type: 'float64', value: 0.1 },
+      'x.u8s': gguf.array('uint8', [0, 255]),
+    } as const;
     const written = await writeGguf(file, metadata, tensorsFor(data), alignment);
     const info = await readGgufInfo(file);
     assert.equal(info.version, 3);
@@ -106,6 +112,12 @@ for (const alignment of [32, 64]) {
     assert.deepEqual(info.metadata.get('x.tokens'), ['a', 'ü', '']);
     assert.deepEqual(info.metadata.get('x.types'), [1, 3, -1]);
     assert.deepEqual(info.metadata.get('x.empty'), []);
+    assert.equal(info.metadata.get('x.u64'), 2n ** 40n + 3n);
+    assert.equal(info.metadata.get('x.i64'), -7n);
+    assert.equal(info.metadata.get('x.i8'), -3);
+    assert.equal(info.metadata.get('x.u16'), 65535);
+    assert.equal(info.metadata.get('x.f64'), 0.1);
+    assert.deepEqual(info.metadata.get('x.u8s'), [0, 255]);
     assert.equal(info.metadata.has('general.alignment'), alignment !== 32);
     assert.deepEqual(
       info.tensors.map((t) => [t.name, t.dims, t.typeId]),

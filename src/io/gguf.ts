@@ -9,36 +9,52 @@
 import { open, rename, rm } from 'node:fs/promises';
 import { InternVLError } from '../errors.js';
 
-/** Metadata value types (gguf_type). */
-const VALUE_TYPE = {
-  uint8: 0,
-  int8: 1,
-  uint16: 2,
-  int16: 3,
-  uint32: 4,
-  int32: 5,
-  float32: 6,
-  bool: 7,
-  string: 8,
-  array: 9,
-  uint64: 10,
-  int64: 11,
-  float64: 12,
-} as const;
-type ScalarType = Exclude<keyof typeof VALUE_TYPE, 'array'>;
-const SCALAR_BYTES: Record<Exclude<ScalarType, 'string'>, number> = {
-  uint8: 1,
-  int8: 1,
-  uint16: 2,
-  int16: 2,
-  uint32: 4,
-  int32: 4,
-  float32: 4,
-  bool: 1,
-  uint64: 8,
-  int64: 8,
-  float64: 8,
-};
+type Scalar = number | bigint | boolean;
+interface ScalarCodec {
+  /** The gguf_type id. */
+  id: number;
+  bytes: number;
+  get: (view: DataView, at: number) => Scalar;
+  set: (view: DataView, at: number, value: Scalar) => void;
+}
+type NumberName = 'Uint8' | 'Int8' | 'Uint16' | 'Int16' | 'Uint32' | 'Int32' | 'Float32' | 'Float64';
+type BigName = 'BigUint64' | 'BigInt64';
+/** A codec through DataView's get<name>/set<name> (little-endian). */
+function codec(id: number, bytes: number, name: NumberName | BigName): ScalarCodec {
+  const get = DataView.prototype[`get${name}`] as (
+    this: DataView,
+    at: number,
+    le: boolean,
+  ) => number | bigint;
+  const set = DataView.prototype[`set${name}`] as (this: DataView, at: number, x: never, le: boolean) => void;
+  const convert = name.startsWith('Big') ? BigInt : Number;
+  return {
+    id,
+    bytes,
+    get: (v, at) => get.call(v, at, true),
+    set: (v, at, x) => set.call(v, at, convert(x) as never, true),
+  };
+}
+
+/** Metadata scalar types (gguf_type ids; 8 is string, 9 array). */
+const SCALARS = {
+  uint8: codec(0, 1, 'Uint8'),
+  int8: codec(1, 1, 'Int8'),
+  uint16: codec(2, 2, 'Uint16'),
+  int16: codec(3, 2, 'Int16'),
+  uint32: codec(4, 4, 'Uint32'),
+  int32: codec(5, 4, 'Int32'),
+  float32: codec(6, 4, 'Float32'),
+  bool: { ...codec(7, 1, 'Uint8'), get: (v: DataView, at: number) => v.getUint8(at) !== 0 },
+  uint64: codec(10, 8, 'BigUint64'),
+  int64: codec(11, 8, 'BigInt64'),
+  float64: codec(12, 8, 'Float64'),
+} satisfies Record<string, ScalarCodec>;
+const STRING_ID = 8;
+const ARRAY_ID = 9;
+type ScalarType = keyof typeof SCALARS | 'string';
+const SCALAR_BY_ID = new Map<number, ScalarCodec>(Object.values(SCALARS).map((c) => [c.id, c]));
+const typeId = (type: ScalarType) => (type === 'string' ? STRING_ID : SCALARS[type].id);
 
 export type GgufValue =
   | { type: ScalarType; value: number | bigint | boolean | string }
@@ -103,42 +119,10 @@ class HeaderWriter {
     this.chunks.push(bytes);
     this.length += bytes.byteLength;
   }
-  scalar(type: Exclude<ScalarType, 'string'>, value: number | bigint | boolean) {
-    const view = new DataView(new ArrayBuffer(SCALAR_BYTES[type]));
-    const n = typeof value === 'boolean' ? Number(value) : value;
-    switch (type) {
-      case 'uint8':
-      case 'bool':
-        view.setUint8(0, Number(n));
-        break;
-      case 'int8':
-        view.setInt8(0, Number(n));
-        break;
-      case 'uint16':
-        view.setUint16(0, Number(n), true);
-        break;
-      case 'int16':
-        view.setInt16(0, Number(n), true);
-        break;
-      case 'uint32':
-        view.setUint32(0, Number(n), true);
-        break;
-      case 'int32':
-        view.setInt32(0, Number(n), true);
-        break;
-      case 'float32':
-        view.setFloat32(0, Number(n), true);
-        break;
-      case 'float64':
-        view.setFloat64(0, Number(n), true);
-        break;
-      case 'uint64':
-        view.setBigUint64(0, BigInt(n), true);
-        break;
-      case 'int64':
-        view.setBigInt64(0, BigInt(n), true);
-        break;
-    }
+  scalar(type: keyof typeof SCALARS, value: Scalar) {
+    const codec = SCALARS[type];
+    const view = new DataView(new ArrayBuffer(codec.bytes));
+    codec.set(view, 0, value);
     this.#push(new Uint8Array(view.buffer));
   }
   string(text: string) {
@@ -155,7 +139,7 @@ class HeaderWriter {
           : typeof value === 'number' || typeof value === 'bigint';
     if (!ok) throw new InternVLError('BAD_INPUT', `GGUF metadata ${key}: ${String(value)} is not a ${type}`);
     if (type === 'string') this.string(value as string);
-    else this.scalar(type, value as number | bigint | boolean);
+    else this.scalar(type, value as Scalar);
   }
 }
 
@@ -185,9 +169,9 @@ export async function writeGguf(
   header.scalar('uint64', entries.length);
   for (const [key, value] of entries) {
     header.string(key);
-    header.scalar('uint32', VALUE_TYPE[value.type]);
+    header.scalar('uint32', value.type === 'array' ? ARRAY_ID : typeId(value.type));
     if (value.type === 'array') {
-      header.scalar('uint32', VALUE_TYPE[value.itemType]);
+      header.scalar('uint32', typeId(value.itemType));
       header.scalar('uint64', value.values.length);
       for (const v of value.values) header.item(value.itemType, v, key);
     } else {
@@ -319,34 +303,10 @@ function parseGgufHeader(bytes: Uint8Array, file: string): GgufInfo {
     }
   };
   const scalar = (type: number): unknown => {
-    switch (type) {
-      case 0:
-        return view.getUint8(take(1));
-      case 1:
-        return view.getInt8(take(1));
-      case 2:
-        return view.getUint16(take(2), true);
-      case 3:
-        return view.getInt16(take(2), true);
-      case 4:
-        return view.getUint32(take(4), true);
-      case 5:
-        return view.getInt32(take(4), true);
-      case 6:
-        return view.getFloat32(take(4), true);
-      case 7:
-        return view.getUint8(take(1)) !== 0;
-      case 8:
-        return str();
-      case 10:
-        return view.getBigUint64(take(8), true);
-      case 11:
-        return view.getBigInt64(take(8), true);
-      case 12:
-        return view.getFloat64(take(8), true);
-      default:
-        throw new InternVLError('BAD_CHECKPOINT', `${file}: unknown GGUF value type ${type}`);
-    }
+    if (type === STRING_ID) return str();
+    const codec = SCALAR_BY_ID.get(type);
+    if (!codec) throw new InternVLError('BAD_CHECKPOINT', `${file}: unknown GGUF value type ${type}`);
+    return codec.get(view, take(codec.bytes));
   };
   const magic = take(4);
   if (decoder.decode(bytes.subarray(magic, magic + 4)) !== 'GGUF') {
@@ -360,7 +320,7 @@ function parseGgufHeader(bytes: Uint8Array, file: string): GgufInfo {
   for (let i = 0; i < kvCount; i++) {
     const key = str();
     const type = u32();
-    if (type === 9) {
+    if (type === ARRAY_ID) {
       const itemType = u32();
       const n = u64();
       const values: unknown[] = [];
