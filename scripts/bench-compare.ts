@@ -299,6 +299,9 @@ for (const item of items) {
     return Number((pick('internvl') / pick('llama.cpp')).toFixed(2));
   });
   ratios[item.key] = Number((best('internvl') / best('llama.cpp')).toFixed(2));
+  // Each engine's sample with the least contention: a fair pair only where both others_cores are small.
+  const quietest = (engine: Sample['engine']) =>
+    of(engine).reduce((a, b) => ((b.others_cores ?? 0) < (a.others_cores ?? 0) ? b : a));
   results[item.key] = {
     internvl: `${item.ours}: ${of('internvl')
       .map((s) => s.tok_s)
@@ -308,6 +311,8 @@ for (const item of items) {
       .join(', ')}`,
     ratio_of_best: ratios[item.key],
     ratio_per_round: perRound,
+    ratio_of_quietest: Number((quietest('internvl').tok_s / quietest('llama.cpp').tok_s).toFixed(2)),
+    quietest_others_cores: [quietest('internvl').others_cores, quietest('llama.cpp').others_cores],
     samples: all,
   };
 }
