@@ -2,7 +2,10 @@
  * Load test of `internvl serve` on loopback: starts the server in this process on 127.0.0.1 (a free
  * port), then for each client count runs that many concurrent streaming chat clients, each sending
  * --requests requests of --max-tokens tokens (ignore_eos, so every answer has the full length).
- * Prints one JSON object: aggregate completion tokens/s and median time to first token per level.
+ * Prints one JSON object: aggregate completion tokens/s and time to first token (p50 and p99, nearest
+ * rank over the level's requests) per level. Requests ask for logprobs, so every token is streamed as it
+ * comes even when its text is empty (random weights sample many ids that decode to nothing): the time
+ * to the first streamed chunk is the time to the first token.
  * It stops by itself: the work is bounded, and --time-limit-s aborts whatever is still running.
  *
  *   node --import tsx scripts/load.ts [--shape InternVL2_5-1B | --model DIR] [--clients 1,2,4,8]
@@ -89,6 +92,7 @@ async function oneRequest(seed: number): Promise<RequestStats> {
       ignore_eos: true,
       temperature: 0.8,
       seed,
+      logprobs: true,
       stream: true,
       stream_options: { include_usage: true },
     }),
@@ -98,7 +102,6 @@ async function oneRequest(seed: number): Promise<RequestStats> {
   let completionTokens = 0;
   let buffered = '';
   for await (const bytes of res.body) {
-    if (Number.isNaN(ttftS)) ttftS = (performance.now() - started) / 1000;
     buffered += Buffer.from(bytes).toString('utf8');
     const events = buffered.split('\n\n');
     buffered = events.pop() ?? '';
@@ -106,17 +109,22 @@ async function oneRequest(seed: number): Promise<RequestStats> {
       const data = event.replace(/^data: /, '');
       if (data === '[DONE]') continue;
       const parsed = JSON.parse(data) as {
+        choices?: { delta?: { content?: string }; logprobs?: unknown }[];
         usage?: { completion_tokens: number } | null;
         error?: { message: string };
       };
       if (parsed.error) throw new Error(parsed.error.message);
+      const token = parsed.choices?.some((c) => c.delta?.content || c.logprobs);
+      if (token && Number.isNaN(ttftS)) ttftS = (performance.now() - started) / 1000;
       if (parsed.usage) completionTokens = parsed.usage.completion_tokens;
     }
   }
   return { completionTokens, ttftS };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** Nearest-rank percentile (p in (0, 100]). */
+const percentile = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.max(0, Math.ceil((p / 100) * xs.length) - 1)];
 
 const results = [];
 try {
@@ -140,7 +148,18 @@ try {
       completionTokens: tokens,
       seconds: Number(seconds.toFixed(3)),
       tokensPerSecond: Number((tokens / seconds).toFixed(2)),
-      medianTtftS: Number(median(all.map((s) => s.ttftS)).toFixed(3)),
+      ttftP50S: Number(
+        percentile(
+          all.map((s) => s.ttftS),
+          50,
+        ).toFixed(3),
+      ),
+      ttftP99S: Number(
+        percentile(
+          all.map((s) => s.ttftS),
+          99,
+        ).toFixed(3),
+      ),
     };
     results.push(level);
     process.stderr.write(`${JSON.stringify(level)}\n`);

@@ -1,6 +1,13 @@
-/** Profiles int4 decode steps op by op with ORT's profiler: node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST]. */
+/**
+ * Profiles int4 decode steps op by op with ORT's profiler:
+ *   node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST]
+ * With --greedy (no profiler): the engine's greedy batch path (decodeBatchArgmax) split into the time
+ * inside session.run and the JS around it, per KV capacity step (--capacity-steps 256,64):
+ *   node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST] --greedy [--capacity-steps 256,64]
+ */
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
@@ -10,8 +17,15 @@ import { Checkpoint } from '../src/io/safetensors.js';
 import { loadModelConfig } from '../src/models/model-config.js';
 import { buildDecoderGraph } from '../src/models/registry.js';
 
-const dir = process.argv[2];
-const past = Number(process.argv[3] ?? 300);
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    greedy: { type: 'boolean', default: false },
+    'capacity-steps': { type: 'string', default: '256,64' },
+  },
+});
+const dir = positionals[0];
+const past = Number(positionals[1] ?? 300);
 const config = await loadModelConfig(dir);
 const ckpt = await Checkpoint.open(dir);
 const weights = checkpointWeights(ckpt, config);
@@ -22,6 +36,61 @@ const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCach
 const { modelPath } = await cachedGraph(defaultGraphCacheDir(), key, () =>
   buildDecoderGraph(dims, weights, decoderGraphQuant(precision, 'int4')),
 );
+if (values.greedy) {
+  const session = await ort.InferenceSession.create(modelPath, {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: 2,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+  });
+  const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+  // session.run timed from the JS side: the native run plus the binding's input/output conversion.
+  let inRun = 0;
+  const timed = new Proxy(session, {
+    get(target, key, receiver) {
+      if (key !== 'run') return Reflect.get(target, key, receiver);
+      return async (...args: Parameters<typeof session.run>) => {
+        const t0 = performance.now();
+        try {
+          return await target.run(...args);
+        } finally {
+          inRun += performance.now() - t0;
+        }
+      };
+    },
+  });
+  const steps = 64;
+  const rows = [];
+  for (const capacityStep of values['capacity-steps'].split(',').map(Number)) {
+    for (let rep = 0; rep < 3; rep++) {
+      const runner = DecoderRunner.fromSessions(dims, { decoder: timed }, embeddings, { capacityStep });
+      const seq = runner.newSequence();
+      const ids = Array.from({ length: past }, (_, i) => (i * 7919) % 150000);
+      let next = await runner.forwardArgmax(seq, runner.embed(ids), ids.length);
+      runner.joinBatch(seq);
+      [next] = await runner.decodeBatchArgmax([next]);
+      inRun = 0;
+      const t0 = performance.now();
+      for (let i = 0; i < steps; i++) [next] = await runner.decodeBatchArgmax([next]);
+      const wall = (performance.now() - t0) / steps;
+      const run = inRun / steps;
+      rows.push({
+        capacity_step: capacityStep,
+        // The pool's token slots over the timed steps (reserveBatch rounds length + 1 up to the step).
+        capacity_range: [past + 2, past + steps + 1].map((n) => Math.ceil(n / capacityStep) * capacityStep),
+        tok_s: +(1000 / wall).toFixed(1),
+        wall_ms: +wall.toFixed(2),
+        session_run_ms: +run.toFixed(2),
+        js_ms: +(wall - run).toFixed(2),
+      });
+      runner.leaveBatch(seq, { keepCache: false });
+    }
+  }
+  console.log(JSON.stringify({ past, steps, rows }, null, 1));
+  await session.release();
+  await ckpt.close();
+  process.exit(0);
+}
 const prefix = `/tmp/ivl-profile-${process.pid}`;
 const session = await ort.InferenceSession.create(modelPath, {
   executionProviders: ['cpu'],

@@ -66,38 +66,52 @@ interface DecoderTimes {
   decode1500?: number;
 }
 
+/** Prefill tok/s of an `n`-token prompt into a new sequence (median of `reps` after a warm-up). */
+export async function measurePrefill(decoder: DecoderRunner, n: number, reps: number): Promise<number> {
+  const ids = evalTokenIds(n, Math.min(decoder.dims.vocabSize, 150000), n);
+  const embeds = decoder.embed(ids);
+  const t = await timeRuns(reps, () => decoder.forward(decoder.newSequence(), embeds, n));
+  return n / t;
+}
+
+/**
+ * Decode tok/s after a `past`-token prompt, through the engine's own greedy path (the sequence in
+ * the decode batch, argmax inside the graph): `steps` timed steps after one untimed, median of `reps`.
+ */
+export async function measureDecode(
+  decoder: DecoderRunner,
+  past: number,
+  steps: number,
+  reps: number,
+): Promise<number> {
+  const vocab = Math.min(decoder.dims.vocabSize, 150000);
+  const rates: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const seq = decoder.newSequence();
+    let next = await decoder.forwardArgmax(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
+    decoder.joinBatch(seq);
+    [next] = await decoder.decodeBatchArgmax([next]);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) [next] = await decoder.decodeBatchArgmax([next]);
+    rates.push(steps / seconds(t0));
+    decoder.leaveBatch(seq, { keepCache: false });
+  }
+  return median(rates);
+}
+
 async function benchDecoder(
   decoder: DecoderRunner,
   reps: number,
   withDecode: boolean,
   decodeSteps: number,
 ): Promise<DecoderTimes> {
-  const vocab = Math.min(decoder.dims.vocabSize, 150000);
-  const prefill = async (n: number) => {
-    const ids = evalTokenIds(n, vocab, n);
-    const embeds = decoder.embed(ids);
-    const t = await timeRuns(reps, () => decoder.forward(decoder.newSequence(), embeds, n));
-    return n / t;
+  const out: DecoderTimes = {
+    prefill300: await measurePrefill(decoder, 300, reps),
+    prefill1800: await measurePrefill(decoder, 1800, reps),
   };
-  const decode = async (past: number) => {
-    const rates: number[] = [];
-    for (let r = 0; r < reps; r++) {
-      // The engine's own greedy path: the sequence in the decode batch, argmax inside the graph.
-      const seq = decoder.newSequence();
-      let next = await decoder.forwardArgmax(seq, decoder.embed(evalTokenIds(past, vocab, past)), past);
-      decoder.joinBatch(seq);
-      [next] = await decoder.decodeBatchArgmax([next]);
-      const t0 = performance.now();
-      for (let i = 0; i < decodeSteps; i++) [next] = await decoder.decodeBatchArgmax([next]);
-      rates.push(decodeSteps / seconds(t0));
-      decoder.leaveBatch(seq, { keepCache: false });
-    }
-    return median(rates);
-  };
-  const out: DecoderTimes = { prefill300: await prefill(300), prefill1800: await prefill(1800) };
   if (withDecode) {
-    out.decode300 = await decode(300);
-    out.decode1500 = await decode(1500);
+    out.decode300 = await measureDecode(decoder, 300, decodeSteps, reps);
+    out.decode1500 = await measureDecode(decoder, 1500, decodeSteps, reps);
   }
   return out;
 }
@@ -112,7 +126,7 @@ export interface BenchOptions {
 }
 
 /** `model`, or the random checkpoint of `shape` under the cache folder (created on first use). */
-async function benchModel(
+export async function benchModel(
   shape: string,
   model: string | undefined,
   log: (line: string) => void,
