@@ -1,7 +1,7 @@
 /**
  * The int4 decode kernels alone: one graph holding the MatMulNBits of one InternVL2_5-1B decode token
  * (24 layers and lm_head, M = 1, random weights, accuracy level 4, block 32) and nothing else, timed per run.
- * node --import tsx scripts/profile-int4-kernels.ts [--separate] [--no-lm-head]
+ * node --import tsx scripts/profile-int4-kernels.ts [--separate] [--no-lm-head] [--block-size 32] [--accuracy-level 4]
  * --separate: q/k/v and gate/up as separate linears instead of fused.
  */
 import * as ort from 'onnxruntime-node';
@@ -10,6 +10,12 @@ import { quantizedMatMul } from '../src/onnx/quantize.js';
 import { modelToBytes } from '../src/onnx/serialize.js';
 
 const separate = process.argv.includes('--separate');
+const option = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(name);
+  return i < 0 ? fallback : Number(process.argv[i + 1]);
+};
+const blockSize = option('--block-size', 32);
+const accuracyLevel = option('--accuracy-level', 4);
 const lmHead = !process.argv.includes('--no-lm-head');
 const [d, ff, q, kv, vocab, layers] = [896, 4864, 896, 128, 151674, 24];
 let seed = 1;
@@ -21,7 +27,7 @@ const random = (n: number) =>
 const g = new GraphBuilder('int4-kernels');
 const x = g.input('x', 'float32', [1, 1, d]);
 const xff = g.input('x_ff', 'float32', [1, 1, ff]);
-const quant = { dtype: 'int4' as const, blockSize: 32, accuracyLevel: 4 };
+const quant = { dtype: 'int4' as const, blockSize, accuracyLevel };
 const linears: [number, number, string][] = separate
   ? [
       [q, d, x],
@@ -69,6 +75,8 @@ console.log(
     matmulnbits: outputs.length,
     separate,
     lm_head: lmHead,
+    block_size: blockSize,
+    accuracy_level: accuracyLevel,
     ms_per_run: times.sort((a, b) => a - b).map((t) => +t.toFixed(2)),
   }),
 );
