@@ -5,7 +5,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { InternVLModel } from '../src/engine/model.js';
 import { InternVLError } from '../src/errors.js';
-import { Checkpoint, writeSafetensors } from '../src/io/safetensors.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import { writeSafetensors } from '../src/io/safetensors-write.js';
 import { GOLDEN_DIR, GOLDEN_MODELS, goldenModelDir, maxAbsDiff } from './helpers.js';
 
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-engine-cache-'));

@@ -4,9 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { InternVLError } from '../src/errors.js';
+import { float16ToFloat32, float32ToFloat16 } from '../src/io/float-formats.js';
 import { dequantizeQ4_0, quantizeQ4_0 } from '../src/io/ggml-quant.js';
 import { GGML_TYPES, type GgufTensor, gguf, readGgufInfo, writeGguf } from '../src/io/gguf.js';
-import { Checkpoint, float16ToFloat32, float32ToFloat16 } from '../src/io/safetensors.js';
+import { Checkpoint } from '../src/io/safetensors.js';
 import { gpt2ByteSymbols, writeQwen2Gguf } from '../src/tools/qwen2-gguf.js';
 import { goldenModelDir } from './helpers.js';
 

@@ -6,7 +6,8 @@
  */
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Checkpoint, type TensorToWrite, writeSafetensors } from '../src/io/safetensors.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import { type TensorToWrite, writeSafetensors } from '../src/io/safetensors-write.js';
 
 const VISION_RENAMES: [RegExp, string][] = [
   [/vision_model/g, 'vision_tower'],

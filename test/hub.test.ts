@@ -21,7 +21,8 @@ import { InternVLError } from '../src/errors.js';
 import { defaultHubCacheDir, parseHubId, resolveModel } from '../src/io/hub.js';
 import type { DownloadProgress } from '../src/io/progress.js';
 import { createProgressBar, formatBytes, formatProgressLine } from '../src/io/progress.js';
-import { Checkpoint, writeSafetensors } from '../src/io/safetensors.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import { writeSafetensors } from '../src/io/safetensors-write.js';
 import { type FakeHub, type FakeHubOptions, startFakeHub } from './fake-hub.js';
 import { goldenModelDir } from './helpers.js';
 

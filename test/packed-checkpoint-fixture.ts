@@ -10,13 +10,9 @@
  */
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import {
-  Checkpoint,
-  float16ToFloat32,
-  float32ToFloat16,
-  type TensorToWrite,
-  writeSafetensors,
-} from '../src/io/safetensors.js';
+import { float16ToFloat32, float32ToFloat16 } from '../src/io/float-formats.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import { type TensorToWrite, writeSafetensors } from '../src/io/safetensors-write.js';
 import type { Int4Blocks } from '../src/onnx/quantize.js';
 
 /** Nibble j of a packed word holds output column 8c + ORDER[j] (AutoAWQ's order_map). */

@@ -9,12 +9,10 @@ import { checkpointWeights, EngineCore } from '../src/engine/core.js';
 import { resolvePrecision } from '../src/engine/graph-plan.js';
 import { decoderGraphQuant, resolveLlmPrecision } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
-import {
-  Checkpoint,
-  float16ToFloat32,
-  type SafetensorsDType,
-  writeSafetensors,
-} from '../src/io/safetensors.js';
+import { float16ToFloat32 } from '../src/io/float-formats.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import type { SafetensorsDType } from '../src/io/safetensors-format.js';
+import { writeSafetensors } from '../src/io/safetensors-write.js';
 import { AWQ_LAYOUT, unpackAwqRows } from '../src/models/awq.js';
 import { gptqLayout, unpackGptqWeights } from '../src/models/gptq.js';
 import { loadModelConfig } from '../src/models/model-config.js';

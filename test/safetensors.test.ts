@@ -4,16 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { InternVLError } from '../src/errors.js';
-import {
-  bf16ToFloat32,
-  Checkpoint,
-  float16ToFloat32,
-  float32ToBf16,
-  float32ToFloat16,
-  type SafetensorsDType,
-  writeSafetensors,
-  writeSafetensorsStreaming,
-} from '../src/io/safetensors.js';
+import { bf16ToFloat32, float16ToFloat32, float32ToBf16, float32ToFloat16 } from '../src/io/float-formats.js';
+import { Checkpoint } from '../src/io/safetensors.js';
+import type { SafetensorsDType } from '../src/io/safetensors-format.js';
+import { writeSafetensors, writeSafetensorsStreaming } from '../src/io/safetensors-write.js';
 import { GOLDEN_DIR, goldenModelDir } from './helpers.js';
 
 let tmp: string;

@@ -1,5 +1,6 @@
 import { InternVLError } from '../errors.js';
-import { float32ToBf16, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
+import { float32ToBf16 } from '../io/float-formats.js';
+import { type TensorToWrite, writeSafetensors } from '../io/safetensors-write.js';
 import { toPixelValues } from '../preprocess/pixels.js';
 import type { LossReduction } from '../text/training.js';
 import type { DatasetSpec } from './meta.js';

@@ -1,6 +1,6 @@
 /** ggml's Q4_0 quantisation (the block layout GGUF files and llama.cpp use), in plain TypeScript. */
 import { InternVLError } from '../errors.js';
-import { float16ToFloat32, float32ToFloat16 } from './safetensors.js';
+import { float16ToFloat32, float32ToFloat16 } from './float-formats.js';
 
 /**
  * Q4_0 blocks of 32 values as ggml lays them out: an fp16 scale d, then 16 bytes whose low nibbles are

@@ -12,9 +12,10 @@
  */
 
 import { InternVLError } from '../errors.js';
+import { float32ToFloat16 } from '../io/float-formats.js';
 import { quantizeQ4_0 } from '../io/ggml-quant.js';
 import { type GgmlType, type GgufTensor, type GgufValue, gguf, writeGguf } from '../io/gguf.js';
-import { Checkpoint, float32ToFloat16 } from '../io/safetensors.js';
+import { Checkpoint } from '../io/safetensors.js';
 import type { DecoderDims } from '../models/decoder.js';
 import { loadModelConfig } from '../models/model-config.js';
 import { decoderDimsFromConfig } from '../models/registry.js';

@@ -11,7 +11,7 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ModelConfig } from '../config/model-config.js';
 import { InternVLError } from '../errors.js';
-import { writeSafetensorsStreaming } from '../io/safetensors.js';
+import { writeSafetensorsStreaming } from '../io/safetensors-write.js';
 import { internVitDimsFromConfig, internVitTensorSpecs } from '../models/internvit.js';
 import { parseModelConfig } from '../models/model-config.js';
 import { projectorTensorSpecs } from '../models/projector.js';

@@ -6,7 +6,9 @@
 import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
-import { Checkpoint, float32ToBf16, type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
+import { float32ToBf16 } from '../io/float-formats.js';
+import { Checkpoint } from '../io/safetensors.js';
+import { type TensorToWrite, writeSafetensors } from '../io/safetensors-write.js';
 import { checksumFiles } from './checkpoint-integrity.js';
 import type { AdamState } from './optimizer.js';
 import type { Parameter } from './trainable.js';

@@ -5,14 +5,10 @@
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
-import {
-  Checkpoint,
-  float32ToBf16,
-  float32ToFloat16,
-  type SafetensorsDType,
-  type TensorSpec,
-  writeSafetensorsStreaming,
-} from '../io/safetensors.js';
+import { float32ToBf16, float32ToFloat16 } from '../io/float-formats.js';
+import { Checkpoint } from '../io/safetensors.js';
+import type { SafetensorsDType } from '../io/safetensors-format.js';
+import { type TensorSpec, writeSafetensorsStreaming } from '../io/safetensors-write.js';
 import { loadModelConfig, parseModelConfig } from '../models/model-config.js';
 import { keyedRandom, uniform } from './random.js';
 
