@@ -171,6 +171,60 @@ describe('internvl chat, errors', () => {
     }
   });
 
+  test('--tools FILE --tool-choice: calls print as JSON lines valid for their tool; bad tools fail clearly', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ivl-cli-tools-'));
+    try {
+      const weather = {
+        type: 'object',
+        properties: { city: { type: 'string', maxLength: 8 }, unit: { enum: ['C', 'F'] } },
+        required: ['city', 'unit'],
+        additionalProperties: false,
+      };
+      const clock = { type: 'object', properties: { zone: { type: 'integer' } }, required: ['zone'] };
+      const tools = [
+        {
+          type: 'function',
+          function: { name: 'get_weather', description: 'Weather now', parameters: weather },
+        },
+        { type: 'function', function: { name: 'get_time', parameters: clock } },
+      ];
+      const file = path.join(dir, 'tools.json');
+      writeFileSync(file, JSON.stringify(tools));
+      const bad = path.join(dir, 'bad.json');
+      writeFileSync(bad, JSON.stringify([{ type: 'function', function: { name: 'x y' } }]));
+      const common = ['--tools', file, '--max-new-tokens', '200', '--temperature', '1'];
+      const [required, named, badTools, noTools] = await Promise.all([
+        runChat([MODEL, ...common, '--tool-choice', 'required', '--seed', '5', 'Weather in Paris?']),
+        runChat([MODEL, ...common, '--tool-choice', 'get_time', '--seed', '6', 'What time is it?']),
+        runChat([MODEL, '--tools', bad, 'Hi']),
+        runChat([MODEL, '--tool-choice', 'required', 'Hi']),
+      ]);
+      const calls = (run: Run) =>
+        run.stdout
+          .split('\n')
+          .filter((l) => l.startsWith('{"tool_call"'))
+          .map((l) => (JSON.parse(l) as { tool_call: { name: string; arguments: unknown } }).tool_call);
+      assert.equal(required.code, 0, required.stderr);
+      const made = calls(required);
+      assert.ok(made.length >= 1, required.stdout);
+      for (const call of made) {
+        const tool = tools.find((t) => t.function.name === call.name);
+        assert.ok(tool, `called an unknown tool: ${call.name}`);
+        assertValidJson(JSON.stringify(call.arguments), tool.function.parameters, 'chat --tools required');
+      }
+      assert.equal(named.code, 0, named.stderr);
+      const [time] = calls(named);
+      assert.equal(time?.name, 'get_time', named.stdout);
+      assertValidJson(JSON.stringify(time.arguments), clock, 'chat --tool-choice get_time');
+      assert.equal(badTools.code, 1);
+      assert.match(badTools.stderr, /tools\[0\]\.function\.name/);
+      assert.equal(noTools.code, 2);
+      assert.match(noTools.stderr, /--tool-choice needs --tools/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('bad flags, a missing image and an unknown model path fail clearly', async () => {
     const [help, unknownFlag, badNumber, missingImage, noModel, replImage] = await Promise.all([
       runChat(['--help']),

@@ -2,6 +2,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { type GenerationConfigInput, parseGenerationConfigInput } from '../pipeline/generation-config.js';
 import { DEFAULT_MODEL } from '../pipeline/pipeline.js';
+import { withoutToolOptions } from '../pipeline/tool-calls.js';
 import {
   integerOption,
   numberOption,
@@ -34,6 +35,12 @@ Options:
                         first token, ViT seconds, prefill and decode tokens/s) instead of text
   --json-schema FILE    answer with compact JSON valid for the JSON Schema in FILE (constrained
                         decoding; give --max-new-tokens room for the whole JSON)
+  --tools FILE          tools the model may call: a JSON list of OpenAI function tools
+                        ([{"type": "function", "function": {"name", "description", "parameters"}}]);
+                        each call is printed after the answer's text as one JSON line
+                        {"tool_call": {"name", "arguments"}}
+  --tool-choice C       auto (default with --tools), required (always calls), none, or a tool's
+                        name (always calls that tool); required and a name are valid by construction
 ${PRECISION_USAGE}
   -h, --help            show this help
 
@@ -52,6 +59,7 @@ Examples:
   npx internvl chat ./InternVL2_5-1B --image a.jpg --image b.jpg "What differs between the two images?"
   npx internvl chat ./InternVL2_5-1B --video clip.mp4 --json "What happens in this video?"
   npx internvl chat ./InternVL2_5-1B --json-schema person.json "Who is in the photo?" --image p.jpg
+  npx internvl chat ./InternVL2_5-1B --tools tools.json --tool-choice required "Weather in Paris?"
   npx internvl chat ./InternVL2_5-1B                 # interactive
   npx internvl chat ./random-1b --max-new-tokens 32 "Hi"   # a create-random checkpoint: made-up words
 
@@ -94,6 +102,8 @@ export const CHAT_OPTIONS = {
   seed: { type: 'string' },
   json: { type: 'boolean' },
   'json-schema': { type: 'string' },
+  tools: { type: 'string' },
+  'tool-choice': { type: 'string' },
   ...PRECISION_FLAGS,
 } as const;
 
@@ -129,10 +139,23 @@ export function chatArgs({ values, positionals }: ParsedArgs<typeof CHAT_OPTIONS
   const seed = integerOption(values.seed, 'seed', 0);
   if (seed !== undefined) gen.seed = seed;
   if (values['json-schema'] !== undefined) {
-    gen.responseFormat = { type: 'json_schema', jsonSchema: readJsonSchema(values['json-schema']) };
+    gen.responseFormat = {
+      type: 'json_schema',
+      jsonSchema: readJsonObject(values['json-schema'], 'json-schema'),
+    };
+  }
+  if (values.tools !== undefined)
+    gen.tools = readJsonFile(values.tools, 'tools') as GenerationConfigInput['tools'];
+  const choice = values['tool-choice'];
+  if (choice !== undefined) {
+    if (values.tools === undefined) throw new UsageError('--tool-choice needs --tools');
+    gen.toolChoice =
+      choice === 'auto' || choice === 'required' || choice === 'none'
+        ? choice
+        : { type: 'function', function: { name: choice } };
   }
   try {
-    parseGenerationConfigInput(gen);
+    parseGenerationConfigInput(withoutToolOptions(gen));
   } catch (err) {
     throw new UsageError(err instanceof Error ? err.message : String(err));
   }
@@ -149,24 +172,28 @@ export function chatArgs({ values, positionals }: ParsedArgs<typeof CHAT_OPTIONS
   };
 }
 
-/** The JSON Schema object in a file; a missing file or one that is not a JSON object is a usage error. */
-function readJsonSchema(file: string): Record<string, unknown> {
+/** The JSON in the file of option `--flag`; a file that cannot be read or is not JSON is a usage error. */
+function readJsonFile(file: string, flag: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`--json-schema: cannot read ${file}: ${errorMessage(err)}`);
+    throw new UsageError(`--${flag}: cannot read ${file}: ${errorMessage(err)}`);
   }
-  let schema: unknown;
   try {
-    schema = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
-    throw new UsageError(`--json-schema: ${file} is not JSON: ${errorMessage(err)}`);
+    throw new UsageError(`--${flag}: ${file} is not JSON: ${errorMessage(err)}`);
   }
-  if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
-    throw new UsageError(`--json-schema: ${file} must hold a JSON Schema object`);
+}
+
+/** A JSON object (a JSON Schema) in a file. */
+function readJsonObject(file: string, flag: string): Record<string, unknown> {
+  const value = readJsonFile(file, flag);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new UsageError(`--${flag}: ${file} must hold a JSON Schema object`);
   }
-  return schema as Record<string, unknown>;
+  return value as Record<string, unknown>;
 }
 
 export function errorMessage(err: unknown): string {

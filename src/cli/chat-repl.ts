@@ -4,6 +4,7 @@ import { createInterface, type Interface } from 'node:readline';
 import { InternVLError } from '../errors.js';
 import type { PromptInput } from '../pipeline/conversation.js';
 import { type Pipeline, Session, type StreamChunk } from '../pipeline/pipeline.js';
+import type { ToolCall } from '../text/tool-prompts.js';
 import { UsageError } from './args.js';
 import { type ChatArgs, errorMessage } from './chat-args.js';
 
@@ -143,7 +144,11 @@ export async function repl(pipe: Pipeline, args: ChatArgs): Promise<number> {
         try {
           const onChunk = args.json ? undefined : (chunk: StreamChunk) => out.write(chunk.text);
           await pipe.chat(input, { session, gen: args.gen, signal: controller.signal, onChunk });
-          out.write(args.json ? `${JSON.stringify(session.response)}\n` : '\n');
+          out.write(
+            args.json
+              ? `${JSON.stringify(session.response)}\n`
+              : `\n${toolCallLines(session.response?.toolCalls)}`,
+          );
           if (session.response?.finishReason === 'abort') note('(answer stopped)');
         } catch (err) {
           if (err instanceof InternVLError && err.code === 'ABORTED') note('(answer stopped)');
@@ -165,4 +170,17 @@ export async function repl(pipe: Pipeline, args: ChatArgs): Promise<number> {
     await pipe.endSession(session);
   }
   return failed ? 1 : 0;
+}
+
+/** Tool calls as JSON lines `{"tool_call": {"name", "arguments"}}` (arguments parsed), '' for none. */
+export function toolCallLines(calls: readonly ToolCall[] | undefined): string {
+  return (calls ?? [])
+    .map((c) => {
+      let args: unknown = c.function.arguments;
+      try {
+        args = JSON.parse(c.function.arguments);
+      } catch {}
+      return `${JSON.stringify({ tool_call: { name: c.function.name, arguments: args } })}\n`;
+    })
+    .join('');
 }

@@ -5,8 +5,9 @@
 import { describeMemoryCheck } from '../engine/memory-check.js';
 import { createAnyTaskProgress } from '../io/progress.js';
 import { type FinishReason, type Pipeline, pipeline } from '../pipeline/pipeline.js';
+import { ToolCallAccumulator } from '../server/tool-calls.js';
 import { CHAT_OPTIONS, type ChatArgs, chatArgs, USAGE } from './chat-args.js';
-import { checkMediaFile, promptInput, repl, stdoutWriter } from './chat-repl.js';
+import { checkMediaFile, promptInput, repl, stdoutWriter, toolCallLines } from './chat-repl.js';
 import { defineCommand } from './command.js';
 
 async function answerOnce(pipe: Pipeline, args: ChatArgs, prompt: string): Promise<number> {
@@ -23,11 +24,13 @@ async function answerOnce(pipe: Pipeline, args: ChatArgs, prompt: string): Promi
       finishReason = response.finishReason;
       out.write(`${JSON.stringify(response)}\n`);
     } else {
+      const calls = new ToolCallAccumulator();
       for await (const chunk of pipe.stream(input, args.gen, { signal: controller.signal })) {
         out.write(chunk.text);
+        if (chunk.toolCalls) calls.add(chunk.toolCalls);
         finishReason = chunk.finishReason ?? finishReason;
       }
-      out.write('\n');
+      out.write(`\n${toolCallLines(calls.calls)}`);
     }
   } finally {
     process.off('SIGINT', onInterrupt);
@@ -55,8 +58,9 @@ async function chat(args: ChatArgs): Promise<number> {
       onProgress: createAnyTaskProgress(process.stderr),
       onMemoryCheck: (check) => process.stderr.write(`internvl chat: ${describeMemoryCheck(check)}\n`),
     });
-    // A schema XGrammar cannot read fails here, before any prompt.
+    // A schema XGrammar cannot read, or a bad tool, fails here, before any prompt.
     if (args.gen.responseFormat) await pipe.compileResponseFormat(args.gen.responseFormat);
+    if (args.gen.tools) await pipe.compileTools(args.gen);
     return args.prompt !== undefined ? await answerOnce(pipe, args, args.prompt) : await repl(pipe, args);
   } finally {
     await pipe?.close();
