@@ -2,15 +2,10 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { checkpointWeights as engineWeights } from '../src/engine/core.js';
-import {
-  argmax,
-  DecoderRunner,
-  type DecoderRunnerOptions,
-  teacherForcedLogits,
-} from '../src/engine/decoder.js';
+import { argmax, DecoderRunner, type DecoderRunnerOptions } from '../src/engine/decoder.js';
 import { embedTokens, scatterImageEmbeddings } from '../src/engine/embeddings.js';
 import { Generator } from '../src/engine/generate.js';
-import { greedyTokens } from '../src/engine/greedy.js';
+import { greedyTokens, teacherForcedLogits } from '../src/engine/greedy.js';
 import { InternVLError } from '../src/errors.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import type { DecoderDims } from '../src/models/decoder.js';

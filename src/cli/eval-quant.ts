@@ -6,9 +6,9 @@
 import { writeFile } from 'node:fs/promises';
 import { type LlmQuantization, llmQuantization } from '../config/quantization-config.js';
 import { checkpointWeights } from '../engine/core.js';
-import { argmax, decoderDimsFromConfig, teacherForcedLogits } from '../engine/decoder.js';
+import { argmax, decoderDimsFromConfig } from '../engine/decoder.js';
 import { type PrecisionOptions, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
-import { greedyTokens } from '../engine/greedy.js';
+import { greedyTokens, teacherForcedLogits } from '../engine/greedy.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
 import { decoderGraphQuant, resolveLlmPrecision, type WeightDtype } from '../engine/precision.js';
 import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';

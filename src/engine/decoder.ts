@@ -7,11 +7,12 @@
 import { InternVLError } from '../errors.js';
 import { DECODER_IO, type DecoderDims } from '../models/decoder.js';
 import { buildDecoderGraph, embeddingTensorName } from '../models/registry.js';
-import { type RopeParams, rotaryTables } from '../models/rope.js';
+import type { RopeParams } from '../models/rope.js';
 import type { WeightSource } from '../models/weights.js';
+import { batchStepInputs, chunkInputs } from './decoder-feeds.js';
 import { type EmbeddingTable, embedTokens } from './embeddings.js';
 import { KvCache, Sequence } from './kv-cache.js';
-import * as ort from './ort.js';
+import type * as ort from './ort.js';
 import {
   decoderGraphQuant,
   type LlmPrecisionOptions,
@@ -102,11 +103,6 @@ function positiveIntegerOption(name: string, value: number | undefined, fallback
     throw new InternVLError('BAD_INPUT', `${name} must be a positive integer, got ${value}`);
   }
   return value;
-}
-
-/** A float32 array ORT can wrap without copying a wrong region (subarrays are copied). */
-function ownBuffer(data: Float32Array): Float32Array {
-  return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength ? data : data.slice();
 }
 
 interface RunResult {
@@ -367,45 +363,16 @@ export class DecoderRunner {
       );
     }
     if (this.#released) throw new InternVLError('BAD_INPUT', 'the decoder runner has been released');
-    const { hiddenSize: d, numLayers, headDim: hd } = this.dims;
     const longest = Math.max(...members.map((s) => s.length));
     this.#kv.reserveBatch(longest + 1);
-    const half = hd / 2;
-    const cos = new Float32Array(n * half);
-    const sin = new Float32Array(n * half);
-    members.forEach((seq, b) => {
-      const row = rotaryTables(this.#rope, seq.length, 1, seq.length + 1);
-      cos.set(row.cos, b * half);
-      sin.set(row.sin, b * half);
-    });
-    const feeds: Record<string, ort.Tensor> = {
-      [DECODER_IO.inputsEmbeds]: new ort.Tensor('float32', this.embed(ids), [n, 1, d]),
-      [DECODER_IO.ropeCos]: new ort.Tensor('float32', cos, [n, half]),
-      [DECODER_IO.ropeSin]: new ort.Tensor('float32', sin, [n, half]),
-      [DECODER_IO.ropeIndex]: new ort.Tensor(
-        'int64',
-        BigInt64Array.from({ length: n }, (_, b) => BigInt(b)),
-        [n, 1],
-      ),
-      [DECODER_IO.seqlensK]: new ort.Tensor(
-        'int32',
-        Int32Array.from(members, (s) => s.length),
-        [n],
-      ),
-      [DECODER_IO.totalSequenceLength]: new ort.Tensor('int32', Int32Array.of(longest + 1), []),
-      [DECODER_IO.logitsRows]: new ort.Tensor(
-        'int64',
-        BigInt64Array.from({ length: n }, (_, b) => BigInt(b)),
-        [n],
-      ),
-    };
-    const fetches: string[] = [fetch];
-    for (let i = 0; i < numLayers; i++) {
-      const past = this.#kv.batchPast(i);
-      feeds[DECODER_IO.pastKey(i)] = past.key;
-      feeds[DECODER_IO.pastValue(i)] = past.value;
-      fetches.push(DECODER_IO.key(i), DECODER_IO.value(i));
-    }
+    const { feeds, fetches } = batchStepInputs(
+      this.dims,
+      this.#rope,
+      members,
+      this.embed(ids),
+      (layer) => this.#kv.batchPast(layer),
+      fetch,
+    );
     for (const seq of members) seq.busy = true;
     try {
       const result = await this.#session.run(feeds, fetches);
@@ -466,34 +433,13 @@ export class DecoderRunner {
     withHidden: boolean,
     argmaxOnly = false,
   ): Promise<RunResult> {
-    const { hiddenSize: d, numLayers, headDim: hd } = this.dims;
-    const past = seq.length;
-    const total = past + n;
+    const { numLayers } = this.dims;
+    const total = seq.length + n;
     this.#kv.ensureCapacity(seq, total);
-    const { cos, sin } = rotaryTables(this.#rope, past, n, ropeSeqLen);
-    const feeds: Record<string, ort.Tensor> = {
-      [DECODER_IO.inputsEmbeds]: new ort.Tensor('float32', ownBuffer(embeds), [1, n, d]),
-      [DECODER_IO.ropeCos]: new ort.Tensor('float32', cos, [n, hd / 2]),
-      [DECODER_IO.ropeSin]: new ort.Tensor('float32', sin, [n, hd / 2]),
-      [DECODER_IO.ropeIndex]: new ort.Tensor(
-        'int64',
-        BigInt64Array.from({ length: n }, (_, t) => BigInt(t)),
-        [1, n],
-      ),
-      [DECODER_IO.seqlensK]: new ort.Tensor('int32', Int32Array.of(total - 1), [1]),
-      [DECODER_IO.totalSequenceLength]: new ort.Tensor('int32', Int32Array.of(total), []),
-      [DECODER_IO.logitsRows]: new ort.Tensor('int64', BigInt64Array.from(logitsRows, BigInt), [
-        logitsRows.length,
-      ]),
-    };
-    const fetches: string[] = [argmaxOnly ? DECODER_IO.nextToken : DECODER_IO.logits];
-    for (let i = 0; i < numLayers; i++) {
-      feeds[DECODER_IO.pastKey(i)] = seq.pastTensors[i].key;
-      feeds[DECODER_IO.pastValue(i)] = seq.pastTensors[i].value;
-      fetches.push(DECODER_IO.key(i), DECODER_IO.value(i));
-      if (withHidden) fetches.push(DECODER_IO.hidden(i));
-    }
-    if (withHidden) fetches.push(DECODER_IO.finalNorm);
+    const { feeds, fetches } = chunkInputs(this.dims, this.#rope, seq, embeds, n, logitsRows, ropeSeqLen, {
+      withHidden,
+      argmaxOnly,
+    });
     // Long chunks go to the prefill graph (int8 DynamicQuantizeMatMul) when there is one.
     const session =
       n >= PREFILL_GRAPH_MIN_TOKENS && this.#prefillSession ? this.#prefillSession : this.#session;
@@ -517,24 +463,4 @@ export class DecoderRunner {
     }
     return out;
   }
-}
-
-/**
- * The last-position logits [vocab] before each of `tokens`: the prompt's last position, then each token
- * but the last fed in turn through the KV cache (teacher forcing, for comparing runners step by step).
- */
-export async function teacherForcedLogits(
-  runner: DecoderRunner,
-  embeds: Float32Array,
-  numPromptTokens: number,
-  tokens: readonly number[],
-): Promise<Float32Array[]> {
-  const seq = runner.newSequence();
-  const steps: Float32Array[] = [];
-  let logits = await runner.forward(seq, embeds, numPromptTokens);
-  for (let step = 0; step < tokens.length; step++) {
-    steps.push(logits);
-    if (step + 1 < tokens.length) logits = await runner.forward(seq, runner.embed([tokens[step]]), 1);
-  }
-  return steps;
 }

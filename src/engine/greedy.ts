@@ -41,3 +41,23 @@ export async function greedyTokens(
   );
   return result.tokens.map((t) => t.id);
 }
+
+/**
+ * The last-position logits [vocab] before each of `tokens`: the prompt's last position, then each token
+ * but the last fed in turn through the KV cache (teacher forcing, for comparing runners step by step).
+ */
+export async function teacherForcedLogits(
+  runner: DecoderRunner,
+  embeds: Float32Array,
+  numPromptTokens: number,
+  tokens: readonly number[],
+): Promise<Float32Array[]> {
+  const seq = runner.newSequence();
+  const steps: Float32Array[] = [];
+  let logits = await runner.forward(seq, embeds, numPromptTokens);
+  for (let step = 0; step < tokens.length; step++) {
+    steps.push(logits);
+    if (step + 1 < tokens.length) logits = await runner.forward(seq, runner.embed([tokens[step]]), 1);
+  }
+  return steps;
+}
