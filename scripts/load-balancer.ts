@@ -73,7 +73,7 @@ function exited(child: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
-/** Polls GET url until it answers 200, at most until the deadline. */
+/** Polls GET url (/ready of a replica, /health of nginx) until it answers 200, at most until the deadline. */
 async function waitHealthy(url: string, child: ChildProcess, log: string[]): Promise<void> {
   while (Date.now() < deadline) {
     if (child.exitCode !== null)
@@ -206,9 +206,10 @@ try {
   // The first replica converts the checkpoint into the graph cache; the second then loads it from there.
   const logs: string[][] = [[], [], []];
   const replica1 = serve(p1, logs[0]);
-  await waitHealthy(`http://127.0.0.1:${p1}/health`, replica1, logs[0]);
+  // /health is liveness (200 while the model loads); /ready answers 200 once it can serve.
+  await waitHealthy(`http://127.0.0.1:${p1}/ready`, replica1, logs[0]);
   const replica2 = serve(p2, logs[1]);
-  await waitHealthy(`http://127.0.0.1:${p2}/health`, replica2, logs[1]);
+  await waitHealthy(`http://127.0.0.1:${p2}/ready`, replica2, logs[1]);
   await writeFile(path.join(dir, 'nginx.conf'), nginxConfig(dir, front, [p1, p2]));
   const nginx = start('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf')], env, logs[2]);
   const base = `http://127.0.0.1:${front}`;
