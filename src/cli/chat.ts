@@ -5,7 +5,7 @@
 import { describeMemoryCheck } from '../engine/memory-check.js';
 import { createAnyTaskProgress } from '../io/progress.js';
 import { type FinishReason, type Pipeline, pipeline } from '../pipeline/pipeline.js';
-import { ToolCallAccumulator } from '../server/tool-calls.js';
+import { ToolCallAccumulator } from '../pipeline/tool-call-reader.js';
 import { CHAT_OPTIONS, type ChatArgs, chatArgs, USAGE } from './chat-args.js';
 import { checkMediaFile, promptInput, repl, stdoutWriter, toolCallLines } from './chat-repl.js';
 import { defineCommand } from './command.js';

@@ -61,3 +61,18 @@ function argumentsParse(call: ToolCall): boolean {
     return false;
   }
 }
+
+/** A generation's tool calls rebuilt from its streamed deltas (StreamChunk.toolCalls). */
+export class ToolCallAccumulator {
+  readonly calls: ToolCall[] = [];
+
+  add(deltas: readonly ToolCallDelta[]): void {
+    for (const d of deltas) {
+      if (d.id !== undefined) {
+        this.calls[d.index] = { id: d.id, type: 'function', function: { name: d.name ?? '', arguments: '' } };
+      }
+      const call = this.calls[d.index];
+      if (call) call.function.arguments += d.arguments;
+    }
+  }
+}

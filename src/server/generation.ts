@@ -5,12 +5,13 @@
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { StreamChunk, TokenLogprobInfo } from '../pipeline/pipeline.js';
+import { ToolCallAccumulator } from '../pipeline/tool-call-reader.js';
 import type { BackendResult } from './backend.js';
 import { HttpError } from './errors.js';
 import { SSE_HEADERS, sendJson, sseData } from './http.js';
 import type { ServerMetrics, SlotLimiter } from './metrics.js';
 import { chatLogprobs, completionLogprobs, sumUsage } from './openai-responses.js';
-import { ToolCallAccumulator, toolCallDeltas } from './tool-calls.js';
+import { toolCallDeltas } from './tool-calls.js';
 
 export interface GenerationContext {
   readonly modelName: string;

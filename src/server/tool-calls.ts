@@ -138,21 +138,6 @@ export function messageToolCalls(m: { tool_calls?: ToolCall[] | null }): { toolC
   return m.tool_calls?.length ? { toolCalls: m.tool_calls.map((c) => ({ ...c, type: 'function' })) } : {};
 }
 
-/** One choice's tool calls, rebuilt from its stream deltas. */
-export class ToolCallAccumulator {
-  readonly calls: ToolCall[] = [];
-
-  add(deltas: readonly ToolCallDelta[]): void {
-    for (const d of deltas) {
-      if (d.id !== undefined) {
-        this.calls[d.index] = { id: d.id, type: 'function', function: { name: d.name ?? '', arguments: '' } };
-      }
-      const call = this.calls[d.index];
-      if (call) call.function.arguments += d.arguments;
-    }
-  }
-}
-
 /** OpenAI's `delta.tool_calls` for a chunk's deltas. */
 export function toolCallDeltas(deltas: readonly ToolCallDelta[]): unknown[] {
   return deltas.map((d) =>
