@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Pipeline, pipeline, type Response } from '../src/pipeline/pipeline.js';
-import { GOLDEN_DIR, goldenModelDir, REPO_ROOT } from './helpers.js';
+import { type CliRun, GOLDEN_DIR, goldenModelDir, runInternvl } from './helpers.js';
 import { assertValidJson } from './structured-fixtures.js';
 
 const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
@@ -13,28 +12,11 @@ const IMAGE = path.join(GOLDEN_DIR, 'prep/sources/s0_500x300_rgb.png');
 const IMAGE2 = path.join(GOLDEN_DIR, 'prep/sources/s2_37x61_rgb.png');
 const cacheDir = mkdtempSync(path.join(os.tmpdir(), 'ivl-cli-chat-cache-'));
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+type Run = CliRun;
 
 /** Runs `internvl chat ...args` with `stdin` written and closed. */
 function runChat(args: string[], stdin = ''): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', path.join(REPO_ROOT, 'src/cli/main-entry.ts'), 'chat', ...args],
-      { cwd: REPO_ROOT, env: { ...process.env, INTERNVL_CACHE: cacheDir, HF_HUB_OFFLINE: '1' } },
-    );
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(stdin);
-  });
+  return runInternvl(['chat', ...args], { INTERNVL_CACHE: cacheDir, HF_HUB_OFFLINE: '1' }, stdin);
 }
 
 const jsonLines = (stdout: string): Response[] =>

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Checkpoint } from '../src/io/safetensors.js';
@@ -40,4 +41,28 @@ export async function readGoldenCase(
   const image = { pixelValues: await px.readFloat32('pixel_values'), numTiles: meta.pixel_values_shape[0] };
   await px.close();
   return { ids, image };
+}
+
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `internvl ...args` (the source entry under tsx) with `env` over this process's and `stdin` written and closed. */
+export function runInternvl(args: string[], env: Record<string, string>, stdin = ''): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', path.join(REPO_ROOT, 'src/cli/main-entry.ts'), ...args],
+      { cwd: REPO_ROOT, env: { ...process.env, ...env } },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(stdin);
+  });
 }

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +12,7 @@ import { Checkpoint } from '../src/io/safetensors.js';
 import { loadModelConfig } from '../src/models/model-config.js';
 import { pipeline } from '../src/pipeline/pipeline.js';
 import { createRandomCheckpoint } from '../src/tools/random-checkpoint.js';
-import { GOLDEN_DIR, goldenModelDir, REPO_ROOT } from './helpers.js';
+import { type CliRun, GOLDEN_DIR, goldenModelDir, REPO_ROOT, runInternvl } from './helpers.js';
 
 const MODEL = goldenModelDir('tiny-internvl2_5-qwen2');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'ivl-memory-'));
@@ -21,27 +20,8 @@ after(() => rmSync(tmp, { recursive: true, force: true }));
 
 const GiB = 2 ** 30;
 
-function run(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', path.join(REPO_ROOT, 'src/cli/main-entry.ts'), ...args],
-      {
-        cwd: REPO_ROOT,
-        env: { ...process.env, INTERNVL_CACHE: path.join(tmp, 'cache'), HF_HUB_OFFLINE: '1', ...env },
-      },
-    );
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end();
-  });
+function run(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return runInternvl(args, { INTERNVL_CACHE: path.join(tmp, 'cache'), HF_HUB_OFFLINE: '1', ...env });
 }
 
 describe('the estimate', () => {
