@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,6 +27,19 @@ test('every internvl command in the README runs through npx (npm install puts no
   const calls = shellLines(README).filter((l) => /(^|[\s|&;])internvl /.test(l));
   assert.ok(calls.length >= 15, `${calls.length} command lines`);
   for (const line of calls) assert.match(line, /(^|[\s|&;])npx internvl /, line);
+});
+
+test('npm in this folder keeps onnxruntime-node-install=skip and prints no warning about it', () => {
+  const npmrc = readFileSync(path.join(REPO_ROOT, '.npmrc'), 'utf8');
+  assert.match(npmrc, /^onnxruntime-node-install=skip$/m);
+  const out = execFileSync('npm', ['config', 'get', 'onnxruntime-node-install'], {
+    cwd: REPO_ROOT,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  assert.equal(out.trim(), 'skip');
+  const result = execFileSync('sh', ['-c', 'npm pkg get name 2>&1'], { cwd: REPO_ROOT, encoding: 'utf8' });
+  assert.doesNotMatch(result, /npm warn/i, result);
 });
 
 /** Runs one README line (`npx internvl data|train …`) in this process with the golden model for ./InternVL2_5-1B. */
