@@ -11,7 +11,8 @@
  *
  *   npm run bench:compare -- [--shape InternVL2_5-1B | --model DIR] [--threads N] [--reps 3]
  *     [--rounds 2] [--steps 32] [--settle-s 30] [--dir ~/.cache/internvl-ts/bench-compare]
- *     [--node-llama-cpp 3.22.1] [--json FILE]
+ *     [--node-llama-cpp 3.22.1] [--block-size 32] [--json FILE]
+ * --block-size: the int4 graph's MatMulNBits block (32 by default, as the engine's; Q4_0's block is 32).
  */
 import { execFile, fork } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -47,6 +48,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     'node-llama-cpp': { type: 'string', default: '3.22.1' },
     'settle-s': { type: 'string', default: '30' },
+    'block-size': { type: 'string' },
     json: { type: 'string' },
   },
 });
@@ -221,7 +223,8 @@ await llama({ op: 'load', name: 'F16', modelPath: ggufF16, contextSize, batchSiz
 
 log('loading internvl decoders (int4, int8, fp32)');
 const weights = checkpointWeights(checkpoint, config);
-const precision = await resolvePrecision({ llmDtype: 'int4' }, config);
+const blockSize = values['block-size'] ? positiveInt(values['block-size'], 'block-size') : undefined;
+const precision = await resolvePrecision({ llmDtype: 'int4', blockSize }, config);
 const cache = engineGraphCache(checkpoint);
 const decoder = (dtype: WeightDtype) =>
   createDecoderRunner(config, weights, cache, {

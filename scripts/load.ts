@@ -3,13 +3,14 @@
  * port), then for each client count runs that many concurrent streaming chat clients, each sending
  * --requests requests of --max-tokens tokens (ignore_eos, so every answer has the full length).
  * Prints one JSON object: aggregate completion tokens/s and time to first token (p50 and p99, nearest
- * rank over the level's requests) per level. Requests ask for logprobs, so every token is streamed as it
- * comes even when its text is empty (random weights sample many ids that decode to nothing): the time
- * to the first streamed chunk is the time to the first token.
+ * rank over the level's requests) per level: the time to the first streamed chunk with text (every id
+ * of a create-random tokenizer decodes to visible text). --logprobs also asks for logprobs (each token's
+ * log-sum-exp over the vocabulary is then computed too), so a model whose ids may decode to nothing
+ * still streams a chunk per token.
  * It stops by itself: the work is bounded, and --time-limit-s aborts whatever is still running.
  *
  *   node --import tsx scripts/load.ts [--shape InternVL2_5-1B | --model DIR] [--clients 1,2,4,8]
- *     [--requests 2] [--max-tokens 32] [--image] [--threads N] [--time-limit-s 600] [--json FILE]
+ *     [--requests 2] [--max-tokens 32] [--image] [--logprobs] [--threads N] [--time-limit-s 600] [--json FILE]
  *     [--llm-dtype fp32|int8|int4] [--prefill-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
  */
 import { writeFile } from 'node:fs/promises';
@@ -30,6 +31,7 @@ const { values } = parseArgs({
     requests: { type: 'string', default: '2' },
     'max-tokens': { type: 'string', default: '32' },
     image: { type: 'boolean', default: false },
+    logprobs: { type: 'boolean', default: false },
     threads: { type: 'string' },
     'time-limit-s': { type: 'string', default: '600' },
     json: { type: 'string' },
@@ -92,7 +94,7 @@ async function oneRequest(seed: number): Promise<RequestStats> {
       ignore_eos: true,
       temperature: 0.8,
       seed,
-      logprobs: true,
+      logprobs: values.logprobs,
       stream: true,
       stream_options: { include_usage: true },
     }),
@@ -174,6 +176,7 @@ const report = {
   maxTokens,
   requestsPerClient,
   image: values.image,
+  logprobs: values.logprobs,
   levels: results,
 };
 const text = `${JSON.stringify(report, null, 2)}\n`;

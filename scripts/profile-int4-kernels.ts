@@ -2,7 +2,9 @@
  * The int4 decode kernels alone: one graph holding the MatMulNBits of one InternVL2_5-1B decode token
  * (24 layers and lm_head, M = 1, random weights, accuracy level 4, block 32) and nothing else, timed per run.
  * node --import tsx scripts/profile-int4-kernels.ts [--separate] [--no-lm-head] [--block-size 32] [--accuracy-level 4]
- * --separate: q/k/v and gate/up as separate linears instead of fused.
+ *   [--rows 1] [--dtype int4|int8]
+ * --separate: q/k/v and gate/up as separate linears instead of fused. --rows M: M tokens per run (a
+ * batched decode step of M sequences). --dtype int8: the int8 (DynamicQuantizeMatMul, U8S8) linears instead.
  */
 import * as ort from 'onnxruntime-node';
 import { GraphBuilder } from '../src/onnx/graph.js';
@@ -17,6 +19,10 @@ const option = (name: string, fallback: number) => {
 const blockSize = option('--block-size', 32);
 const accuracyLevel = option('--accuracy-level', 4);
 const lmHead = !process.argv.includes('--no-lm-head');
+const rows = option('--rows', 1);
+const dtypeAt = process.argv.indexOf('--dtype');
+const dtype = dtypeAt < 0 ? 'int4' : process.argv[dtypeAt + 1];
+if (dtype !== 'int4' && dtype !== 'int8') throw new Error(`--dtype must be int4 or int8, got ${dtype}`);
 const [d, ff, q, kv, vocab, layers] = [896, 4864, 896, 128, 151674, 24];
 let seed = 1;
 const random = (n: number) =>
@@ -25,9 +31,12 @@ const random = (n: number) =>
     return (seed / 2 ** 32 - 0.5) * 0.1;
   });
 const g = new GraphBuilder('int4-kernels');
-const x = g.input('x', 'float32', [1, 1, d]);
-const xff = g.input('x_ff', 'float32', [1, 1, ff]);
-const quant = { dtype: 'int4' as const, blockSize, accuracyLevel };
+const x = g.input('x', 'float32', [rows, 1, d]);
+const xff = g.input('x_ff', 'float32', [rows, 1, ff]);
+const quant =
+  dtype === 'int4'
+    ? { dtype: 'int4' as const, blockSize, accuracyLevel }
+    : { dtype: 'int8' as const, int8Kernel: 'u8s8' as const };
 const linears: [number, number, string][] = separate
   ? [
       [q, d, x],
@@ -60,8 +69,8 @@ const session = await ort.InferenceSession.create(modelToBytes(g.graph), {
   graphOptimizationLevel: 'all',
 });
 const feeds = {
-  x: new ort.Tensor('float32', random(d), [1, 1, d]),
-  x_ff: new ort.Tensor('float32', random(ff), [1, 1, ff]),
+  x: new ort.Tensor('float32', random(rows * d), [rows, 1, d]),
+  x_ff: new ort.Tensor('float32', random(rows * ff), [rows, 1, ff]),
 };
 for (let i = 0; i < 5; i++) await session.run(feeds);
 const times: number[] = [];
@@ -75,6 +84,8 @@ console.log(
     matmulnbits: outputs.length,
     separate,
     lm_head: lmHead,
+    rows,
+    dtype,
     block_size: blockSize,
     accuracy_level: accuracyLevel,
     ms_per_run: times.sort((a, b) => a - b).map((t) => +t.toFixed(2)),

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { GREEDY_SAMPLING, Sampler, type SamplingParams, Xoshiro128 } from '../src/engine/sampler.js';
+import { kthLargestScaled } from '../src/engine/sampling-select.js';
 import { InternVLError } from '../src/errors.js';
 
 const sampling = (overrides: Partial<SamplingParams>): SamplingParams => ({
@@ -262,5 +263,28 @@ describe('Sampler', () => {
     }
     const params = sampling({ topP: 0.9 });
     assertSameDistribution(new Sampler(params, vocab), logits, params);
+  });
+});
+
+describe('kthLargestScaled', () => {
+  it('equals the k-th entry of the sorted scaled values, repeats counted, −Infinity skipped', () => {
+    const random = new Xoshiro128(11);
+    for (let trial = 0; trial < 200; trial++) {
+      const n = 1 + Math.floor(random.nextFloat() * 300);
+      const work = Float32Array.from({ length: n }, () => {
+        const r = random.nextFloat();
+        // Few distinct values, so ties are common; some entries masked.
+        return r < 0.1 ? -Infinity : Math.round(random.nextFloat() * 12) - 6;
+      });
+      const finite = [...work].filter((v) => v !== -Infinity);
+      if (finite.length === 0) continue;
+      const max = Math.max(...finite);
+      const temperature = [0.3, 1, 1.7][trial % 3];
+      const scaled = finite.map((v) => (v - max) / temperature).sort((a, b) => b - a);
+      const k = 1 + Math.floor(random.nextFloat() * finite.length);
+      const got = kthLargestScaled(work, max, temperature, k, new Float64Array(n));
+      assert.equal(got.finite, finite.length);
+      assert.equal(got.threshold, scaled[k - 1], `trial ${trial}, k ${k}`);
+    }
   });
 });
