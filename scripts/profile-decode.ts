@@ -4,6 +4,9 @@
  * With --greedy (no profiler): the engine's greedy batch path (decodeBatchArgmax) split into the time
  * inside session.run and the JS around it, per KV capacity step (--capacity-steps 256,64):
  *   node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST] --greedy [--capacity-steps 256,64]
+ * With --batch-sizes (no profiler): one decode step of B sequences at once (continuous batching's step,
+ * decodeBatchArgmax), each after a prompt of PAST + b tokens, per B; each list entry is one measurement:
+ *   node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST] --batch-sizes 1,2,4,8,1,8
  */
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -22,6 +25,7 @@ const { values, positionals } = parseArgs({
   options: {
     greedy: { type: 'boolean', default: false },
     'capacity-steps': { type: 'string', default: '256,64' },
+    'batch-sizes': { type: 'string' },
   },
 });
 const dir = positionals[0];
@@ -36,6 +40,39 @@ const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCach
 const { modelPath } = await cachedGraph(defaultGraphCacheDir(), key, () =>
   buildDecoderGraph(dims, weights, decoderGraphQuant(precision, 'int4')),
 );
+if (values['batch-sizes']) {
+  const session = await ort.InferenceSession.create(modelPath, {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: 2,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+  });
+  const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+  const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings);
+  const steps = 24;
+  const rows = [];
+  for (const batch of values['batch-sizes'].split(',').map(Number)) {
+    const seqs = [];
+    let next: number[] = [];
+    for (let b = 0; b < batch; b++) {
+      const seq = runner.newSequence();
+      const ids = Array.from({ length: past + b }, (_, i) => (i * 7919 + b * 13) % 150000);
+      next.push(await runner.forwardArgmax(seq, runner.embed(ids), ids.length));
+      runner.joinBatch(seq);
+      seqs.push(seq);
+    }
+    next = await runner.decodeBatchArgmax(next);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) next = await runner.decodeBatchArgmax(next);
+    const stepMs = (performance.now() - t0) / steps;
+    rows.push({ batch, step_ms: +stepMs.toFixed(2), tok_s: +((1000 * batch) / stepMs).toFixed(1) });
+    for (const seq of seqs) runner.leaveBatch(seq, { keepCache: false });
+  }
+  console.log(JSON.stringify({ past, steps, rows }, null, 1));
+  await session.release();
+  await ckpt.close();
+  process.exit(0);
+}
 if (values.greedy) {
   const session = await ort.InferenceSession.create(modelPath, {
     executionProviders: ['cpu'],

@@ -15,7 +15,7 @@ import { convertModelForWeb } from './convert-web.js';
 
 const USAGE = `Usage: internvl convert MODEL [--llm-dtype fp32|int8|int4] [--vit-dtype fp32|int8]
                         [--prefill-dtype fp32|int8|int4] [--lm-head-dtype auto|fp32|int8|int4]
-                        [--block-size 32|128] [--accuracy-level 0-4] [--int8-kernel auto|u8s8|u8u8]
+                        [--block-size 32|64|128] [--accuracy-level 0-4] [--int8-kernel auto|u8s8|u8u8]
                         [--out DIR] [--cache-dir DIR]
        internvl convert --target web MODEL --out DIR [precision flags]
 

@@ -202,7 +202,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
 }
 
 const USAGE = `Usage: internvl eval-quant MODEL [--dtype fp32|int8|int4] [--vit-dtype fp32|int8]
-                           [--prefill-dtype …] [--lm-head-dtype …] [--block-size 32|128]
+                           [--prefill-dtype …] [--lm-head-dtype …] [--block-size 32|64|128]
                            [--accuracy-level 0-4] [--int8-kernel auto|u8s8|u8u8]
                            [--prompt-tokens 128] [--new-tokens 16] [--no-cache] [--json FILE]
 
