@@ -18,23 +18,13 @@ import type {
   GenerateEvent,
   GenerateRequest,
   GenerateResult,
-  GenerateStats,
   GeneratorDeps,
-  ImageRef,
 } from './generate-types.js';
 import { applyMask, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
 import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
 import type { SampledToken } from './sampler.js';
 
-export type {
-  FinishReason,
-  GenerateEvent,
-  GenerateRequest,
-  GenerateResult,
-  GenerateStats,
-  GeneratorDeps,
-  ImageRef,
-};
+export type * from './generate-types.js';
 
 export class Generator {
   readonly features: FeatureCache;
