@@ -1,5 +1,9 @@
-/** What a generate call takes, reports while it runs, and returns (engine/generate.ts). */
-import type { ResponseFormat } from './grammar-types.js';
+/**
+ * What a generate call takes, reports while it runs, and returns (engine/generate.ts), and what the
+ * Generator is built on.
+ */
+import type { DecoderRunner } from './decoder.js';
+import type { GrammarProvider, ResponseFormat } from './grammar-types.js';
 import type { SampledToken, SamplingParams } from './sampler.js';
 
 /** One image of a request, in prompt order: its tiles, and a key naming its content. */
@@ -49,4 +53,23 @@ export interface GenerateResult {
   tokens: SampledToken[];
   finishReason: FinishReason;
   stats: GenerateStats;
+}
+
+/** What a Generator runs on: the decoder, the vision encoder, and its limits and caches. */
+export interface GeneratorDeps {
+  decoder: DecoderRunner;
+  imgContextId: number;
+  tokensPerTile: number;
+  /** Values per tile of pixel input (3·S·S). */
+  tileValues: number;
+  encode: (pixelValues: Float32Array, numTiles: number) => Promise<Float32Array>;
+  featureCacheBytes?: number;
+  /** Most sequences decoded together; newcomers wait for a free place. Default 16. */
+  maxBatchSize?: number;
+  /** Longest prefill chunk per scheduler step; default: the decoder runner's prefillChunk. */
+  prefillChunk?: number;
+  /** Bytes of finished prompts' KV kept for later requests that start the same way (0 = off, the default). */
+  prefixCacheBytes?: number;
+  /** Compiles response formats into matchers; requests with a responseFormat fail without it. */
+  grammar?: GrammarProvider;
 }

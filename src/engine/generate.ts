@@ -9,41 +9,22 @@
  * encoded again. Image features are also cached by content key, bounded in bytes.
  */
 import { InternVLError } from '../errors.js';
-import type { DecoderRunner } from './decoder.js';
-import { scatterImageEmbeddings } from './embeddings.js';
 import { FeatureCache } from './feature-cache.js';
+import { encodeNextTile, planImages, promptEmbeddings } from './generate-images.js';
 import { commonPrefix, Job, type Session, yieldToEventLoop } from './generate-job.js';
+import { checkGenerateRequest } from './generate-request.js';
 import type {
   FinishReason,
   GenerateEvent,
   GenerateRequest,
   GenerateResult,
-  GenerateStats,
-  ImageRef,
+  GeneratorDeps,
 } from './generate-types.js';
-import { applyMask, type GrammarProvider, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
+import { applyMask, onlyEndAllowed, type ResponseFormat } from './grammar-types.js';
 import { PrefixCache, type PrefixCacheStats } from './prefix-cache.js';
 import type { SampledToken } from './sampler.js';
 
-export type { FinishReason, GenerateEvent, GenerateRequest, GenerateResult, GenerateStats, ImageRef };
-
-export interface GeneratorDeps {
-  decoder: DecoderRunner;
-  imgContextId: number;
-  tokensPerTile: number;
-  /** Values per tile of pixel input (3·S·S). */
-  tileValues: number;
-  encode: (pixelValues: Float32Array, numTiles: number) => Promise<Float32Array>;
-  featureCacheBytes?: number;
-  /** Most sequences decoded together; newcomers wait for a free place. Default 16. */
-  maxBatchSize?: number;
-  /** Longest prefill chunk per scheduler step; default: the decoder runner's prefillChunk. */
-  prefillChunk?: number;
-  /** Bytes of finished prompts' KV kept for later requests that start the same way (0 = off, the default). */
-  prefixCacheBytes?: number;
-  /** Compiles response formats into matchers; requests with a responseFormat fail without it. */
-  grammar?: GrammarProvider;
-}
+export type * from './generate-types.js';
 
 export class Generator {
   readonly features: FeatureCache;
@@ -87,7 +68,10 @@ export class Generator {
   ): Promise<GenerateResult> {
     return new Promise((resolve, reject) => {
       try {
-        this.#validate(request);
+        checkGenerateRequest(request, this.deps);
+        if (request.sessionId && this.#sessions.get(request.sessionId)?.busy) {
+          throw new InternVLError('BAD_INPUT', `chat session ${request.sessionId} is already generating`);
+        }
         this.#jobs.push(new Job(request, callId, onEvent, resolve, reject, this.deps.decoder.dims.vocabSize));
       } catch (err) {
         reject(err);
@@ -95,41 +79,6 @@ export class Generator {
       }
       if (!this.#running) void this.#loop();
     });
-  }
-
-  #validate(request: GenerateRequest): void {
-    const { inputIds, maxNewTokens } = request;
-    if (inputIds.length === 0) throw new InternVLError('BAD_INPUT', 'the prompt has no tokens');
-    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) {
-      throw new InternVLError('BAD_INPUT', `maxNewTokens must be a positive integer, got ${maxNewTokens}`);
-    }
-    const vocab = this.deps.decoder.dims.vocabSize;
-    for (const id of inputIds) {
-      if (!Number.isInteger(id) || id < 0 || id >= vocab) {
-        throw new InternVLError('BAD_INPUT', `token id ${id} is outside the vocabulary (0..${vocab - 1})`);
-      }
-    }
-    let contextTokens = 0;
-    for (const id of inputIds) if (id === this.deps.imgContextId) contextTokens++;
-    const expected = request.images.reduce((n, img) => n + img.numTiles * this.deps.tokensPerTile, 0);
-    if (contextTokens !== expected) {
-      throw new InternVLError(
-        'BAD_INPUT',
-        `the prompt has ${contextTokens} image-context tokens but the images need ${expected} ` +
-          `(${request.images.length} image(s), ${this.deps.tokensPerTile} tokens per tile)`,
-      );
-    }
-    for (const [i, img] of request.images.entries()) {
-      if (img.pixelValues && img.pixelValues.length !== img.numTiles * this.deps.tileValues) {
-        throw new InternVLError(
-          'BAD_INPUT',
-          `image ${i} has ${img.pixelValues.length} pixel values, expected ${img.numTiles} tiles × ${this.deps.tileValues}`,
-        );
-      }
-    }
-    if (request.sessionId && this.#sessions.get(request.sessionId)?.busy) {
-      throw new InternVLError('BAD_INPUT', `chat session ${request.sessionId} is already generating`);
-    }
   }
 
   async #loop(): Promise<void> {
@@ -182,11 +131,11 @@ export class Generator {
         job.session = { seq: job.seq, tokens: ids.slice(0, job.reused), busy: true };
         this.#sessions.set(sessionId, job.session);
       }
-      this.#planImages(job);
+      planImages(job, this.deps, this.features);
       return;
     }
-    if (await this.#encodeNextTile(job)) return;
-    if (!job.embeds) job.embeds = this.#promptEmbeddings(job);
+    if (await encodeNextTile(job, this.deps, this.features)) return;
+    if (!job.embeds) job.embeds = promptEmbeddings(job, this.deps);
     const d = decoder.dims.hiddenSize;
     const n = Math.min(this.#prefillChunk, ids.length - job.prefilled);
     const from = job.prefilled - job.reused;
@@ -210,77 +159,6 @@ export class Generator {
       throw new InternVLError('UNSUPPORTED', 'this engine has no grammar engine for response formats');
     }
     job.matcher = await this.deps.grammar.matcher(format, job.request.endTokenIds);
-  }
-
-  /** Which images need features: those with a token after the reused prefix and not in the cache. */
-  #planImages(job: Job): void {
-    const { imgContextId, tokensPerTile } = this.deps;
-    let skippedRows = 0;
-    for (let t = 0; t < job.reused; t++) if (job.request.inputIds[t] === imgContextId) skippedRows++;
-    let start = 0;
-    job.features = job.request.images.map((image) => {
-      const end = start + image.numTiles * tokensPerTile;
-      const needed = end > skippedRows;
-      start = end;
-      return needed ? (this.features.get(image.key) ?? undefined) : new Float32Array(0);
-    });
-    const pending = new Map<string, number>();
-    job.request.images.forEach((image, i) => {
-      if (job.features[i] === undefined) pending.set(image.key, image.numTiles);
-    });
-    job.tilesToEncode = [...pending.values()].reduce((a, b) => a + b, 0);
-  }
-
-  /** Encodes one tile of the next image that still lacks features; false when none is left. */
-  async #encodeNextTile(job: Job): Promise<boolean> {
-    const images = job.request.images;
-    // An image repeated in one request is encoded once: later copies find the first in the cache.
-    for (; job.imageIndex < images.length; job.imageIndex++) {
-      const i = job.imageIndex;
-      job.features[i] ??= this.features.get(images[i].key);
-      if (job.features[i] === undefined) break;
-    }
-    if (job.imageIndex >= job.request.images.length) return false;
-    const image = job.request.images[job.imageIndex];
-    if (!image.pixelValues) {
-      throw new InternVLError('BAD_INPUT', `image ${image.key} is not cached and has no pixel values`);
-    }
-    const size = this.deps.tileValues;
-    const tile = image.pixelValues.subarray(job.tileIndex * size, (job.tileIndex + 1) * size);
-    job.tileFeatures.push(await this.deps.encode(tile, 1));
-    job.encodedTiles++;
-    job.onEvent({ type: 'encode', done: job.encodedTiles, total: job.tilesToEncode });
-    job.tileIndex++;
-    if (job.tileIndex === image.numTiles) {
-      const rows = this.deps.tokensPerTile * this.deps.decoder.dims.hiddenSize;
-      const features = new Float32Array(image.numTiles * rows);
-      for (const [i, f] of job.tileFeatures.entries()) features.set(f, i * rows);
-      this.features.set(image.key, features);
-      job.features[job.imageIndex] = features;
-      job.tileFeatures = [];
-      job.tileIndex = 0;
-    }
-    return true;
-  }
-
-  /** Embeddings of the prompt after the reused prefix, with image features in the image-context rows. */
-  #promptEmbeddings(job: Job): Float32Array {
-    const { decoder, imgContextId, tokensPerTile } = this.deps;
-    const ids = job.request.inputIds;
-    const from = job.reused;
-    const d = decoder.dims.hiddenSize;
-    let firstRow = 0;
-    for (let t = 0; t < from; t++) if (ids[t] === imgContextId) firstRow++;
-    // Each image's feature rows not already in the reused prefix.
-    const pieces: Float32Array[] = [];
-    let imageStart = 0;
-    job.request.images.forEach((image, i) => {
-      const imageEnd = imageStart + image.numTiles * tokensPerTile;
-      if (imageEnd > firstRow)
-        pieces.push(job.features[i]!.subarray((Math.max(firstRow, imageStart) - imageStart) * d));
-      imageStart = imageEnd;
-    });
-    return scatterImageEmbeddings(decoder.embed(ids.slice(from)), ids.slice(from), imgContextId, pieces);
   }
 
   async #decodeStep(): Promise<void> {

@@ -4,22 +4,17 @@
  * AdamW in JS, checkpoints in the HF format (bf16 safetensors + the source folder's config and
  * tokenizer files) plus optimiser state for resuming.
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import type { ModelConfig } from '../config/model-config.js';
 import { llmQuantization } from '../config/quantization-config.js';
-import { createSession } from '../engine/session.js';
 import { InternVLError } from '../errors.js';
-import { float32ToBf16 } from '../io/float-formats.js';
 import { Checkpoint } from '../io/safetensors.js';
-import { type TensorToWrite, writeSafetensors } from '../io/safetensors-write.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { loadModelConfig } from '../models/model-config.js';
-import { appendBackward, GRAD_PREFIX } from './autodiff.js';
+import { GRAD_PREFIX } from './autodiff.js';
 import { type PreparedBatch, prepareBatch, type TrainBatch } from './batch.js';
 import { verifyCheckpointFiles } from './checkpoint-integrity.js';
-import { buildTrainingGraph } from './model-graph.js';
 import {
   type AdamState,
   adamwUpdate,
@@ -29,7 +24,7 @@ import {
   type ResolvedOptimizer,
   resolveOptimizer,
 } from './optimizer.js';
-import { BATCH_INPUTS, loraParameterNames, type NoiseInput } from './param-graph.js';
+import { loraParameterNames, type NoiseInput } from './param-graph.js';
 import { dropPathRates, keepMask, keyedRandom } from './random.js';
 import {
   excludedFromWeightDecay,
@@ -40,6 +35,8 @@ import {
   type TrainingStage,
   trainableParameters,
 } from './trainable.js';
+import { batchFeeds, type CompiledGraph, CompiledGraphCache } from './trainer-graphs.js';
+import { writeModelFiles } from './trainer-save.js';
 import {
   loadTrainerState,
   readSideFiles,
@@ -73,20 +70,11 @@ export interface StepResult {
   step: number;
 }
 
-interface CompiledGraph {
-  session: ort.InferenceSession;
-  params: string[];
-  wrt: string[];
-  noise: NoiseInput[];
-}
-
-const SESSION_CACHE = 4;
-
 export class Trainer {
   #closed = false;
   #step = 0;
   #resumedExtra: Record<string, unknown> | undefined;
-  readonly #sessions = new Map<string, Promise<CompiledGraph>>();
+  readonly #graphs: CompiledGraphCache;
   readonly #moments = new Map<string, AdamState>();
 
   private constructor(
@@ -98,7 +86,7 @@ export class Trainer {
     private readonly order: string[],
     private readonly optimizer: ResolvedOptimizer,
     private readonly imageContextTokenId: number,
-    private readonly threads: number | undefined,
+    threads: number | undefined,
     readonly seed: number,
     /** LoRA adapter groups (LLM, ViT); empty without LoRA. */
     private readonly lora: readonly LoraSetup[],
@@ -106,7 +94,9 @@ export class Trainer {
     readonly dropPathRates: readonly number[],
     /** The source folder's other files (config, tokenizer…), read at creation: the folder may go away. */
     private readonly sideFiles: ReadonlyMap<string, Uint8Array>,
-  ) {}
+  ) {
+    this.#graphs = new CompiledGraphCache({ config, params, trainable, lora, dropPathRates, threads });
+  }
 
   static async create(options: TrainerOptions): Promise<Trainer> {
     const dir = path.resolve(options.model);
@@ -265,7 +255,7 @@ export class Trainer {
       { ...batch, labels: new Int32Array(T).fill(-100), lossWeight: new Float32Array(T) },
       false,
     );
-    const compiled = await this.#compiled(prepared, 'logits');
+    const compiled = await this.#graphs.get(prepared, 'logits');
     const out = await compiled.session.run(this.#feeds(prepared, compiled, 0), ['logits']);
     return Float32Array.from(out.logits.data as Float32Array);
   }
@@ -280,59 +270,19 @@ export class Trainer {
   async save(dir: string, extra?: Record<string, unknown>): Promise<void> {
     this.#assertOpen();
     const out = path.resolve(dir);
-    await mkdir(out, { recursive: true });
-    await rm(path.join(out, STATE_FILE), { force: true });
-    for (const [name, bytes] of this.sideFiles) {
-      const target = path.join(out, name);
-      await writeFile(`${target}.tmp`, bytes);
-      await rename(`${target}.tmp`, target);
-    }
-    const merged = this.#mergedLoraWeights();
-    const tensors: Record<string, TensorToWrite> = {};
-    for (const name of this.order) {
-      const p = this.params.get(name)!;
-      const data = merged.get(name) ?? p.data;
-      tensors[name] =
-        p.dtype === 'F32'
-          ? { dtype: 'F32', shape: p.shape, data }
-          : { dtype: 'BF16', shape: p.shape, data: float32ToBf16(data) };
-    }
-    await writeSafetensors(path.join(out, 'model.safetensors'), tensors, { format: 'pt' });
+    await writeModelFiles(out, {
+      order: this.order,
+      params: this.params,
+      lora: this.lora,
+      sideFiles: this.sideFiles,
+    });
     await saveTrainerState(out, this.#step, this.#stateParts(), extra);
-  }
-
-  /** W + scale·B·A for every LoRA target (fp32, accumulated in float64 per element). */
-  #mergedLoraWeights(): Map<string, Float32Array> {
-    const merged = new Map<string, Float32Array>();
-    for (const { rank, scale, targets } of this.lora)
-      for (const w of targets) {
-        const base = this.params.get(w)!;
-        const names = loraParameterNames(w);
-        const A = this.params.get(names.a)!.data;
-        const B = this.params.get(names.b)!.data;
-        const [rows, cols] = base.shape;
-        const out = new Float32Array(base.data.length);
-        const delta = new Float64Array(cols);
-        for (let o = 0; o < rows; o++) {
-          delta.fill(0);
-          for (let k = 0; k < rank; k++) {
-            const b = B[o * rank + k];
-            if (b === 0) continue;
-            for (let i = 0; i < cols; i++) delta[i] += b * A[k * cols + i];
-          }
-          for (let i = 0; i < cols; i++) out[o * cols + i] = base.data[o * cols + i] + scale * delta[i];
-        }
-        merged.set(w, out);
-      }
-    return merged;
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    const sessions = [...this.#sessions.values()];
-    this.#sessions.clear();
-    for (const s of sessions) await (await s.catch(() => undefined))?.session.release();
+    await this.#graphs.releaseAll();
   }
 
   #assertOpen(): void {
@@ -353,7 +303,7 @@ export class Trainer {
     prepared: PreparedBatch,
     micro: number,
   ): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
-    const compiled = await this.#compiled(prepared, 'loss');
+    const compiled = await this.#graphs.get(prepared, 'loss');
     const out = await compiled.session.run(this.#feeds(prepared, compiled, micro));
     const loss = (out.loss.data as Float32Array)[0];
     if (!Number.isFinite(loss)) throw new InternVLError('INTERNAL', `training loss is ${loss}`);
@@ -368,88 +318,10 @@ export class Trainer {
     return { loss, grads };
   }
 
-  #compiled(prepared: PreparedBatch, mode: 'loss' | 'logits'): Promise<CompiledGraph> {
-    const key = `${mode}:${prepared.seqLen}:${prepared.numTiles}:${prepared.numSupervised}`;
-    let entry = this.#sessions.get(key);
-    if (entry) {
-      this.#sessions.delete(key);
-      this.#sessions.set(key, entry);
-      return entry;
-    }
-    entry = this.#build(prepared, mode);
-    this.#sessions.set(key, entry);
-    if (this.#sessions.size > SESSION_CACHE) {
-      const [oldestKey, oldest] = this.#sessions.entries().next().value as [string, Promise<CompiledGraph>];
-      this.#sessions.delete(oldestKey);
-      void oldest.then((c) => c.session.release()).catch(() => {});
-    }
-    entry.catch(() => this.#sessions.delete(key));
-    return entry;
-  }
-
-  async #build(prepared: PreparedBatch, mode: 'loss' | 'logits'): Promise<CompiledGraph> {
-    const shapes = new Map<string, number[]>();
-    for (const [name, p] of this.params) shapes.set(name, p.shape);
-    const forward = await buildTrainingGraph({
-      config: this.config,
-      paramShapes: shapes,
-      seqLen: prepared.seqLen,
-      numTiles: prepared.numTiles,
-      numSupervised: prepared.numSupervised,
-      mode,
-      lora:
-        this.lora.length === 0
-          ? undefined
-          : {
-              targets: new Map(
-                this.lora.flatMap(({ scale, dropout, targets }) =>
-                  targets.map((w) => [w, { scale, dropout }] as const),
-                ),
-              ),
-            },
-      dropPathRates: this.dropPathRates,
-    });
-    const used = new Set(forward.params);
-    const wrt = mode === 'loss' ? this.trainable.filter((n) => used.has(n)) : [];
-    const graph = wrt.length > 0 ? appendBackward(forward.graph, { loss: 'loss', wrt }) : forward.graph;
-    const session = await createSession(graph, { threads: this.threads });
-    return { session, params: forward.params, wrt, noise: forward.noise };
-  }
-
-  #feeds(b: PreparedBatch, compiled: CompiledGraph, micro: number): Record<string, ort.Tensor> {
-    const T = b.seqLen;
-    const d = this.config.llm_config.head_dim;
-    const feeds: Record<string, ort.Tensor> = {
-      [BATCH_INPUTS.inputIds]: new ort.Tensor('int64', b.inputIds, [T]),
-      [BATCH_INPUTS.segmentIds]: new ort.Tensor('int64', b.segmentIds, [T]),
-      [BATCH_INPUTS.positionIds]: new ort.Tensor('int64', b.positionIds, [T]),
-      [BATCH_INPUTS.ropeCos]: new ort.Tensor('float32', b.ropeCos, [T, d]),
-      [BATCH_INPUTS.ropeSin]: new ort.Tensor('float32', b.ropeSin, [T, d]),
-    };
-    if (b.numTiles > 0 && b.pixelValues) {
-      const S = Math.sqrt(b.pixelValues.length / (b.numTiles * this.config.vision_config.num_channels));
-      feeds[BATCH_INPUTS.pixelValues] = new ort.Tensor('float32', b.pixelValues, [
-        b.numTiles,
-        this.config.vision_config.num_channels,
-        S,
-        S,
-      ]);
-      feeds[BATCH_INPUTS.imageRows] = new ort.Tensor('int64', b.imageRows, [b.imageRows.length, 1]);
-    }
-    if (b.numSupervised > 0 && b.lossRows.length > 0) {
-      const K = b.numSupervised;
-      feeds[BATCH_INPUTS.lossRows] = new ort.Tensor('int64', b.lossRows, [K]);
-      feeds[BATCH_INPUTS.lossTargets] = new ort.Tensor('int64', b.lossTargets, [K, 1]);
-      feeds[BATCH_INPUTS.lossWeights] = new ort.Tensor('float32', b.lossWeights, [K]);
-    }
-    for (const name of compiled.params) {
-      const p = this.params.get(name)!;
-      feeds[name] = new ort.Tensor('float32', p.data, p.shape);
-    }
-    for (const noise of compiled.noise) {
-      feeds[noise.name] = new ort.Tensor('float32', this.noiseScales(noise, micro), noise.shape);
-    }
-    return feeds;
+  #feeds(prepared: PreparedBatch, compiled: CompiledGraph, micro: number): Record<string, ort.Tensor> {
+    return batchFeeds(this.config, prepared, compiled, this.params, (noise) =>
+      this.noiseScales(noise, micro),
+    );
   }
 
   /**
