@@ -26,7 +26,6 @@ export { Checkpoint } from './io/safetensors.js';
 export type { TensorInfo } from './io/safetensors-format.js';
 export { writeSafetensors } from './io/safetensors-write.js';
 export { loadTokenizer } from './io/tokenizer-files.js';
-export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './io/video.js';
 export { loadModelConfig, parseModelConfig, SUPPORTED_LLM_ARCHITECTURES } from './models/model-config.js';
 export {
   type ChatMessage,
@@ -64,6 +63,7 @@ export { resizeBicubic } from './preprocess/resize.js';
 export { type DynamicPreprocessResult, dynamicPreprocess } from './preprocess/tiles.js';
 export { planTiles, type TilePlan, type TilingOptions } from './preprocess/tiling.js';
 export { videoFrameIndices, videoToTiles } from './preprocess/video.js';
+export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './preprocess/video-load.js';
 export {
   buildBatchChatPrompts,
   buildChatPrompt,

@@ -8,13 +8,13 @@ import { InternVLError } from '../src/errors.js';
 import {
   decodeVideoFrames,
   findFfmpeg,
-  loadVideo,
   parseFfmpegRate,
   parseVideoStreamLine,
   probeVideo,
 } from '../src/io/video.js';
 import { resizeBicubic } from '../src/preprocess/resize.js';
 import { roundHalfEven, videoFrameIndices, videoToTiles } from '../src/preprocess/video.js';
+import { loadVideo } from '../src/preprocess/video-load.js';
 import { GOLDEN_DIR } from './helpers.js';
 
 interface IndexCase {

@@ -8,7 +8,7 @@
  *   management and premultiplication off, drawn on an OffscreenCanvas; alpha is dropped.
  */
 import { InternVLError } from '../errors.js';
-import type { RgbImage } from '../preprocess/image.js';
+import type { RgbImage } from './rgb-image.js';
 
 /** Pillow's decompression-bomb threshold (`Image.MAX_IMAGE_PIXELS`), as loadImage in Node. */
 export const BROWSER_MAX_IMAGE_PIXELS = 178_956_970;

@@ -1,7 +1,7 @@
 import sharp, { type Metadata } from 'sharp';
 import { InternVLError } from '../errors.js';
-import type { RgbImage } from '../preprocess/image.js';
 import { fetchMedia } from './media-fetch.js';
+import type { RgbImage } from './rgb-image.js';
 
 /** Pillow's decompression-bomb threshold (`Image.MAX_IMAGE_PIXELS`). */
 export const DEFAULT_MAX_IMAGE_PIXELS = 178_956_970;

@@ -3,7 +3,6 @@ import { readSync } from 'node:fs';
 import { type FileHandle, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { InternVLError } from '../errors.js';
-import type { TensorRows } from '../models/weights.js';
 import { bf16ToFloat32, float16ToFloat32 } from './float-formats.js';
 import {
   badCheckpoint,
@@ -15,6 +14,7 @@ import {
   SINGLE_FILE,
   type TensorInfo,
 } from './safetensors-format.js';
+import type { TensorRows } from './tensor-rows.js';
 
 /**
  * A safetensors checkpoint: one file or a sharded set described by model.safetensors.index.json.

@@ -1,13 +1,12 @@
 /**
- * Frames out of a video: chosen frame numbers decoded in one ffmpeg run, and the model card's `load_video`
- * sampling on top. Probing lives in video-probe.ts and the ffmpeg process in ffmpeg.ts; their public names
- * are re-exported here.
+ * Frames out of a video: chosen frame numbers decoded in one ffmpeg run. Probing lives in video-probe.ts and
+ * the ffmpeg process in ffmpeg.ts; their public names are re-exported here. The model card's `load_video`
+ * (which frames to take) is preprocess/video-load.ts.
  */
 import { InternVLError } from '../errors.js';
-import type { RgbImage } from '../preprocess/image.js';
-import { videoFrameIndices } from '../preprocess/video.js';
 import { DEFAULT_TIMEOUT_MS, runFfmpegPassthrough } from './ffmpeg.js';
-import { checkVideoFile, type ProbeVideoOptions, probeVideo, type VideoInfo } from './video-probe.js';
+import type { RgbImage } from './rgb-image.js';
+import { checkVideoFile, type ProbeVideoOptions, type VideoInfo } from './video-probe.js';
 
 export { findFfmpeg } from './ffmpeg.js';
 export {
@@ -87,45 +86,4 @@ export async function decodeVideoFrames(
     // Repeated indices get their own copy so callers may mutate frames independently.
     data: Uint8Array.from(byNumber.get(n)!),
   }));
-}
-
-export interface LoadVideoOptions extends ProbeVideoOptions {
-  /** Frames to sample; default 8, as in the model card. */
-  numSegments?: number;
-  /** Clip `[startSec, endSec]`; default the whole video. */
-  bound?: readonly [number, number] | null;
-  /** Refuse (BAD_VIDEO) a numSegments above this, a guard on memory for untrusted requests. */
-  maxFrames?: number;
-}
-
-export interface LoadedVideo {
-  /** RGB frames at the source resolution, one per index, in index order. */
-  frames: RgbImage[];
-  /** The official get_index result, unclamped (may repeat, may fall outside the video). */
-  indices: number[];
-  fps: number;
-  numFrames: number;
-}
-
-/**
- * The model card's `load_video` up to frame extraction: samples numSegments frame indices with the official
- * get_index and decodes those frames. Indices outside [0, numFrames − 1] (possible with a bound past the end
- * of the video) are clamped into that range for decoding, since the file has no such frame; `indices` keeps
- * the unclamped values. Rotation metadata is ignored, as decord does.
- */
-export async function loadVideo(videoPath: string, options: LoadVideoOptions = {}): Promise<LoadedVideo> {
-  const { numSegments = 8, bound = null, maxFrames } = options;
-  if (maxFrames !== undefined && numSegments > maxFrames) {
-    throw new InternVLError(
-      'BAD_VIDEO',
-      `numSegments ${numSegments} exceeds maxFrames ${maxFrames} for ${videoPath}`,
-    );
-  }
-  // Validate the sampling options before spending a decode pass on the file.
-  videoFrameIndices({ numFrames: 1, fps: 1, numSegments, bound });
-  const info = await probeVideo(videoPath, options);
-  const indices = videoFrameIndices({ numFrames: info.numFrames, fps: info.fps, numSegments, bound });
-  const clamped = indices.map((i) => Math.min(Math.max(i, 0), info.numFrames - 1));
-  const frames = await decodeVideoFrames(videoPath, clamped, info, options);
-  return { frames, indices, fps: info.fps, numFrames: info.numFrames };
 }

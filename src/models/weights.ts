@@ -1,5 +1,8 @@
 import { InternVLError } from '../errors.js';
+import type { TensorRows } from '../io/tensor-rows.js';
 import type { Int4Blocks } from '../onnx/quantize.js';
+
+export type { TensorRows };
 
 /** Where model builders get checkpoint tensors from (a safetensors checkpoint, or arrays in tests). */
 export interface WeightSource {
@@ -19,14 +22,6 @@ export interface WeightSource {
   int4Blocks?(name: string): Promise<Int4Blocks | undefined>;
   /** The name(s) the checkpoint stores `name` under, where it renames tensors (for messages). */
   checkpointName?(name: string): string;
-}
-
-/** Rows of a 2-D tensor [rowCount, rowLength], read from storage when asked for. */
-export interface TensorRows {
-  readonly rowCount: number;
-  readonly rowLength: number;
-  /** Reads row `row` as float32 into `out` (rowLength values). */
-  readRow(row: number, out: Float32Array): void;
 }
 
 /** A WeightSource over in-memory arrays (tests, random models, trained parameters). */

@@ -4,8 +4,8 @@ import type { ImageRef } from '../engine/generate.js';
 import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
 import { loadImage } from '../io/image.js';
-import { loadVideo } from '../io/video.js';
 import type { RgbImage } from '../preprocess/image.js';
+import { loadVideo } from '../preprocess/video-load.js';
 import type { ImageLike, Media, MediaVideo } from './conversation.js';
 import type { ImageTiling } from './media-prep.js';
 

@@ -1,6 +1,3 @@
-/** An 8-bit RGB image, row-major, 3 bytes per pixel (R, G, B), no padding between rows. */
-export interface RgbImage {
-  width: number;
-  height: number;
-  data: Uint8Array;
-}
+import type { RgbImage } from '../io/rgb-image.js';
+
+export type { RgbImage };
