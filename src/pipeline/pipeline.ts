@@ -1,35 +1,28 @@
 import { type GenerationConfigFile, loadGenerationConfig } from '../config/generation-config.js';
-import { type ModelConfig, numImageTokens } from '../config/model-config.js';
+import type { ModelConfig } from '../config/model-config.js';
 import type { EngineOptions } from '../engine/core.js';
-import type { GenerateRequest, ImageRef } from '../engine/generate.js';
 import type { ResponseFormat } from '../engine/grammar-types.js';
 import type { MemoryCheck } from '../engine/memory-check.js';
 import { InternVLModel } from '../engine/model.js';
-import { samplingParams } from '../engine/sampler.js';
 import { InternVLError } from '../errors.js';
 import { type ResolveModelOptions, resolveModel } from '../io/hub.js';
 import type { TaskProgress } from '../io/progress.js';
 import { loadTokenizer } from '../io/tokenizer-files.js';
 import { decoderArchitecture } from '../models/registry.js';
-import { expandImagePlaceholders } from '../text/prompt.js';
-import { getTemplate, renderConversation, type Template } from '../text/templates.js';
+import { getTemplate, type Template } from '../text/templates.js';
 import { TOOL_FORMATS, type ToolFormat } from '../text/tool-prompts.js';
 import type { Tokenizer } from '../text/types.js';
 import { ChunkQueue } from './chunk-queue.js';
-import { type Input, isBatch, type Media, renderTurns, type Turn, toTurns } from './conversation.js';
-import {
-  type GenerationConfigInput,
-  parseGenerationConfigInput,
-  type ResolvedGenerationConfig,
-  resolveGenerationConfig,
-} from './generation-config.js';
-import { MediaPreparer, type PreparedMedia } from './media-loader.js';
+import { type Input, isBatch, type Turn, toTurns } from './conversation.js';
+import { type GenerationConfigInput, parseGenerationConfigInput } from './generation-config.js';
+import { MediaPreparer } from './media-loader.js';
 import { checkMemoryBeforeLoad } from './memory-guard.js';
 import { OffThreadTokenizer } from './off-thread-tokenizer.js';
+import { prepareChatRequest, prepareCompletionRequest, type RequestContext } from './prepare-request.js';
 import { longestTokenChars, PromptBounds } from './prompt-bounds.js';
 import { type Response, type RunOptions, Session, type StreamChunk } from './responses.js';
-import { generateResponse, type PreparedRequest, type ResponseDeps } from './run-request.js';
-import { compileToolFormat, parseToolOptions, type ToolOptions, toolCallFormat } from './tool-calls.js';
+import { generateResponse, type ResponseDeps } from './run-request.js';
+import { compileToolFormat, parseToolOptions, type ToolOptions } from './tool-calls.js';
 
 export {
   type FinishReason,
@@ -245,89 +238,26 @@ export class Pipeline {
     await this.model.releaseSession(session.id);
   }
 
-  #responseDeps(): ResponseDeps {
-    return { model: this.model, tokenizer: this.tokenizer, onProgress: this.options.onProgress };
-  }
-
   async close(): Promise<void> {
     await this.#media.close();
     await this.#encoder.close();
     await this.model.close();
   }
 
-  async #prepareRequest(
-    turns: Turn[],
-    gen: GenerationConfigInput | undefined,
-    sessionId?: string,
-  ): Promise<PreparedRequest> {
-    const config = this.#resolveConfig(gen);
-    const tools = gen && parseToolOptions(gen);
-    const toolFormat = this.toolFormat;
-    const toolGrammar = tools && toolCallFormat(toolFormat, tools);
-    if (toolGrammar) {
-      if (config.responseFormat) {
-        throw new InternVLError(
-          'BAD_INPUT',
-          'responseFormat and tools (unless toolChoice is none) exclude each other',
-        );
-      }
-      // Compiled here (cached) so that a schema XGrammar cannot read is an error naming its tool.
-      await compileToolFormat(toolFormat, tools, (f) => this.model.compileGrammar(f));
-      config.responseFormat = toolGrammar;
-      // Tool-call markers may be special tokens (InternLM2's): they stay in the text to be read.
-      config.skipSpecialTokens = false;
+  /**
+   * Continues `prompt` as given, without the chat template or images (LMDeploy's completions with
+   * `do_preprocess=False`). Stop strings, end ids, the context guard and streaming are as in `infer`.
+   */
+  async complete(
+    prompt: string,
+    gen?: GenerationConfigInput,
+    options: RunOptions & { onChunk?: (chunk: StreamChunk) => void } = {},
+  ): Promise<Response> {
+    const prepared = await prepareCompletionRequest(this.#requestContext(), prompt, gen);
+    if (options.signal?.aborted) {
+      throw new InternVLError('ABORTED', 'the request was aborted before it started');
     }
-    this.#checkTurnTexts(turns, config.maxNewTokens);
-    // Media are decoded and tiled first: a video's frame count and each image's tiles shape the prompt.
-    const prepared = new Map<Media, PreparedMedia>();
-    await Promise.all(
-      turns.map((turn) => {
-        const media = turn.parts.filter((p): p is Media => typeof p !== 'string');
-        const images = media.filter((m) => m.kind === 'image').length;
-        return Promise.all(media.map(async (m) => prepared.set(m, await this.#media.prepare(m, images))));
-      }),
-    );
-    const systemTurn = turns[0]?.role === 'system' ? turns[0] : undefined;
-    const { chatTurns, media } = renderTurns(
-      systemTurn ? turns.slice(1) : turns,
-      (video) => prepared.get(video)!.refs.length,
-    );
-    const rendered = toolFormat.render(
-      chatTurns,
-      systemTurn ? systemTurn.parts.join('') : this.template.systemMessage,
-      tools && tools.choice !== 'none' ? tools.tools : [],
-    );
-    const prompt = renderConversation(this.template, rendered.turns, {
-      systemMessage: rendered.systemMessage,
-      openAssistant: true,
-    });
-    this.bounds.checkLength(prompt.length, 'the prompt', config.maxNewTokens);
-    const images = media.flatMap((m) => prepared.get(m)!.refs);
-    const tokensPerTile = numImageTokens(this.config);
-    const expanded = expandImagePlaceholders(
-      prompt,
-      images.map((r) => r.numTiles),
-      tokensPerTile,
-    );
-    const inputIds = await this.#encoder.encode(expanded);
-    const imageTokens = images.reduce((n, r) => n + r.numTiles * tokensPerTile, 0);
-    this.#checkContext(inputIds.length, imageTokens, config.maxNewTokens);
-    const request = this.#request(inputIds, images, config, sessionId);
-    return { request, config, imageTokens, ...(toolGrammar ? { toolFormat } : {}) };
-  }
-
-  /** Each turn's text must fit (characters, words) before media are fetched or anything is tokenized. */
-  #checkTurnTexts(turns: Turn[], maxNewTokens: number): void {
-    turns.forEach((turn, i) => {
-      const texts = turn.parts.filter((p): p is string => typeof p === 'string');
-      const what = `messages[${i}]`;
-      this.bounds.checkLength(
-        texts.reduce((n, t) => n + t.length, 0),
-        what,
-        maxNewTokens,
-      );
-      for (const text of texts) this.bounds.checkWords(text, what);
-    });
+    return generateResponse(this.#responseDeps(), prepared, options.signal, options.onChunk);
   }
 
   async #run(
@@ -340,79 +270,26 @@ export class Pipeline {
     if (options.signal?.aborted) {
       throw new InternVLError('ABORTED', 'the request was aborted before it started');
     }
-    const prepared = await this.#prepareRequest(turns, gen, sessionId);
+    const prepared = await prepareChatRequest(this.#requestContext(), turns, gen, sessionId);
     return generateResponse(this.#responseDeps(), prepared, options.signal, onChunk);
   }
 
-  /**
-   * Continues `prompt` as given, without the chat template or images (LMDeploy's completions with
-   * `do_preprocess=False`). Stop strings, end ids, the context guard and streaming are as in `infer`.
-   */
-  async complete(
-    prompt: string,
-    gen?: GenerationConfigInput,
-    options: RunOptions & { onChunk?: (chunk: StreamChunk) => void } = {},
-  ): Promise<Response> {
-    const config = this.#resolveConfig(gen);
-    if (prompt.length === 0) throw new InternVLError('BAD_INPUT', 'prompt must not be empty');
-    this.bounds.checkLength(prompt.length, 'the prompt', config.maxNewTokens);
-    this.bounds.checkWords(prompt, 'the prompt');
-    const inputIds = await this.#encoder.encode(prompt);
-    const imageContext = this.tokenizer.tokenToId('<IMG_CONTEXT>');
-    if (imageContext !== undefined && inputIds.includes(imageContext)) {
-      throw new InternVLError(
-        'BAD_INPUT',
-        'prompt contains <IMG_CONTEXT>, which only image features may fill',
-      );
-    }
-    if (inputIds.length === 0) throw new InternVLError('BAD_INPUT', 'prompt encodes to no tokens');
-    this.#checkContext(inputIds.length, 0, config.maxNewTokens);
-    if (options.signal?.aborted) {
-      throw new InternVLError('ABORTED', 'the request was aborted before it started');
-    }
-    const request = this.#request(inputIds, [], config);
-    return generateResponse(
-      this.#responseDeps(),
-      { request, config, imageTokens: 0 },
-      options.signal,
-      options.onChunk,
-    );
-  }
-
-  #resolveConfig(gen: GenerationConfigInput | undefined): ResolvedGenerationConfig {
-    return resolveGenerationConfig(gen, {
-      fileConfig: this.generationFile,
-      template: this.template,
-      tokenizer: this.tokenizer,
-    });
-  }
-
-  /** The context guard: prompt + maxNewTokens must fit in sessionLen. */
-  #checkContext(promptTokens: number, imageTokens: number, maxNewTokens: number): void {
-    if (promptTokens + maxNewTokens > this.sessionLen) {
-      throw new InternVLError(
-        'CONTEXT_OVERFLOW',
-        `the prompt has ${promptTokens} tokens (${imageTokens} of them for images) and maxNewTokens is ` +
-          `${maxNewTokens}: ${promptTokens + maxNewTokens} > sessionLen ${this.sessionLen}`,
-      );
-    }
-  }
-
-  #request(
-    inputIds: number[],
-    images: ImageRef[],
-    config: ResolvedGenerationConfig,
-    sessionId?: string,
-  ): GenerateRequest {
+  #requestContext(): RequestContext {
     return {
-      inputIds,
-      images,
-      sessionId,
-      sampling: samplingParams(config),
-      maxNewTokens: config.maxNewTokens,
-      endTokenIds: config.endTokenIds,
-      ...(config.responseFormat ? { responseFormat: config.responseFormat } : {}),
+      model: this.model,
+      tokenizer: this.tokenizer,
+      template: this.template,
+      generationFile: this.generationFile,
+      bounds: this.bounds,
+      sessionLen: this.sessionLen,
+      toolFormat: this.toolFormat,
+      media: this.#media,
+      encoder: this.#encoder,
     };
+  }
+
+  #responseDeps(): ResponseDeps {
+    return { model: this.model, tokenizer: this.tokenizer, onProgress: this.options.onProgress };
   }
 }
 

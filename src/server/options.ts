@@ -4,7 +4,7 @@ import type { IncomingMessage } from 'node:http';
 import { InternVLError } from '../errors.js';
 import type { PipelineOptions } from '../pipeline/pipeline.js';
 import { DEFAULT_MEDIA_POLICY, type MediaPolicy } from './media.js';
-import type { MediaLimits } from './openai.js';
+import type { MediaLimits } from './openai-messages.js';
 
 export interface ServerOptions {
   /** The id in /v1/models and the `model` requests must name; default the model path's last part. */

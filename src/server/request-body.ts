@@ -13,7 +13,7 @@ import {
   chatCompletionRequestSchema,
   completionRequestSchema,
   parseRequest,
-} from './openai.js';
+} from './openai-schemas.js';
 
 /** Bodies up to this size are parsed on the calling thread (about a millisecond at worst). */
 export const INLINE_PARSE_BYTES = 64 * 1024;
