@@ -2,14 +2,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { HttpError } from '../src/server/errors.js';
 import { SlotLimiter } from '../src/server/metrics.js';
-import {
-  chatCompletionRequestSchema,
-  chatGeneration,
-  choiceConfigs,
-  imageTileBudget,
-  parseRequest,
-} from '../src/server/openai.js';
+import { chatGeneration, choiceConfigs } from '../src/server/openai-generation.js';
+import { imageTileBudget } from '../src/server/openai-messages.js';
 import { completionLogprobs, sumUsage } from '../src/server/openai-responses.js';
+import { chatCompletionRequestSchema, parseRequest } from '../src/server/openai-schemas.js';
 
 const limits = { defaultTiles: 12, maxTilesPerImage: 24 };
 
