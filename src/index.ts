@@ -57,13 +57,13 @@ export type {
   ToolDefinition,
   ToolOptions,
 } from './pipeline/tool-calls.js';
+export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './pipeline/video-load.js';
 export type { RgbImage } from './preprocess/image.js';
 export { IMAGENET_MEAN, IMAGENET_STD, toPixelValues } from './preprocess/pixels.js';
 export { resizeBicubic } from './preprocess/resize.js';
 export { type DynamicPreprocessResult, dynamicPreprocess } from './preprocess/tiles.js';
 export { planTiles, type TilePlan, type TilingOptions } from './preprocess/tiling.js';
 export { videoFrameIndices, videoToTiles } from './preprocess/video.js';
-export { type LoadedVideo, type LoadVideoOptions, loadVideo } from './preprocess/video-load.js';
 export {
   buildBatchChatPrompts,
   buildChatPrompt,

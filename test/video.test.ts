@@ -12,9 +12,9 @@ import {
   parseVideoStreamLine,
   probeVideo,
 } from '../src/io/video.js';
+import { loadVideo } from '../src/pipeline/video-load.js';
 import { resizeBicubic } from '../src/preprocess/resize.js';
 import { roundHalfEven, videoFrameIndices, videoToTiles } from '../src/preprocess/video.js';
-import { loadVideo } from '../src/preprocess/video-load.js';
 import { GOLDEN_DIR } from './helpers.js';
 
 interface IndexCase {

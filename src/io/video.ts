@@ -1,7 +1,7 @@
 /**
  * Frames out of a video: chosen frame numbers decoded in one ffmpeg run. Probing lives in video-probe.ts and
  * the ffmpeg process in ffmpeg.ts; their public names are re-exported here. The model card's `load_video`
- * (which frames to take) is preprocess/video-load.ts.
+ * (which frames to take) is pipeline/video-load.ts.
  */
 import { InternVLError } from '../errors.js';
 import { DEFAULT_TIMEOUT_MS, runFfmpegPassthrough } from './ffmpeg.js';

@@ -5,9 +5,9 @@ import { WorkerClient } from '../engine/worker-rpc.js';
 import { InternVLError } from '../errors.js';
 import { loadImage } from '../io/image.js';
 import type { RgbImage } from '../preprocess/image.js';
-import { loadVideo } from '../preprocess/video-load.js';
 import type { ImageLike, Media, MediaVideo } from './conversation.js';
 import type { ImageTiling } from './media-prep.js';
+import { loadVideo } from './video-load.js';
 
 export interface PreparedMedia {
   /** Placeholders this media fills, each an image of `tiles` tiles. */

@@ -1,11 +1,11 @@
 /**
- * The model card's `load_video` up to frame extraction: the official frame sampling (./video.ts) over a file
+ * The model card's `load_video` up to frame extraction: the official frame sampling (preprocess/video.ts) over a file
  * probed and decoded by io/video.ts.
  */
 import { InternVLError } from '../errors.js';
 import type { RgbImage } from '../io/rgb-image.js';
 import { decodeVideoFrames, type ProbeVideoOptions, probeVideo } from '../io/video.js';
-import { videoFrameIndices } from './video.js';
+import { videoFrameIndices } from '../preprocess/video.js';
 
 export interface LoadVideoOptions extends ProbeVideoOptions {
   /** Frames to sample; default 8, as in the model card. */
