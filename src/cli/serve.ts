@@ -47,6 +47,8 @@ ${PRECISION_USAGE}
 Examples:
   npx internvl serve OpenGVLab/InternVL2_5-1B                # http://127.0.0.1:23333/ is the chat page
   npx internvl serve ./InternVL2_5-1B --port 8000 --api-key secret --llm-dtype int4 --prefill-dtype int8
+  npx internvl serve ./InternVL2_5-1B --llm-dtype int8   # busy replica: int8 decode scales with the batch
+                                                         # (docs/deployment.md: int4 for ~1 request at a time)
   curl http://127.0.0.1:23333/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "OpenGVLab/InternVL2_5-1B", "messages": [{"role": "user", "content": "Hi!"}]}'
 `;
