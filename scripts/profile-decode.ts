@@ -40,14 +40,18 @@ const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCach
 const { modelPath } = await cachedGraph(defaultGraphCacheDir(), key, () =>
   buildDecoderGraph(dims, weights, decoderGraphQuant(precision, 'int4')),
 );
-if (values['batch-sizes']) {
-  const session = await ort.InferenceSession.create(modelPath, {
+/** A CPU session on the cached int4 decoder graph, 2 threads, as the engine opens it. */
+const openSession = (extra: ort.InferenceSession.SessionOptions = {}) =>
+  ort.InferenceSession.create(modelPath, {
     executionProviders: ['cpu'],
     intraOpNumThreads: 2,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    ...extra,
   });
-  const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+if (values['batch-sizes']) {
+  const session = await openSession();
   const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings);
   const steps = 24;
   const rows = [];
@@ -74,13 +78,7 @@ if (values['batch-sizes']) {
   process.exit(0);
 }
 if (values.greedy) {
-  const session = await ort.InferenceSession.create(modelPath, {
-    executionProviders: ['cpu'],
-    intraOpNumThreads: 2,
-    interOpNumThreads: 1,
-    graphOptimizationLevel: 'all',
-  });
-  const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+  const session = await openSession();
   // session.run timed from the JS side: the native run plus the binding's input/output conversion.
   let inRun = 0;
   const timed = new Proxy(session, {
@@ -129,15 +127,7 @@ if (values.greedy) {
   process.exit(0);
 }
 const prefix = `/tmp/ivl-profile-${process.pid}`;
-const session = await ort.InferenceSession.create(modelPath, {
-  executionProviders: ['cpu'],
-  intraOpNumThreads: 2,
-  interOpNumThreads: 1,
-  graphOptimizationLevel: 'all',
-  enableProfiling: true,
-  profileFilePrefix: prefix,
-});
-const embeddings = (await weights.bfloat16!('language_model.model.embed_tokens.weight'))!;
+const session = await openSession({ enableProfiling: true, profileFilePrefix: prefix });
 const runner = DecoderRunner.fromSessions(dims, { decoder: session }, embeddings);
 const seq = runner.newSequence();
 const ids = Array.from({ length: past }, (_, i) => (i * 7919) % 150000);
