@@ -231,30 +231,23 @@ export class Sampler {
     const ids = this.candIds;
     const weights = this.candWeights;
     // Scaled logits relative to the maximum (≤ 0, the top token at 0): no overflow for tiny temperatures.
+    const top = topK > 0 ? kthLargestScaled(work, max, temperature, topK, this.scratch) : undefined;
+    // Ties at the threshold are kept, as TopKLogitsWarper's `scores < kth` removal does.
+    const threshold = top && topK < top.finite ? top.threshold : -Infinity;
     let n = 0;
     let total = 0;
-    const top = topK > 0 ? kthLargestScaled(work, max, temperature, topK, this.scratch) : undefined;
-    if (top && topK < top.finite) {
-      // Ties at the threshold are kept, as TopKLogitsWarper's `scores < kth` removal does.
-      for (let i = 0; i < work.length; i++) {
-        if (work[i] === -Infinity) continue;
-        const v = (work[i] - max) / temperature;
-        if (v >= top.threshold) ids[n++] = i;
-      }
-      for (let j = 0; j < n; j++) {
-        weights[j] = Math.exp((work[ids[j]] - max) / temperature);
-        total += weights[j];
-      }
-    } else {
-      for (let i = 0; i < work.length; i++) {
-        if (work[i] === -Infinity) continue;
-        ids[n] = i;
-        weights[n] = Math.exp((work[i] - max) / temperature);
-        total += weights[n];
-        n++;
-      }
-      // Unscaled and unpenalised: this is the sum logprobs need.
-      if (temperature === 1 && this.params.repetitionPenalty === 1) this.unscaledSum = total;
+    for (let i = 0; i < work.length; i++) {
+      if (work[i] === -Infinity) continue;
+      const v = (work[i] - max) / temperature;
+      if (v < threshold) continue;
+      ids[n] = i;
+      weights[n] = Math.exp(v);
+      total += weights[n];
+      n++;
+    }
+    // Nothing cut, unscaled and unpenalised: this is the sum logprobs need.
+    if (threshold === -Infinity && temperature === 1 && this.params.repetitionPenalty === 1) {
+      this.unscaledSum = total;
     }
 
     if (topP < 1) {
