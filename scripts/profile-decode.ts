@@ -7,6 +7,9 @@
  * With --batch-sizes (no profiler): one decode step of B sequences at once (continuous batching's step,
  * decodeBatchArgmax), each after a prompt of PAST + b tokens, per B; each list entry is one measurement:
  *   node --import tsx scripts/profile-decode.ts MODEL_DIR [PAST] --batch-sizes 1,2,4,8,1,8
+ * --prefill-dtype int8: profile the decode graph of an int4 + int8-prefill engine (attention by matmuls over
+ * the KV buffers, models/cache-attention.ts) instead of the single int4 graph (GroupQueryAttention); the
+ * prompt then runs on that decode graph too.
  */
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -15,10 +18,11 @@ import * as ort from 'onnxruntime-node';
 import { checkpointWeights } from '../src/engine/core.js';
 import { argmax, DecoderRunner, decoderDimsFromConfig } from '../src/engine/decoder.js';
 import { cachedGraph, defaultGraphCacheDir, graphCacheKey } from '../src/engine/graph-cache.js';
-import { decoderGraphQuant, llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
+import { decoderGraphOptions, llmCacheTag, resolveLlmPrecision } from '../src/engine/precision.js';
 import { Checkpoint } from '../src/io/safetensors.js';
 import { loadModelConfig } from '../src/models/model-config.js';
 import { buildDecoderGraph } from '../src/models/registry.js';
+import { checkWeightDtype } from '../src/onnx/quantize.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -26,6 +30,7 @@ const { values, positionals } = parseArgs({
     greedy: { type: 'boolean', default: false },
     'capacity-steps': { type: 'string', default: '256,64' },
     'batch-sizes': { type: 'string' },
+    'prefill-dtype': { type: 'string', default: 'int4' },
   },
 });
 const dir = positionals[0];
@@ -33,12 +38,16 @@ const past = Number(positionals[1] ?? 300);
 const config = await loadModelConfig(dir);
 const ckpt = await Checkpoint.open(dir);
 const weights = checkpointWeights(ckpt, config);
-const precision = resolveLlmPrecision({ llmDtype: 'int4' });
+// With --prefill-dtype int8 the int4 graph is the engine's decode-only graph (matmul attention).
+const precision = resolveLlmPrecision({
+  llmDtype: 'int4',
+  prefillDtype: checkWeightDtype('--prefill-dtype', values['prefill-dtype']),
+});
 const dims = decoderDimsFromConfig(config);
 const key = graphCacheKey(ckpt.files(), { component: 'decoder', dims, ...llmCacheTag(precision, 'int4') });
 // Built (and cached) first when missing, as the engine would.
 const { modelPath } = await cachedGraph(defaultGraphCacheDir(), key, () =>
-  buildDecoderGraph(dims, weights, decoderGraphQuant(precision, 'int4')),
+  buildDecoderGraph(dims, weights, decoderGraphOptions(precision, 'int4')),
 );
 /** A CPU session on the cached int4 decoder graph, 2 threads, as the engine opens it. */
 const openSession = (extra: ort.InferenceSession.SessionOptions = {}) =>

@@ -288,6 +288,48 @@ describe('in-browser demo (Chromium, onnxruntime-web)', { skip: chromiumMissing 
     }
   });
 
+  test('WASM: a two-graph conversion (int4 decode attending by matmuls, int8 prefill) gives the greedy ids of Node', async () => {
+    const twoDir = path.join(tmp, 'model-int4-int8');
+    await convertModelForWeb(goldenModelDir(MODEL), twoDir, { llmDtype: 'int4', prefillDtype: 'int8' });
+    const twoServer = await startDemoServer({
+      modelDir: twoDir,
+      bundle: path.join(tmp, 'demo.js'),
+      extra: { data: tmp },
+    });
+    const twoPage = await browser.context.newPage();
+    twoPage.on('pageerror', (e) => pageErrors.push(e.message));
+    // As above, accuracy level 0 in Node is what WASM's MatMulNBits computes; the web's int8 kernel is U8U8.
+    const node = await InternVLModel.load(goldenModelDir(MODEL), {
+      cacheDir: path.join(tmp, 'graphs-int4-int8'),
+      threads: 1,
+      llmDtype: 'int4',
+      prefillDtype: 'int8',
+      int8Kernel: 'u8u8',
+      accuracyLevel: 0,
+    });
+    try {
+      const { inputIds } = JSON.parse(readFileSync(path.join(tmp, 'img1.json'), 'utf8')) as Img1Case;
+      const pixelValues = new Float32Array(new Uint8Array(readFileSync(path.join(tmp, 'img1.f32'))).buffer);
+      const expected = await node.generateGreedy(inputIds, { pixelValues, numTiles: 1, maxNewTokens: 8 });
+      await twoPage.goto(twoServer.url);
+      await twoPage.click('#load');
+      await twoPage.waitForFunction("document.getElementById('status').dataset.ready", null, {
+        timeout: 30_000,
+      });
+      const got = await twoPage.evaluate(async () => {
+        const g = globalThis as unknown as { demo: { model: import('../src/web/index.js').WebInternVL } };
+        const { inputIds } = (await (await fetch('/data/img1.json')).json()) as Img1Case;
+        const pixelValues = new Float32Array(await (await fetch('/data/img1.f32')).arrayBuffer());
+        return g.demo.model.greedyIds(inputIds, 8, { pixelValues, numTiles: 1 });
+      });
+      assert.deepEqual(got, expected);
+    } finally {
+      await node.close();
+      await twoPage.close();
+      await twoServer.close();
+    }
+  });
+
   test('no uncaught errors in the page', () => {
     assert.deepEqual(pageErrors, []);
   });

@@ -68,6 +68,12 @@ describe('quantised kernels on other CPU kinds (qemu-user)', { skip }, () => {
     assert.match(stdout, /^# fail 0$/m);
   });
 
+  test('decode attention over the KV buffers is capacity-invariant on an AVX2 CPU (Haswell)', async () => {
+    const { stdout } = await onCpu('Haswell', [path.join('test', 'cache-attention.test.ts')]);
+    assert.match(stdout, /bit-identically alone and beside a longer one/);
+    assert.match(stdout, /^# fail 0$/m);
+  });
+
   test('the chosen int8 kernel gives bit-identical results on every CPU kind; int4 within its bound', async () => {
     const native = await kernelOutputs('native');
     const range = Math.max(...native.int4Accuracy0.map(Math.abs));

@@ -7,7 +7,7 @@ import { evalQuant } from '../src/cli/eval-quant.js';
 import { parseLlmQuantization } from '../src/config/quantization-config.js';
 import { checkpointWeights, EngineCore } from '../src/engine/core.js';
 import { resolvePrecision } from '../src/engine/graph-plan.js';
-import { decoderGraphQuant, resolveLlmPrecision } from '../src/engine/precision.js';
+import { decoderGraphOptions, resolveLlmPrecision } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
 import { float16ToFloat32 } from '../src/io/float-formats.js';
 import { Checkpoint } from '../src/io/safetensors.js';
@@ -281,10 +281,10 @@ describe('the lm_head of a packed checkpoint', () => {
     await writePackedCheckpoint(goldenModelDir('tiny-internvl2_5-qwen2'), dir, twin, GROUP, 'awq');
     const config = await loadModelConfig(dir);
     const resolved = await resolvePrecision({}, config);
-    assert.equal(decoderGraphQuant(resolved, 'int4').lmHeadQuant?.dtype, 'int8');
-    assert.equal(decoderGraphQuant(resolved, 'fp32').lmHeadQuant?.dtype, 'fp32');
+    assert.equal(decoderGraphOptions(resolved, 'int4').lmHeadQuant?.dtype, 'int8');
+    assert.equal(decoderGraphOptions(resolved, 'fp32').lmHeadQuant?.dtype, 'fp32');
     const plain = await resolvePrecision({ llmDtype: 'int4' }, await loadModelConfig(twin));
-    assert.equal(decoderGraphQuant(plain, 'int4').lmHeadQuant?.dtype, 'int4');
+    assert.equal(decoderGraphOptions(plain, 'int4').lmHeadQuant?.dtype, 'int4');
     const run = (lmHeadDtype?: 'int4') =>
       evalQuant(dir, { cacheDir: false, threads: 1, promptTokens: 64, newTokens: 8, lmHeadDtype });
     const byDefault = await run();
@@ -317,7 +317,7 @@ describe('the int4 graph of an AWQ checkpoint', () => {
       const graph = await buildDecoderGraph(
         dims,
         checkpointWeights(checkpoint, config),
-        decoderGraphQuant(precision, 'int4'),
+        decoderGraphOptions(precision, 'int4'),
       );
       const init = (name: string) => graph.initializers.find((i) => i.name === name)?.data;
       const ref = (name: string) => {

@@ -17,7 +17,7 @@ import {
 } from '../src/engine/cpu.js';
 import { resolvePrecision } from '../src/engine/graph-plan.js';
 import { chooseInt8Kernel, probeInt8Kernels } from '../src/engine/int8-probe.js';
-import { decoderGraphQuant, llmCacheTag, vitCacheTag } from '../src/engine/precision.js';
+import { decoderGraphOptions, llmCacheTag, vitCacheTag } from '../src/engine/precision.js';
 import { InternVLError } from '../src/errors.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import {
@@ -266,18 +266,19 @@ describe('precision options', () => {
     assert.equal(p.prefillDtype, 'fp32');
     assert.equal(p.vitDtype, 'fp32');
     assert.deepEqual(llmCacheTag(p, 'fp32'), { dtype: 'fp32' });
-    assert.deepEqual(decoderGraphQuant(p, 'fp32'), {
+    assert.deepEqual(decoderGraphOptions(p, 'fp32'), {
       linearQuant: undefined,
       lmHeadQuant: { dtype: 'fp32' },
+      attention: 'gqa',
     });
   });
 
   test('dtype is a shorthand for llmDtype; quantised graphs get an int4 lm_head unless told', async () => {
     const p = await resolvePrecision({ dtype: 'int8' });
     assert.equal(p.llmDtype, 'int8');
-    assert.equal(decoderGraphQuant(p, 'int8').lmHeadQuant?.dtype, 'int4');
+    assert.equal(decoderGraphOptions(p, 'int8').lmHeadQuant?.dtype, 'int4');
     const q = await resolvePrecision({ llmDtype: 'int4', lmHeadDtype: 'int8', blockSize: 128 });
-    assert.equal(decoderGraphQuant(q, 'int4').lmHeadQuant?.dtype, 'int8');
+    assert.equal(decoderGraphOptions(q, 'int4').lmHeadQuant?.dtype, 'int8');
     assert.notDeepEqual(
       llmCacheTag(q, 'int4'),
       llmCacheTag(await resolvePrecision({ llmDtype: 'int4' }), 'int4'),

@@ -10,7 +10,7 @@ import { argmax, decoderDimsFromConfig } from '../engine/decoder.js';
 import { type PrecisionOptions, type ResolvedPrecision, resolvePrecision } from '../engine/graph-plan.js';
 import { greedyTokens, teacherForcedLogits } from '../engine/greedy.js';
 import { type CpuReport, cpuReport } from '../engine/int8-probe.js';
-import { decoderGraphQuant, resolveLlmPrecision, type WeightDtype } from '../engine/precision.js';
+import { decoderGraphOptions, resolveLlmPrecision, type WeightDtype } from '../engine/precision.js';
 import { createDecoderRunner, createVisionRunner, engineGraphCache } from '../engine/runners.js';
 import { InternVLError } from '../errors.js';
 import { Checkpoint } from '../io/safetensors.js';
@@ -185,7 +185,7 @@ export async function evalQuant(modelDir: string, options: EvalQuantOptions = {}
       model: modelDir,
       checkpointQuantization: llmQuantization(config),
       precision,
-      lmHeadDtype: decoderGraphQuant(precision, precision.llmDtype).lmHeadQuant?.dtype ?? 'fp32',
+      lmHeadDtype: decoderGraphOptions(precision, precision.llmDtype).lmHeadQuant?.dtype ?? 'fp32',
       promptTokens,
       newTokens,
       promptLogits,

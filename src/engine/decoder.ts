@@ -23,7 +23,7 @@ import { type EmbeddingTable, embedTokens } from './embeddings.js';
 import { KvCache, Sequence } from './kv-cache.js';
 import type * as ort from './ort.js';
 import {
-  decoderGraphQuant,
+  decoderGraphOptions,
   PREFILL_GRAPH_MIN_TOKENS,
   resolveLlmPrecision,
   type WeightDtype,
@@ -102,7 +102,7 @@ export class DecoderRunner {
     checkRunnerOptions(dims, options);
     const precision = resolveLlmPrecision(options);
     const build = (dtype: typeof precision.llmDtype) => () => {
-      const graphOptions = { hiddenStates: options.hiddenStates, ...decoderGraphQuant(precision, dtype) };
+      const graphOptions = { hiddenStates: options.hiddenStates, ...decoderGraphOptions(precision, dtype) };
       return buildDecoderGraph(dims, weights, graphOptions);
     };
     const session = await sessionForGraph(build(precision.llmDtype), options);

@@ -12,7 +12,7 @@ import { checkWeightDtype } from '../onnx/quantize.js';
 import { type GraphSource, graphCacheKey } from './graph-cache.js';
 import { chooseInt8Kernel } from './int8-probe.js';
 import {
-  decoderGraphQuant,
+  decoderGraphOptions,
   type LlmPrecision,
   type LlmPrecisionOptions,
   llmCacheTag,
@@ -127,7 +127,7 @@ export function planEngineGraphs(
     dtype,
     key: engineGraphKey(checkpoint, 'decoder', decoderDims, llmCacheTag(precision, dtype)),
     source: { files: checkpoint.files(), component: 'decoder', dtype },
-    build: () => buildDecoderGraph(decoderDims, weights, decoderGraphQuant(precision, dtype)),
+    build: () => buildDecoderGraph(decoderDims, weights, decoderGraphOptions(precision, dtype)),
   });
   plan.push(decoderGraph('decoder', precision.llmDtype));
   if (precision.prefillDtype !== precision.llmDtype) {

@@ -86,31 +86,36 @@ export function linearQuant(
 }
 
 /**
- * The linear and lm_head storage of a decoder graph whose layers use `dtype`. lm_head at M = 1 is a
- * pure weight stream (vocab × hidden), so quantised graphs default to a quantised lm_head
- * (`autoLmHeadDtype`: int4, or int8 on AWQ / GPTQ checkpoints).
+ * The linear and lm_head storage and the attention of a decoder graph whose layers use `dtype`. lm_head
+ * at M = 1 is a pure weight stream (vocab × hidden), so quantised graphs default to a quantised lm_head
+ * (`autoLmHeadDtype`: int4, or int8 on AWQ / GPTQ checkpoints). When a separate prefill graph takes the
+ * long chunks, the decode graph (`llmDtype`) only sees short ones and attends with matmuls over the KV
+ * buffers instead of GroupQueryAttention (models/cache-attention.ts).
  */
-export function decoderGraphQuant(
+export function decoderGraphOptions(
   precision: LlmPrecision,
   dtype: WeightDtype,
-): { linearQuant?: LinearQuant; lmHeadQuant?: LinearQuant } {
+): { linearQuant?: LinearQuant; lmHeadQuant?: LinearQuant; attention: 'gqa' | 'matmul' } {
   const lmHead =
     precision.lmHeadDtype === 'auto'
       ? dtype === 'fp32'
         ? 'fp32'
         : precision.autoLmHeadDtype
       : precision.lmHeadDtype;
+  const decodeOnly = dtype === precision.llmDtype && precision.prefillDtype !== precision.llmDtype;
   return {
     linearQuant: linearQuant(precision, dtype),
     lmHeadQuant: linearQuant(precision, lmHead) ?? { dtype: 'fp32' },
+    attention: decodeOnly ? 'matmul' : 'gqa',
   };
 }
 
-/** The part of a graph cache key that the precision decides (fp32 keeps the historical key). */
+/** The part of a graph cache key that the precision decides (fp32 with GroupQueryAttention keeps the historical key). */
 export function llmCacheTag(precision: LlmPrecision, dtype: WeightDtype): Record<string, unknown> {
-  const { linearQuant, lmHeadQuant } = decoderGraphQuant(precision, dtype);
-  if (!linearQuant && lmHeadQuant?.dtype === 'fp32') return { dtype: 'fp32' };
-  return { dtype, linear: linearQuant ?? null, lmHead: lmHeadQuant };
+  const { linearQuant, lmHeadQuant, attention } = decoderGraphOptions(precision, dtype);
+  const attentionTag = attention === 'gqa' ? {} : { attention };
+  if (!linearQuant && lmHeadQuant?.dtype === 'fp32') return { dtype: 'fp32', ...attentionTag };
+  return { dtype, linear: linearQuant ?? null, lmHead: lmHeadQuant, ...attentionTag };
 }
 
 /** int8 keys name the kernel, so a cache copied to a CPU that needs the other one is rebuilt. */

@@ -1,12 +1,13 @@
 /**
  * The inference backend of DecoderLayerOps: an architecture's layers built into one ONNX graph (contract in
  * ./decoder.ts) from checkpoint tensors, with the fused kernels the engine runs — rotary +
- * GroupQueryAttention over engine-owned KV buffers, SkipSimplifiedLayerNormalization on the residual
+ * GroupQueryAttention (or, for short chunks, ./cache-attention.ts) over engine-owned KV buffers, SkipSimplifiedLayerNormalization on the residual
  * stream, linears stored fp32, int8 or int4 and run as one matmul where that is faster — then the final
  * norm and the head over the selected rows.
  */
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
 import { DEFAULT_BLOCK_SIZE } from '../onnx/quantize.js';
+import { CacheAttention } from './cache-attention.js';
 import {
   DECODER_IO,
   type DecoderArchitecture,
@@ -115,6 +116,7 @@ class ResidualStream {
 class FusedDecoderOps implements DecoderLayerOps {
   readonly dims: DecoderDims;
   readonly residual: ResidualStream;
+  readonly #cacheAttention: CacheAttention | undefined;
 
   constructor(
     private readonly ctx: DecoderGraphContext,
@@ -122,6 +124,9 @@ class FusedDecoderOps implements DecoderLayerOps {
   ) {
     this.dims = ctx.dims;
     this.residual = new ResidualStream(ctx, ctx.inputsEmbeds);
+    if (ctx.options.attention === 'matmul') {
+      this.#cacheAttention = new CacheAttention(ctx.g, ctx.dims, ctx.seqlensK);
+    }
   }
 
   load(name: string): Promise<Float32Array> {
@@ -224,17 +229,19 @@ class FusedDecoderOps implements DecoderLayerOps {
     const pastKey = g.input(DECODER_IO.pastKey(layer), 'float32', pastShape);
     const pastValue = g.input(DECODER_IO.pastValue(layer), 'float32', pastShape);
     // present_key/present_value must stay as node outputs (ORT ignores the past without them); the engine never fetches them.
-    const [out] = g.node(
-      'GroupQueryAttention',
-      [qRot, kRot, v, pastKey, pastValue, ctx.seqlensK, ctx.totalSequenceLength],
-      {
-        num_heads: { int: dims.numHeads },
-        kv_num_heads: { int: dims.numKvHeads },
-        scale: 1 / Math.sqrt(dims.headDim),
-        do_rotary: { int: 0 },
-      },
-      { domain: MS_DOMAIN, outputs: 3 },
-    );
+    const [out] = this.#cacheAttention
+      ? [this.#cacheAttention.attend(qRot, kRot, v, pastKey, pastValue)]
+      : g.node(
+          'GroupQueryAttention',
+          [qRot, kRot, v, pastKey, pastValue, ctx.seqlensK, ctx.totalSequenceLength],
+          {
+            num_heads: { int: dims.numHeads },
+            kv_num_heads: { int: dims.numKvHeads },
+            scale: 1 / Math.sqrt(dims.headDim),
+            do_rotary: { int: 0 },
+          },
+          { domain: MS_DOMAIN, outputs: 3 },
+        );
     g.output(kRot, DECODER_IO.key(layer), 'float32', ['batch', 'seq', kvWidth]);
     g.output(v, DECODER_IO.value(layer), 'float32', ['batch', 'seq', kvWidth]);
     return out;

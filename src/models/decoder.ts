@@ -180,4 +180,11 @@ export interface DecoderGraphOptions {
   linearQuant?: LinearQuant;
   /** Storage of lm_head (default: as linearQuant). */
   lmHeadQuant?: LinearQuant;
+  /**
+   * How attention reads the KV buffers: 'gqa' (default) GroupQueryAttention, fast for long chunks but it
+   * copies the whole buffer in every layer; 'matmul' (./cache-attention.ts) matmuls over the buffer in
+   * place, faster for decode steps and short chunks and slower for long ones. An engine with a separate
+   * prefill graph builds its decode graph with 'matmul'.
+   */
+  attention?: 'gqa' | 'matmul';
 }
