@@ -247,34 +247,43 @@ describe('in-browser demo (Chromium, onnxruntime-web)', { skip: chromiumMissing 
     }
   });
 
-  test('WASM: an int4 conversion (fused MatMulNBits) gives the greedy ids of int4 graphs in Node', async () => {
-    const int4Dir = path.join(tmp, 'model-int4');
-    await convertModelForWeb(goldenModelDir(MODEL), int4Dir, { llmDtype: 'int4' });
-    const int4Server = await startDemoServer({
-      modelDir: int4Dir,
+  /**
+   * Converts the golden model for the web with `precision`, loads it in a page and checks its greedy ids
+   * for img1 against Node's with `precision` plus `nodeExtra`.
+   */
+  async function webMatchesNode(
+    label: string,
+    precision: { llmDtype: 'int4'; prefillDtype?: 'int8' },
+    nodeExtra: { int8Kernel?: 'u8u8' },
+  ) {
+    const modelDir = path.join(tmp, `model-${label}`);
+    await convertModelForWeb(goldenModelDir(MODEL), modelDir, precision);
+    const webServer = await startDemoServer({
+      modelDir,
       bundle: path.join(tmp, 'demo.js'),
       extra: { data: tmp },
     });
-    const int4Page = await browser.context.newPage();
-    int4Page.on('pageerror', (e) => pageErrors.push(e.message));
+    const page = await browser.context.newPage();
+    page.on('pageerror', (e) => pageErrors.push(e.message));
     // onnxruntime-web's WASM MatMulNBits computes in fp32 whatever the accuracy level: Node's ids at level 0
     // are the exact reference (at level 4, int8 activations, random tiny weights diverge after two tokens).
     const node = await InternVLModel.load(goldenModelDir(MODEL), {
-      cacheDir: path.join(tmp, 'graphs-int4'),
+      cacheDir: path.join(tmp, `graphs-${label}`),
       threads: 1,
-      llmDtype: 'int4',
+      ...precision,
+      ...nodeExtra,
       accuracyLevel: 0,
     });
     try {
       const { inputIds } = JSON.parse(readFileSync(path.join(tmp, 'img1.json'), 'utf8')) as Img1Case;
       const pixelValues = new Float32Array(new Uint8Array(readFileSync(path.join(tmp, 'img1.f32'))).buffer);
       const expected = await node.generateGreedy(inputIds, { pixelValues, numTiles: 1, maxNewTokens: 8 });
-      await int4Page.goto(int4Server.url);
-      await int4Page.click('#load');
-      await int4Page.waitForFunction("document.getElementById('status').dataset.ready", null, {
+      await page.goto(webServer.url);
+      await page.click('#load');
+      await page.waitForFunction("document.getElementById('status').dataset.ready", null, {
         timeout: 30_000,
       });
-      const got = await int4Page.evaluate(async () => {
+      const got = await page.evaluate(async () => {
         const g = globalThis as unknown as { demo: { model: import('../src/web/index.js').WebInternVL } };
         const { inputIds } = (await (await fetch('/data/img1.json')).json()) as Img1Case;
         const pixelValues = new Float32Array(await (await fetch('/data/img1.f32')).arrayBuffer());
@@ -283,52 +292,17 @@ describe('in-browser demo (Chromium, onnxruntime-web)', { skip: chromiumMissing 
       assert.deepEqual(got, expected);
     } finally {
       await node.close();
-      await int4Page.close();
-      await int4Server.close();
+      await page.close();
+      await webServer.close();
     }
-  });
+  }
 
-  test('WASM: a two-graph conversion (int4 decode attending by matmuls, int8 prefill) gives the greedy ids of Node', async () => {
-    const twoDir = path.join(tmp, 'model-int4-int8');
-    await convertModelForWeb(goldenModelDir(MODEL), twoDir, { llmDtype: 'int4', prefillDtype: 'int8' });
-    const twoServer = await startDemoServer({
-      modelDir: twoDir,
-      bundle: path.join(tmp, 'demo.js'),
-      extra: { data: tmp },
-    });
-    const twoPage = await browser.context.newPage();
-    twoPage.on('pageerror', (e) => pageErrors.push(e.message));
-    // As above, accuracy level 0 in Node is what WASM's MatMulNBits computes; the web's int8 kernel is U8U8.
-    const node = await InternVLModel.load(goldenModelDir(MODEL), {
-      cacheDir: path.join(tmp, 'graphs-int4-int8'),
-      threads: 1,
-      llmDtype: 'int4',
-      prefillDtype: 'int8',
-      int8Kernel: 'u8u8',
-      accuracyLevel: 0,
-    });
-    try {
-      const { inputIds } = JSON.parse(readFileSync(path.join(tmp, 'img1.json'), 'utf8')) as Img1Case;
-      const pixelValues = new Float32Array(new Uint8Array(readFileSync(path.join(tmp, 'img1.f32'))).buffer);
-      const expected = await node.generateGreedy(inputIds, { pixelValues, numTiles: 1, maxNewTokens: 8 });
-      await twoPage.goto(twoServer.url);
-      await twoPage.click('#load');
-      await twoPage.waitForFunction("document.getElementById('status').dataset.ready", null, {
-        timeout: 30_000,
-      });
-      const got = await twoPage.evaluate(async () => {
-        const g = globalThis as unknown as { demo: { model: import('../src/web/index.js').WebInternVL } };
-        const { inputIds } = (await (await fetch('/data/img1.json')).json()) as Img1Case;
-        const pixelValues = new Float32Array(await (await fetch('/data/img1.f32')).arrayBuffer());
-        return g.demo.model.greedyIds(inputIds, 8, { pixelValues, numTiles: 1 });
-      });
-      assert.deepEqual(got, expected);
-    } finally {
-      await node.close();
-      await twoPage.close();
-      await twoServer.close();
-    }
-  });
+  test('WASM: an int4 conversion (fused MatMulNBits) gives the greedy ids of int4 graphs in Node', () =>
+    webMatchesNode('int4', { llmDtype: 'int4' }, {}));
+
+  // The decode graph attends by matmuls over the KV buffers; the web's int8 kernel is U8U8.
+  test('WASM: a two-graph conversion (int4 decode, int8 prefill) gives the greedy ids of Node', () =>
+    webMatchesNode('int4-int8', { llmDtype: 'int4', prefillDtype: 'int8' }, { int8Kernel: 'u8u8' }));
 
   test('no uncaught errors in the page', () => {
     assert.deepEqual(pageErrors, []);
