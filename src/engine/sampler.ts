@@ -50,8 +50,8 @@ export interface SampledToken {
  * penalty, temperature and filters (vLLM's default `raw_logprobs`), so they describe the model and not
  * the sampling settings, and greedy and sampled runs report the same numbers for the same token.
  *
- * Per step the work is O(vocab) plus selection among the candidates: top-k finds its threshold by
- * quickselect and top-p by a mass-weighted quickselect, so the vocabulary is never sorted.
+ * Per step the work is O(vocab) plus selection among the candidates: top-k finds its threshold in one
+ * pass with a heap of k and top-p by a mass-weighted quickselect, so the vocabulary is never sorted.
  * A NaN or +Infinity logit, or a step where every logit is -Infinity, throws INTERNAL: it means the
  * model's numerics failed, and sampling on would hide that.
  */

@@ -83,7 +83,8 @@ export class CacheAttention {
     const cached = g.sub(g.add(g.cast(this.seqlensK, 'int64'), g.constI64([1], [])), chunk);
     const slots = g.reshape(range(capacity), [1, 1, 1, -1]);
     const past = g.op('Where', [g.op('Less', [slots, g.reshape(cached, [-1, 1, 1, 1])]), zero, blocked]);
-    const rowToken = g.div(range(g.mul(chunk, g.constI64([group], []))), g.constI64([group], []));
+    const groupSize = g.constI64([group], []);
+    const rowToken = g.div(range(g.mul(chunk, groupSize)), groupSize);
     const chunkKeys = g.reshape(range(chunk), [1, -1]);
     const causal = g.op('Where', [
       g.op('LessOrEqual', [chunkKeys, g.reshape(rowToken, [-1, 1])]),

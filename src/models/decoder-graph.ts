@@ -1,9 +1,9 @@
 /**
  * The inference backend of DecoderLayerOps: an architecture's layers built into one ONNX graph (contract in
  * ./decoder.ts) from checkpoint tensors, with the fused kernels the engine runs — rotary +
- * GroupQueryAttention (or, for short chunks, ./cache-attention.ts) over engine-owned KV buffers, SkipSimplifiedLayerNormalization on the residual
- * stream, linears stored fp32, int8 or int4 and run as one matmul where that is faster — then the final
- * norm and the head over the selected rows.
+ * GroupQueryAttention (or, in a graph for short chunks only, ./cache-attention.ts) over engine-owned KV
+ * buffers, SkipSimplifiedLayerNormalization on the residual stream, linears stored fp32, int8 or int4 and
+ * run as one matmul where that is faster — then the final norm and the head over the selected rows.
  */
 import { type Graph, GraphBuilder, MS_DOMAIN } from '../onnx/graph.js';
 import { DEFAULT_BLOCK_SIZE } from '../onnx/quantize.js';
@@ -228,22 +228,28 @@ class FusedDecoderOps implements DecoderLayerOps {
     const pastShape = ['batch', dims.numKvHeads, 'capacity', dims.headDim];
     const pastKey = g.input(DECODER_IO.pastKey(layer), 'float32', pastShape);
     const pastValue = g.input(DECODER_IO.pastValue(layer), 'float32', pastShape);
-    // present_key/present_value must stay as node outputs (ORT ignores the past without them); the engine never fetches them.
-    const [out] = this.#cacheAttention
-      ? [this.#cacheAttention.attend(qRot, kRot, v, pastKey, pastValue)]
-      : g.node(
-          'GroupQueryAttention',
-          [qRot, kRot, v, pastKey, pastValue, ctx.seqlensK, ctx.totalSequenceLength],
-          {
-            num_heads: { int: dims.numHeads },
-            kv_num_heads: { int: dims.numKvHeads },
-            scale: 1 / Math.sqrt(dims.headDim),
-            do_rotary: { int: 0 },
-          },
-          { domain: MS_DOMAIN, outputs: 3 },
-        );
+    const out =
+      this.#cacheAttention?.attend(qRot, kRot, v, pastKey, pastValue) ??
+      this.#groupQueryAttention(qRot, kRot, v, pastKey, pastValue);
     g.output(kRot, DECODER_IO.key(layer), 'float32', ['batch', 'seq', kvWidth]);
     g.output(v, DECODER_IO.value(layer), 'float32', ['batch', 'seq', kvWidth]);
+    return out;
+  }
+
+  #groupQueryAttention(q: string, k: string, v: string, pastKey: string, pastValue: string): string {
+    const { ctx, dims } = this;
+    // present_key/present_value must stay as node outputs (ORT ignores the past without them); the engine never fetches them.
+    const [out] = ctx.g.node(
+      'GroupQueryAttention',
+      [q, k, v, pastKey, pastValue, ctx.seqlensK, ctx.totalSequenceLength],
+      {
+        num_heads: { int: dims.numHeads },
+        kv_num_heads: { int: dims.numKvHeads },
+        scale: 1 / Math.sqrt(dims.headDim),
+        do_rotary: { int: 0 },
+      },
+      { domain: MS_DOMAIN, outputs: 3 },
+    );
     return out;
   }
 
